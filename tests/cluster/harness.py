@@ -1,0 +1,783 @@
+#!/usr/bin/env python3
+"""A real, throwaway Kubernetes control plane with Prometheus and an S3 server, on loopback.
+
+Starts etcd, kube-apiserver (RBAC on), kube-controller-manager, kube-scheduler, kwok with fake nodes,
+Prometheus and versitygw from the binaries that `tests/cluster/build.sh` caches, each on a free port,
+inside one directory, each logging to `<dir>/logs/<component>.log`.
+
+Shell:  harness.py up [--dir .cluster]     start in the background, write <dir>/env, return
+        harness.py down [--dir .cluster]   stop a background cluster
+        harness.py run [--dir .cluster]    run in the foreground until Ctrl-C
+pytest: `Cluster.start(directory)` / `cluster.stop()` (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+LOCALHOST = "127.0.0.1"
+ADMIN_USER = "fbl-admin"
+PLAIN_USER = "fbl-user"
+S3_REGION = "us-east-1"
+DEFAULT_FAKE_NODES = 2
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "job-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "node-lifecycle-controller",
+    "ttl-after-finished-controller",
+    "clusterrole-aggregation-controller",
+)
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T], done: Callable[[T], bool], timeout: float, interval: float = 0.25
+) -> T:
+    """Poll `probe` until `done(result)`; return the last result, which the caller asserts on."""
+    deadline = time.monotonic() + timeout
+    result = probe()
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(interval)
+        result = probe()
+    return result
+
+
+class ClusterStartError(RuntimeError):
+    """A component did not start; the message carries the tail of its log."""
+
+
+def read_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for line in (HERE / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            versions[key] = value
+    return versions
+
+
+def cache_bin_dir() -> Path:
+    root = os.environ.get("FBL_CACHE_DIR") or str(Path.home() / ".cache" / "feedbackloop")
+    return Path(root) / "bin"
+
+
+def binary_paths() -> dict[str, Path]:
+    v = read_versions()
+    bins = cache_bin_dir()
+    paths = {
+        "etcd": bins / f"etcd-{v['ETCD_VERSION']}",
+        "kube-apiserver": bins / f"kube-apiserver-{v['K8S_VERSION']}",
+        "kube-controller-manager": bins / f"kube-controller-manager-{v['K8S_VERSION']}",
+        "kube-scheduler": bins / f"kube-scheduler-{v['K8S_VERSION']}",
+        "kubectl": bins / f"kubectl-{v['K8S_VERSION']}",
+        "kwok": bins / f"kwok-{v['KWOK_VERSION']}",
+        "versitygw": bins / f"versitygw-{v['VERSITYGW_VERSION']}",
+    }
+    paths["kwok-stages"] = bins.parent / f"kwok-stages-{v['KWOK_VERSION']}.yaml"
+    for tool in ("prometheus", "promtool"):
+        found = shutil.which(tool)
+        paths[tool] = Path(found) if found else Path(f"/usr/bin/{tool}")
+    return paths
+
+
+def missing_binaries() -> list[str]:
+    return [name for name, path in binary_paths().items() if not os.access(path, os.R_OK)]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a child is killed if the harness dies, so a crash never leaves servers behind.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(content[-lines:])
+
+
+def run_checked(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Endpoints:
+    """What a client needs; also what `<dir>/env` exports."""
+
+    directory: Path
+    kubeconfig: Path
+    limited_kubeconfig: Path
+    api_server_url: str
+    admin_token: str
+    user_token: str
+    ca_file: Path
+    prometheus_url: str
+    s3_endpoint_url: str
+    s3_access_key: str
+    s3_secret_key: str
+    bin_dir: Path
+    prometheus_targets_file: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "LIMITED_KUBECONFIG": str(self.limited_kubeconfig),
+            "PROMETHEUS_URL": self.prometheus_url,
+            "S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
+            "AWS_DEFAULT_REGION": S3_REGION,
+            "FBL_CLUSTER_DIR": str(self.directory),
+            "FBL_PROMETHEUS_TARGETS_FILE": str(self.prometheus_targets_file),
+        }
+
+    def write_env_file(self, path: Path) -> None:
+        lines = [f"export {key}={_shell_quote(value)}" for key, value in self.env().items()]
+        lines.append(f'export PATH={_shell_quote(str(self.bin_dir))}:"$PATH"')
+        path.write_text("\n".join(lines) + "\n")
+
+    @classmethod
+    def from_env_file(cls, path: Path) -> Endpoints:
+        values: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, _, raw = line.removeprefix("export ").partition("=")
+                values[key] = _shell_unquote(raw)
+        directory = Path(values["FBL_CLUSTER_DIR"])
+        meta = json.loads((directory / "endpoints.json").read_text())
+        return cls(
+            directory=directory,
+            kubeconfig=Path(values["KUBECONFIG"]),
+            limited_kubeconfig=Path(values["LIMITED_KUBECONFIG"]),
+            api_server_url=meta["api_server_url"],
+            admin_token=meta["admin_token"],
+            user_token=meta["user_token"],
+            ca_file=Path(meta["ca_file"]),
+            prometheus_url=values["PROMETHEUS_URL"],
+            s3_endpoint_url=values["S3_ENDPOINT_URL"],
+            s3_access_key=values["AWS_ACCESS_KEY_ID"],
+            s3_secret_key=values["AWS_SECRET_ACCESS_KEY"],
+            bin_dir=directory / "bin",
+            prometheus_targets_file=Path(values["FBL_PROMETHEUS_TARGETS_FILE"]),
+        )
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _shell_unquote(value: str) -> str:
+    if value.startswith("'") and value.endswith("'"):
+        return value[1:-1].replace("'\\''", "'")
+    return value
+
+
+@dataclass
+class Cluster:
+    directory: Path
+    fake_nodes: int = DEFAULT_FAKE_NODES
+    processes: list[Process] = field(default_factory=list)
+    endpoints: Endpoints | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def start(cls, directory: Path, fake_nodes: int = DEFAULT_FAKE_NODES) -> Cluster:
+        missing = missing_binaries()
+        if missing:
+            raise ClusterStartError(
+                f"missing binaries {missing}; run tests/cluster/build.sh (cache: {cache_bin_dir()})"
+            )
+        cluster = cls(directory=directory.resolve(), fake_nodes=fake_nodes)
+        try:
+            cluster._start_all()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            _terminate(proc.popen)
+        self.processes.clear()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def log_tails(self, lines: int = 30) -> str:
+        logs = sorted((self.directory / "logs").glob("*.log"))
+        return "\n".join(f"----- {log.name} (last {lines} lines) -----\n{tail(log, lines)}" for log in logs)
+
+    def check_alive(self) -> None:
+        dead = [p.name for p in self.processes if p.popen.poll() is not None]
+        if dead:
+            raise ClusterStartError(f"components exited: {dead}\n{self.log_tails()}")
+
+    # ---------------------------------------------------------------- helpers for tests
+    def kubectl(
+        self, *args: str, limited: bool = False, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.endpoints is not None
+        kubeconfig = self.endpoints.limited_kubeconfig if limited else self.endpoints.kubeconfig
+        return subprocess.run(
+            [str(self.endpoints.bin_dir / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=120,
+        )
+
+    # ---------------------------------------------------------------- start-up
+    def _start_all(self) -> None:
+        started = time.monotonic()
+        bins = binary_paths()
+        d = self.directory
+        for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        for name in ("kubectl", "promtool"):
+            link = d / "bin" / name
+            if not link.exists():
+                link.symlink_to(bins[name])
+
+        pki = self._make_pki()
+        admin_token, user_token = secrets.token_hex(16), secrets.token_hex(16)
+        (pki / "tokens.csv").write_text(
+            f'{admin_token},{ADMIN_USER},uid-admin,"system:masters"\n{user_token},{PLAIN_USER},uid-user\n'
+        )
+
+        etcd_port, etcd_peer = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(bins["etcd"]),
+                "--name=fbl",
+                f"--data-dir={d / 'etcd'}",
+                f"--listen-client-urls=http://{LOCALHOST}:{etcd_port}",
+                f"--advertise-client-urls=http://{LOCALHOST}:{etcd_port}",
+                f"--listen-peer-urls=http://{LOCALHOST}:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://{LOCALHOST}:{etcd_peer}",
+                f"--initial-cluster=fbl=http://{LOCALHOST}:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                f"--listen-metrics-urls=http://{LOCALHOST}:{free_port()}",
+            ],
+        )
+        self._wait("etcd", lambda: _http_ok(f"http://{LOCALHOST}:{etcd_port}/health"), 60)
+
+        api_port = free_port()
+        api_url = f"https://{LOCALHOST}:{api_port}"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bins["kube-apiserver"]),
+                f"--etcd-servers=http://{LOCALHOST}:{etcd_port}",
+                f"--bind-address={LOCALHOST}",
+                f"--advertise-address={LOCALHOST}",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--cert-dir={pki}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--storage-media-type=application/json",
+            ],
+        )
+        ca_context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self._wait(
+            "kube-apiserver",
+            lambda: _http_ok(f"{api_url}/readyz", token=admin_token, context=ca_context),
+            120,
+        )
+        self.timings["apiserver_ready_s"] = time.monotonic() - started
+
+        kubeconfig = d / "admin.kubeconfig"
+        limited = d / "user.kubeconfig"
+        _write_kubeconfig(kubeconfig, api_url, pki / "ca.crt", ADMIN_USER, admin_token)
+        _write_kubeconfig(limited, api_url, pki / "ca.crt", PLAIN_USER, user_token)
+
+        cm_port = free_port()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(bins["kube-controller-manager"]),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                f"--bind-address={LOCALHOST}",
+                f"--secure-port={cm_port}",
+                f"--cert-dir={d / 'pki' / 'controller-manager'}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--node-monitor-grace-period=1h",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=false",
+            ],
+        )
+        sched_port = free_port()
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(bins["kube-scheduler"]),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                f"--bind-address={LOCALHOST}",
+                f"--secure-port={sched_port}",
+                f"--cert-dir={d / 'pki' / 'scheduler'}",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait(
+            "kube-controller-manager",
+            lambda: _http_ok(f"https://{LOCALHOST}:{cm_port}/healthz", context=insecure),
+            60,
+        )
+        self._wait(
+            "kube-scheduler",
+            lambda: _http_ok(f"https://{LOCALHOST}:{sched_port}/healthz", context=insecure),
+            60,
+        )
+
+        self._spawn(
+            "kwok",
+            [
+                str(bins["kwok"]),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={bins['kwok-stages']}",
+                "--node-lease-duration-seconds=40",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--server-address={LOCALHOST}:{free_port()}",
+                "--node-ip=127.0.0.1",
+                "--cidr=10.244.0.0/16",
+            ],
+        )
+        self.endpoints = Endpoints(
+            directory=d,
+            kubeconfig=kubeconfig,
+            limited_kubeconfig=limited,
+            api_server_url=api_url,
+            admin_token=admin_token,
+            user_token=user_token,
+            ca_file=pki / "ca.crt",
+            prometheus_url="",
+            s3_endpoint_url="",
+            s3_access_key="",
+            s3_secret_key="",
+            bin_dir=d / "bin",
+            prometheus_targets_file=d / "prometheus" / "targets.json",
+        )
+        self._create_fake_nodes()
+
+        self._start_prometheus(bins)
+        self._start_versitygw(bins)
+        self._wait("kwok nodes", self._fake_nodes_ready, 90)
+        self.timings["all_ready_s"] = time.monotonic() - started
+
+        (d / "endpoints.json").write_text(
+            json.dumps(
+                {
+                    "api_server_url": api_url,
+                    "admin_token": admin_token,
+                    "user_token": user_token,
+                    "ca_file": str(pki / "ca.crt"),
+                    "pids": {p.name: p.popen.pid for p in self.processes},
+                    "timings": self.timings,
+                },
+                indent=2,
+            )
+        )
+        (d / "endpoints.json").chmod(0o600)
+        self.endpoints.write_env_file(d / "env")
+
+    def _start_prometheus(self, bins: dict[str, Path]) -> None:
+        assert self.endpoints is not None
+        port = free_port()
+        prom_dir = self.directory / "prometheus"
+        self.endpoints.prometheus_targets_file.write_text("[]\n")
+        config = prom_dir / "prometheus.yml"
+        config.write_text(
+            "global:\n"
+            "  scrape_interval: 1s\n"
+            "  evaluation_interval: 1s\n"
+            "scrape_configs:\n"
+            "  - job_name: prometheus\n"
+            "    static_configs:\n"
+            f"      - targets: ['{LOCALHOST}:{port}']\n"
+            # Tests register their own exporters here; Prometheus watches the file.
+            "  - job_name: test-targets\n"
+            "    file_sd_configs:\n"
+            f"      - files: ['{self.endpoints.prometheus_targets_file}']\n"
+            "        refresh_interval: 1s\n"
+        )
+        self._spawn(
+            "prometheus",
+            [
+                str(bins["prometheus"]),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={prom_dir / 'data'}",
+                f"--web.listen-address={LOCALHOST}:{port}",
+                "--web.enable-lifecycle",
+                "--web.enable-admin-api",
+                "--storage.tsdb.retention.time=1d",
+            ],
+        )
+        url = f"http://{LOCALHOST}:{port}"
+        self._wait("prometheus", lambda: _http_ok(f"{url}/-/ready"), 60)
+        self.endpoints.prometheus_url = url
+
+    def _start_versitygw(self, bins: dict[str, Path]) -> None:
+        assert self.endpoints is not None
+        port = free_port()
+        access_key = "fbl" + secrets.token_hex(6)
+        secret_key = secrets.token_urlsafe(24)
+        env = {**os.environ, "ROOT_ACCESS_KEY": access_key, "ROOT_SECRET_KEY": secret_key}
+        self._spawn(
+            "versitygw",
+            [
+                str(bins["versitygw"]),
+                "--port",
+                f"{LOCALHOST}:{port}",
+                "--region",
+                S3_REGION,
+                "posix",
+                "--sidecar",
+                str(self.directory / "s3" / "meta"),
+                str(self.directory / "s3" / "data"),
+            ],
+            env=env,
+        )
+        url = f"http://{LOCALHOST}:{port}"
+        # Any HTTP answer (an unsigned request gets 403) means the gateway is serving.
+        self._wait("versitygw", lambda: _http_answers(url), 60)
+        self.endpoints.s3_endpoint_url = url
+        self.endpoints.s3_access_key = access_key
+        self.endpoints.s3_secret_key = secret_key
+
+    def _create_fake_nodes(self) -> None:
+        for index in range(self.fake_nodes):
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"kwok-node-{index}",
+                    "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {
+                        "kubernetes.io/hostname": f"kwok-node-{index}",
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                    },
+                },
+                "status": {
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                },
+            }
+            self.kubectl("apply", "-f", "-", input_text=json.dumps(node))
+
+    def _fake_nodes_ready(self) -> bool:
+        result = self.kubectl(
+            "get",
+            "nodes",
+            "-l",
+            "type=kwok",
+            "-o",
+            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+            check=False,
+        )
+        statuses = result.stdout.split()
+        return result.returncode == 0 and len(statuses) == self.fake_nodes and set(statuses) == {"True"}
+
+    def _make_pki(self) -> Path:
+        pki = self.directory / "pki"
+        if (pki / "apiserver.crt").exists():
+            return pki
+
+        def openssl(*args: str) -> None:
+            run_checked(["openssl", *args], cwd=pki)
+
+        openssl("genrsa", "-out", "ca.key", "2048")
+        openssl(
+            "req", "-x509", "-new", "-nodes", "-key", "ca.key", "-subj", "/CN=fbl-test-ca",
+            "-days", "30", "-out", "ca.crt",
+        )  # fmt: skip
+        openssl("genrsa", "-out", "apiserver.key", "2048")
+        openssl(
+            "req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver", "-out", "apiserver.csr"
+        )
+        (pki / "san.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            "DNS:kubernetes.default.svc,IP:10.0.0.1\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        openssl(
+            "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "30", "-extfile", "san.ext", "-out", "apiserver.crt",
+        )  # fmt: skip
+        openssl("genrsa", "-out", "sa.key", "2048")
+        openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        for key in pki.glob("*.key"):
+            key.chmod(0o600)
+        return pki
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.directory / "logs" / f"{name}.log"
+        handle = log.open("ab")
+        popen = subprocess.Popen(
+            args,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.directory,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        handle.close()
+        self.processes.append(Process(name, popen, log))
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [p for p in self.processes if p.popen.poll() is not None]
+            if dead:
+                raise ClusterStartError(
+                    f"{dead[0].name} exited with {dead[0].popen.returncode} while waiting for {what}:\n"
+                    f"{tail(dead[0].log)}"
+                )
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.2)
+        raise ClusterStartError(f"{what} not ready after {timeout}s\n{self.log_tails()}")
+
+
+def _terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if popen.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(5)
+
+
+def _http_ok(url: str, token: str | None = None, context: ssl.SSLContext | None = None) -> bool:
+    request = urllib.request.Request(url)  # noqa: S310 - loopback URLs built by the harness
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
+        return bool(response.status == 200)
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback URL built by the harness
+    except urllib.error.HTTPError:
+        return True
+    return True
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fbl", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "fbl", "context": {"cluster": "fbl", "user": user, "namespace": "default"}}],
+        "current-context": "fbl",
+    }
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+
+
+# -------------------------------------------------------------------- shell interface
+def _run_foreground(directory: Path, fake_nodes: int, ready_file: Path | None) -> int:
+    stop_requested = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        cluster = Cluster.start(directory, fake_nodes)
+    except ClusterStartError as err:
+        print(f"cluster failed to start: {err}", file=sys.stderr)
+        if ready_file:
+            ready_file.write_text("failed\n")
+        return 1
+    with cluster:
+        assert cluster.endpoints is not None
+        print(
+            f"cluster ready in {cluster.timings['all_ready_s']:.1f}s "
+            f"(apiserver /readyz at {cluster.timings['apiserver_ready_s']:.1f}s)"
+        )
+        print(f"  source {directory / 'env'}")
+        for key, value in cluster.endpoints.env().items():
+            if "SECRET" not in key:
+                print(f"  {key}={value}")
+        sys.stdout.flush()
+        if ready_file:
+            ready_file.write_text("ready\n")
+        while not stop_requested:
+            time.sleep(0.5)
+            try:
+                cluster.check_alive()
+            except ClusterStartError as err:
+                print(err, file=sys.stderr)
+                return 1
+    print("cluster stopped")
+    return 0
+
+
+def _up(directory: Path, fake_nodes: int) -> int:
+    pid_file = directory / "harness.pid"
+    if pid_file.exists() and _pid_alive(int(pid_file.read_text())):
+        print(f"cluster already running (pid {pid_file.read_text().strip()}); source {directory / 'env'}")
+        return 0
+    directory.mkdir(parents=True, exist_ok=True)
+    ready = directory / "ready"
+    ready.unlink(missing_ok=True)
+    (directory / "env").unlink(missing_ok=True)
+    log = (directory / "harness.log").open("ab")
+    supervisor = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "run", "--dir", str(directory),
+         "--nodes", str(fake_nodes), "--ready-file", str(ready)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    pid_file.write_text(f"{supervisor.pid}\n")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if ready.exists():
+            state = ready.read_text().strip()
+            if state == "ready":
+                print(tail(directory / "harness.log", 12))
+                return 0
+            break
+        if supervisor.poll() is not None:
+            break
+        time.sleep(0.5)
+    print(tail(directory / "harness.log", 60), file=sys.stderr)
+    _down(directory)
+    return 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _down(directory: Path) -> int:
+    pid_file = directory / "harness.pid"
+    if not pid_file.exists():
+        print("no cluster running")
+        return 0
+    pid = int(pid_file.read_text())
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink()
+    (directory / "ready").unlink(missing_ok=True)
+    print("cluster down")
+    return 0
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, fake_nodes: int = DEFAULT_FAKE_NODES) -> Iterator[Cluster]:
+    cluster = Cluster.start(directory, fake_nodes)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "run"])
+    parser.add_argument("--dir", type=Path, default=REPO / ".cluster")
+    parser.add_argument("--nodes", type=int, default=DEFAULT_FAKE_NODES, help="number of kwok fake nodes")
+    parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    directory = args.dir.resolve()
+    if args.command == "up":
+        return _up(directory, args.nodes)
+    if args.command == "down":
+        return _down(directory)
+    return _run_foreground(directory, args.nodes, args.ready_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Clients for the real components, and a fresh namespace per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import boto3
+import pytest
+from botocore.config import Config
+from kubernetes import client, config
+from prometheus_api_client import PrometheusConnect
+
+import harness
+
+pytestmark = pytest.mark.integration
+
+
+def s3_client(endpoints: harness.Endpoints, secret_key: str | None = None) -> object:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoints.s3_endpoint_url,
+        aws_access_key_id=endpoints.s3_access_key,
+        aws_secret_access_key=secret_key or endpoints.s3_secret_key,
+        region_name=harness.S3_REGION,
+        # boto3 >= 1.36 sends checksum headers by default that S3-compatible stores may refuse.
+        config=Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 2},
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def api_client(endpoints: harness.Endpoints) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(endpoints.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def core_v1(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(cluster: harness.Cluster, core_v1: client.CoreV1Api) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core_v1.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def prometheus(endpoints: harness.Endpoints) -> PrometheusConnect:
+    return PrometheusConnect(url=endpoints.prometheus_url, disable_ssl=True)
+
+
+@pytest.fixture(scope="session")
+def s3(endpoints: harness.Endpoints) -> object:
+    return s3_client(endpoints)
+
+
+@pytest.fixture(scope="session")
+def s3_with_secret(endpoints: harness.Endpoints) -> Callable[[str], object]:
+    """An S3 client with the right access key and the given secret key."""
+    return lambda secret_key: s3_client(endpoints, secret_key=secret_key)

@@ -57,6 +57,14 @@ def endpoints(cluster: harness.Cluster) -> harness.Endpoints:
     return cluster.endpoints
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the suite folder it lives in, so `-m "not integration"` works everywhere."""
+    for item in items:
+        suite = item.path.relative_to(Path(__file__).parent).parts[0]
+        if suite in {"integration", "e2e"}:
+            item.add_marker(getattr(pytest.mark, suite))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield

@@ -13,8 +13,6 @@ from prometheus_api_client import PrometheusConnect
 
 import harness
 
-pytestmark = pytest.mark.integration
-
 
 def s3_client(endpoints: harness.Endpoints, secret_key: str | None = None) -> object:
     return boto3.client(

@@ -1,0 +1,183 @@
+"""Desired Kubernetes objects as plain dicts, built from the spec and status alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from feedbackloop.core import contract
+from feedbackloop.core.spec import API_VERSION, KIND, FeedbackLoopSpec
+from feedbackloop.core.status import ActiveRetrain, ModelRef
+
+MANAGED_BY = "feedbackloop-operator"
+LABEL_LOOP = "feedbackloop.dev/loop"
+LABEL_VERSION = "feedbackloop.dev/version"
+LABEL_COMPONENT = "feedbackloop.dev/component"
+LABEL_TRIGGER = "feedbackloop.dev/trigger"
+COMPONENT_RETRAIN = "retrain"
+TRAINER_CONTAINER = "trainer"
+TRAINER_COMMAND = ("feedbackloop-train",)
+NONROOT_UID = 65532
+
+
+@dataclass(frozen=True)
+class LoopRef:
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Operator-wide settings the Job needs: the chosen (allow-listed) image and the S3 endpoint."""
+
+    image: str
+    s3_endpoint_url: str | None
+    s3_region: str
+
+
+def retrain_job_name(loop: str, number: int) -> str:
+    return f"{loop}-retrain-{number}"
+
+
+def owner_reference(loop: LoopRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": loop.name,
+        "uid": loop.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def build_retrain_job(
+    loop: LoopRef,
+    spec: FeedbackLoopSpec,
+    retrain: ActiveRetrain,
+    current: ModelRef | None,
+    settings: JobSettings,
+    now: datetime,
+) -> dict[str, Any]:
+    data, trainer, artifacts = spec.retrain.data, spec.retrain.trainer, spec.artifacts
+    env = [
+        _env(contract.ENV_LOOP_NAME, loop.name),
+        _env(contract.ENV_LOOP_NAMESPACE, loop.namespace),
+        _env(contract.ENV_LOOP_UID, loop.uid),
+        _env(contract.ENV_VERSION, retrain.version),
+        _env(contract.ENV_JOB_NAME, retrain.job),
+        _env(contract.ENV_TRIGGER, retrain.trigger),
+        _env(
+            contract.ENV_ARTIFACT_URI,
+            contract.version_uri(
+                artifacts.bucket, artifacts.prefix, loop.namespace, loop.name, retrain.version
+            ),
+        ),
+        _env(contract.ENV_TRAINING_DATA_URI, data.training),
+        _env(contract.ENV_HOLDOUT_FRACTION, repr(data.holdout_fraction)),
+        _env(contract.ENV_HOLDOUT_STRATEGY, data.holdout_strategy),
+        _env(contract.ENV_SEED, str(data.seed)),
+        _env(contract.ENV_LABEL_COLUMN, trainer.label),
+        _env(contract.ENV_TASK, trainer.task),
+        _env(contract.ENV_ESTIMATOR_CLASS, trainer.estimator.class_),
+        _env(contract.ENV_ESTIMATOR_PARAMS, json.dumps(trainer.estimator.params, sort_keys=True)),
+        _env(contract.ENV_TERMINATION_MESSAGE_PATH, contract.TERMINATION_MESSAGE_PATH),
+        _env(contract.ENV_S3_REGION, settings.s3_region),
+        _secret_env(contract.ENV_S3_ACCESS_KEY, artifacts.credentials_secret, contract.SECRET_KEY_ACCESS),
+        _secret_env(contract.ENV_S3_SECRET_KEY, artifacts.credentials_secret, contract.SECRET_KEY_SECRET),
+    ]
+    if data.feedback:
+        env.append(_env(contract.ENV_FEEDBACK_DATA_URI, data.feedback))
+        if data.feedback_window is not None:
+            since = (now - data.feedback_window).isoformat().replace("+00:00", "Z")
+            env.append(_env(contract.ENV_FEEDBACK_SINCE, since))
+    if data.holdout:
+        env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
+    if current is not None:
+        env.append(_env(contract.ENV_CURRENT_MODEL_URI, current.uri))
+        env.append(_env(contract.ENV_CURRENT_MODEL_VERSION, current.version))
+        if current.sha256:
+            env.append(_env(contract.ENV_CURRENT_MODEL_SHA256, current.sha256))
+    if settings.s3_endpoint_url:
+        env.append(_env(contract.ENV_S3_ENDPOINT, settings.s3_endpoint_url))
+
+    labels = {
+        "app.kubernetes.io/name": "feedbackloop-trainer",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_COMPONENT: COMPONENT_RETRAIN,
+        LABEL_LOOP: loop.name,
+        LABEL_VERSION: retrain.version,
+        LABEL_TRIGGER: retrain.trigger,
+    }
+    resources = {
+        key: {name: str(value) for name, value in values.items()}
+        for key, values in (
+            ("requests", spec.retrain.resources.requests),
+            ("limits", spec.retrain.resources.limits),
+        )
+        if values
+    }
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.image,
+        "command": list(TRAINER_COMMAND),
+        "env": env,
+        "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir, the only writable path
+    }
+    if resources:
+        container["resources"] = resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": retrain.job,
+            "namespace": loop.namespace,
+            "labels": labels,
+            "annotations": {"feedbackloop.dev/trigger-reason": retrain.reason[:1024]},
+            "ownerReferences": [owner_reference(loop)],
+        },
+        "spec": {
+            "backoffLimit": spec.retrain.backoff_limit,
+            "activeDeadlineSeconds": spec.retrain.active_deadline_seconds,
+            "ttlSecondsAfterFinished": spec.retrain.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {
+                    "labels": {**spec.retrain.pod_labels, **labels},
+                    "annotations": dict(spec.retrain.pod_annotations),
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": NONROOT_UID,
+                        "runAsGroup": NONROOT_UID,
+                        "fsGroup": NONROOT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                },
+            },
+        },
+    }

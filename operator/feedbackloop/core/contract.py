@@ -1,0 +1,142 @@
+"""The retrain Job contract, shared by the operator (which sets it) and jobs/ (which honours it).
+
+Documented for people in docs/retrain-job-contract.md; this module is the single source for code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# ---- FBL_* environment of the retrain container
+ENV_LOOP_NAME = "FBL_LOOP_NAME"
+ENV_LOOP_NAMESPACE = "FBL_LOOP_NAMESPACE"
+ENV_LOOP_UID = "FBL_LOOP_UID"
+ENV_VERSION = "FBL_VERSION"
+ENV_JOB_NAME = "FBL_JOB_NAME"
+ENV_TRIGGER = "FBL_TRIGGER"
+ENV_ARTIFACT_URI = "FBL_ARTIFACT_URI"
+ENV_TRAINING_DATA_URI = "FBL_TRAINING_DATA_URI"
+ENV_FEEDBACK_DATA_URI = "FBL_FEEDBACK_DATA_URI"
+ENV_FEEDBACK_SINCE = "FBL_FEEDBACK_SINCE"
+ENV_HOLDOUT_DATA_URI = "FBL_HOLDOUT_DATA_URI"
+ENV_HOLDOUT_FRACTION = "FBL_HOLDOUT_FRACTION"
+ENV_HOLDOUT_STRATEGY = "FBL_HOLDOUT_STRATEGY"
+ENV_SEED = "FBL_SEED"
+ENV_LABEL_COLUMN = "FBL_LABEL_COLUMN"
+ENV_TASK = "FBL_TASK"
+ENV_ESTIMATOR_CLASS = "FBL_ESTIMATOR_CLASS"
+ENV_ESTIMATOR_PARAMS = "FBL_ESTIMATOR_PARAMS"
+ENV_CURRENT_MODEL_URI = "FBL_CURRENT_MODEL_URI"
+ENV_CURRENT_MODEL_SHA256 = "FBL_CURRENT_MODEL_SHA256"
+ENV_CURRENT_MODEL_VERSION = "FBL_CURRENT_MODEL_VERSION"
+ENV_TERMINATION_MESSAGE_PATH = "FBL_TERMINATION_MESSAGE_PATH"
+# Standard AWS SDK variables, so any S3 client in a bring-your-own image works unchanged.
+ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"
+ENV_S3_REGION = "AWS_DEFAULT_REGION"
+ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name, not a secret
+# Keys looked up in the user's Secret (names, not values).
+SECRET_KEY_ACCESS = "AWS_ACCESS_KEY_ID"  # noqa: S105
+SECRET_KEY_SECRET = "AWS_SECRET_ACCESS_KEY"  # noqa: S105
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+# ---- artifact layout: s3://<bucket>/<prefix><namespace>/<loop>/<version>/<file>
+MODEL_FILE = "model.joblib"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.json"
+REFERENCE_FILE = "reference.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (MODEL_FILE, METRICS_FILE)
+MANIFEST_SCHEMA_VERSION = 1
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^v([0-9]+)$")
+_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)$")
+
+
+def version_name(number: int) -> str:
+    return f"v{number}"
+
+
+def version_number(version: str | None) -> int:
+    """The n of `vN`, or 0 for anything else (a hand-named initial model)."""
+    match = _VERSION.match(version or "")
+    return int(match.group(1)) if match else 0
+
+
+def version_prefix(prefix: str, namespace: str, loop: str, version: str) -> str:
+    return f"{prefix}{namespace}/{loop}/{version}/"
+
+
+def version_uri(bucket: str, prefix: str, namespace: str, loop: str, version: str) -> str:
+    return f"s3://{bucket}/{version_prefix(prefix, namespace, loop, version)}"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key or prefix) of an s3:// URI."""
+    match = _S3_URI.match(uri)
+    if not match:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return match.group(1), match.group(2)
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    files: tuple[ManifestFile, ...]
+    raw: dict[str, Any]
+
+    def file(self, name: str) -> ManifestFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
+
+class ManifestError(ValueError):
+    """The manifest is present but does not describe a usable version."""
+
+
+def parse_manifest(raw: Any, expected_version: str | None = None) -> Manifest:
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest.json is not a JSON object")
+    if raw.get("schemaVersion") != MANIFEST_SCHEMA_VERSION:
+        raise ManifestError(f"unsupported manifest schemaVersion {raw.get('schemaVersion')!r}")
+    version = raw.get("version")
+    if not isinstance(version, str) or (expected_version is not None and version != expected_version):
+        raise ManifestError(f"manifest is for version {version!r}, expected {expected_version!r}")
+    entries = raw.get("files")
+    if not isinstance(entries, dict) or not entries:
+        raise ManifestError("manifest lists no files")
+    files = []
+    for name, entry in sorted(entries.items()):
+        if "/" in name or name in {"", ".", ".."} or name == MANIFEST_FILE:
+            raise ManifestError(f"manifest lists an invalid file name {name!r}")
+        if not isinstance(entry, dict) or not _SHA256.match(str(entry.get("sha256", ""))):
+            raise ManifestError(f"manifest entry for {name} has no valid sha256")
+        size = entry.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise ManifestError(f"manifest entry for {name} has no valid size")
+        files.append(ManifestFile(name=name, sha256=entry["sha256"], size=size))
+    manifest = Manifest(version=version, files=tuple(files), raw=raw)
+    missing = [name for name in REQUIRED_FILES if manifest.file(name) is None]
+    if missing:
+        raise ManifestError(f"manifest lacks required files: {', '.join(missing)}")
+    return manifest
+
+
+def numeric_metrics(section: Any) -> dict[str, float]:
+    """The numeric entries of one metrics.json section; anything else is ignored."""
+    if not isinstance(section, dict):
+        return {}
+    return {
+        str(name): float(value)
+        for name, value in section.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }

@@ -1,0 +1,147 @@
+"""Monitoring verdicts: samples, then threshold, then `for`.
+
+No data is never healthy, and never a breach unless noData is Retrain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from feedbackloop.core.conditions import FALSE, TRUE, UNKNOWN, Reason
+from feedbackloop.core.observations import MetricObservation
+from feedbackloop.core.spec import FeedbackLoopSpec, MetricAction, MetricSpec, NoDataPolicy
+from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus, Verdict
+
+NO_DATA_VERDICTS = frozenset({Verdict.NO_DATA, Verdict.INSUFFICIENT_SAMPLES})
+
+
+def evaluation_due(
+    spec: FeedbackLoopSpec,
+    last: Evaluation | None,
+    generation: int | None,
+    observed_generation: int | None,
+    now: datetime,
+) -> bool:
+    if last is None or generation != observed_generation:
+        return True
+    return now >= last.time + spec.monitoring.interval
+
+
+def evaluate_metric(
+    metric: MetricSpec,
+    observed: MetricObservation,
+    previous: MetricEvaluation | None,
+    policy: NoDataPolicy,
+    now: datetime,
+) -> MetricEvaluation:
+    threshold = ThresholdStatus(min=metric.threshold.min, max=metric.threshold.max)
+    value = observed.result.value
+    samples = observed.samples.value if observed.samples and observed.samples.has_value else None
+
+    if observed.samples is not None and not observed.samples.has_value:
+        verdict, reason = Verdict.NO_DATA, f"Samples{observed.samples.outcome}"
+        message = f"samples query: {observed.samples.message or observed.samples.outcome}"
+    elif metric.min_samples and (samples is None or samples < metric.min_samples):
+        verdict, reason = Verdict.INSUFFICIENT_SAMPLES, Reason.INSUFFICIENT_SAMPLES
+        message = f"{_fmt(samples)} samples < minSamples {metric.min_samples}"
+    elif not observed.result.has_value or value is None:
+        verdict, reason = Verdict.NO_DATA, str(observed.result.outcome)
+        message = observed.result.message or f"query outcome {observed.result.outcome}"
+    elif _outside(value, metric):
+        verdict, reason, message = Verdict.BREACHING, Reason.THRESHOLD_BREACHED, _breach_text(metric, value)
+    else:
+        verdict, reason, message = Verdict.HEALTHY, Reason.WITHIN_THRESHOLDS, ""
+
+    counts_as_breach = verdict is Verdict.BREACHING or (
+        verdict in NO_DATA_VERDICTS and policy is NoDataPolicy.RETRAIN
+    )
+    since = None
+    if counts_as_breach:
+        since = previous.breaching_since if previous and previous.breaching_since else now
+        if verdict is Verdict.BREACHING and now - since >= metric.for_:
+            verdict = Verdict.BREACHED
+    return MetricEvaluation(
+        name=metric.name,
+        value=value,
+        threshold=threshold,
+        samples=samples,
+        verdict=verdict,
+        reason=reason,
+        message=message,
+        breaching_since=since,
+    )
+
+
+def evaluate(
+    spec: FeedbackLoopSpec,
+    observed: Sequence[MetricObservation],
+    previous: Evaluation | None,
+    now: datetime,
+) -> Evaluation:
+    by_name = {o.name: o for o in observed}
+    before = {m.name: m for m in previous.metrics} if previous else {}
+    results = tuple(
+        evaluate_metric(metric, by_name[metric.name], before.get(metric.name), spec.monitoring.no_data, now)
+        for metric in spec.monitoring.metrics
+        if metric.name in by_name
+    )
+    return Evaluation(time=now, metrics=results)
+
+
+def sustained_breaches(
+    spec: FeedbackLoopSpec, evaluation: Evaluation, now: datetime
+) -> list[MetricEvaluation]:
+    """Retrain-action metrics whose breach (or no data, under noData=Retrain) has lasted `for`."""
+    specs = {m.name: m for m in spec.monitoring.metrics}
+    sustained = []
+    for result in evaluation.metrics:
+        metric = specs.get(result.name)
+        if metric is None or metric.action is not MetricAction.RETRAIN or result.breaching_since is None:
+            continue
+        if now - result.breaching_since >= metric.for_:
+            sustained.append(result)
+    return sustained
+
+
+def healthy_condition(spec: FeedbackLoopSpec, evaluation: Evaluation) -> tuple[str, str, str]:
+    """(status, reason, message) of the Healthy condition."""
+    breaching = [m for m in evaluation.metrics if m.verdict in (Verdict.BREACHING, Verdict.BREACHED)]
+    if breaching:
+        return FALSE, Reason.THRESHOLD_BREACHED, "; ".join(_describe(spec, m) for m in breaching)
+    no_data = [m for m in evaluation.metrics if m.verdict in NO_DATA_VERDICTS]
+    if no_data:
+        reason = (
+            Reason.INSUFFICIENT_SAMPLES
+            if all(m.verdict is Verdict.INSUFFICIENT_SAMPLES for m in no_data)
+            else Reason.NO_DATA
+        )
+        message = "; ".join(f"{m.name}: {m.message}" for m in no_data)
+        status = FALSE if spec.monitoring.no_data is NoDataPolicy.FAIL else UNKNOWN
+        return status, reason, message
+    count = len(evaluation.metrics)
+    return TRUE, Reason.WITHIN_THRESHOLDS, f"{count} metric{'s' if count != 1 else ''} within thresholds"
+
+
+def _outside(value: float, metric: MetricSpec) -> bool:
+    low, high = metric.threshold.min, metric.threshold.max
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
+def _breach_text(metric: MetricSpec, value: float) -> str:
+    low, high = metric.threshold.min, metric.threshold.max
+    if low is not None and value < low:
+        return f"{_fmt(value)} < min {_fmt(low)}"
+    return f"{_fmt(value)} > max {_fmt(high)}"
+
+
+def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:
+    metric = next(m for m in spec.monitoring.metrics if m.name == result.name)
+    text = f"{result.name} {result.message}"
+    if result.verdict is Verdict.BREACHING and metric.for_ > timedelta(0):
+        text += f" (breaching, must last {metric.for_})"
+    return text
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4g}"

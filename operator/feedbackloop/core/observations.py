@@ -1,0 +1,124 @@
+"""What the adapters saw, as plain values: the only input `decide` has besides the spec, status and `now`."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueryOutcome(enum.StrEnum):
+    VALUE = "Value"
+    EMPTY = "Empty"  # the query matched no series
+    NAN = "NaN"  # e.g. 0/0 when no feedback arrived
+    INFINITE = "Infinite"  # e.g. x/0
+    MULTIPLE_SERIES = "MultipleSeries"  # the query must aggregate to one series
+    ERROR = "Error"  # Prometheus answered with an error (bad query, server error, unreachable)
+    TIMEOUT = "Timeout"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    outcome: QueryOutcome
+    value: float | None = None
+    message: str = ""
+
+    @classmethod
+    def of(cls, value: float) -> QueryResult:
+        if math.isnan(value):
+            return cls(QueryOutcome.NAN, message="the query returned NaN")
+        if math.isinf(value):
+            return cls(QueryOutcome.INFINITE, message=f"the query returned {value}")
+        return cls(QueryOutcome.VALUE, value=value)
+
+    @property
+    def has_value(self) -> bool:
+        return self.outcome is QueryOutcome.VALUE
+
+
+@dataclass(frozen=True)
+class MetricObservation:
+    name: str
+    query: str
+    result: QueryResult
+    samples: QueryResult | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A reachability check: ok, or why not."""
+
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    uri: str | None
+    sha256: str | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    deployment_found: bool
+    container_found: bool
+    containers: tuple[str, ...] = ()
+    deployed: DeployedModel | None = None
+
+
+class JobState(enum.StrEnum):
+    MISSING = "Missing"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    name: str
+    state: JobState
+    message: str = ""  # the pod's termination message, or the Job's failure condition message
+
+
+class ArtifactCheck(enum.StrEnum):
+    VERIFIED = "Verified"
+    MANIFEST_MISSING = "ManifestMissing"
+    DIGEST_MISMATCH = "DigestMismatch"
+    INVALID = "Invalid"  # present but unusable: bad JSON, missing model file, wrong schema
+    UNREACHABLE = "Unreachable"  # transient: try again later
+
+
+@dataclass(frozen=True)
+class ArtifactObservation:
+    check: ArtifactCheck
+    message: str = ""
+    uri: str = ""
+    model_sha256: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrainCapacity:
+    """Operator-wide cap on concurrent retrain Jobs."""
+
+    running: int
+    limit: int
+
+    @property
+    def available(self) -> bool:
+        return self.running < self.limit
+
+
+@dataclass(frozen=True)
+class Observations:
+    metrics: tuple[MetricObservation, ...] | None = None  # None: no evaluation was due
+    prometheus: Probe | None = None
+    artifact_store: Probe | None = None
+    target: TargetObservation | None = None
+    job: JobObservation | None = None
+    artifacts: ArtifactObservation | None = None
+    capacity: RetrainCapacity = RetrainCapacity(running=0, limit=1)
+    retrain_request: str | None = None  # the value of the retrain-requested annotation

@@ -1,0 +1,244 @@
+"""The FeedbackLoop spec as typed, immutable values, parsed from the custom resource's body.
+
+The CRD's schema and CEL rules reject most bad input at admission; `parse_spec` re-checks what the operator
+relies on, so a loop created before a CRD upgrade still fails with a clear, field-named error.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from feedbackloop.core.durations import format_duration, parse_duration
+
+GROUP = "feedbackloop.dev"
+VERSION = "v1alpha1"
+PLURAL = "feedbackloops"
+KIND = "FeedbackLoop"
+API_VERSION = f"{GROUP}/{VERSION}"
+MAX_LOOP_NAME_LENGTH = 45
+BUILTIN_TRAINER_METRICS = frozenset(
+    {"accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc", "rmse", "mae", "r2"}
+)
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(lambda value: parse_duration(value) if isinstance(value, str) else value),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class Mode(enum.StrEnum):
+    OBSERVE = "Observe"
+    RECOMMEND = "Recommend"
+    AUTO = "Auto"
+
+
+class NoDataPolicy(enum.StrEnum):
+    HOLD = "Hold"
+    RETRAIN = "Retrain"
+    FAIL = "Fail"
+
+
+class MetricAction(enum.StrEnum):
+    RETRAIN = "Retrain"
+    ALERT = "Alert"
+
+
+class Task(enum.StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+class HoldoutStrategy(enum.StrEnum):
+    RANDOM = "Random"
+    RECENT = "Recent"
+
+
+class Target(_Model):
+    deployment: str
+    container: str
+
+
+class PrometheusSpec(_Model):
+    url: str = Field(pattern=r"^https?://")
+    timeout: Duration = timedelta(seconds=10)
+
+
+class Threshold(_Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("threshold needs min or max")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"threshold min {self.min} must be below max {self.max}")
+        return self
+
+
+class MetricSpec(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    query: str = Field(min_length=1, max_length=4096)
+    samples_query: str | None = Field(default=None, max_length=4096)
+    min_samples: int = Field(default=0, ge=0)
+    threshold: Threshold
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    action: MetricAction = MetricAction.RETRAIN
+
+
+class MonitoringSpec(_Model):
+    interval: Duration = timedelta(seconds=60)
+    no_data: NoDataPolicy = NoDataPolicy.HOLD
+    labels: dict[str, str] = Field(default_factory=dict)
+    metrics: tuple[MetricSpec, ...] = Field(min_length=1, max_length=20)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_floor(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=10):
+            raise ValueError("interval must be at least 10s")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, value: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
+        names = [metric.name for metric in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"metric names must be unique: {', '.join(duplicates)}")
+        return value
+
+
+class Estimator(_Model):
+    class_: str = Field(
+        default="sklearn.ensemble.HistGradientBoostingClassifier",
+        alias="class",
+        pattern=r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainerSpec(_Model):
+    estimator: Estimator = Field(default_factory=Estimator)
+    label: str = Field(min_length=1)
+    task: Task = Task.CLASSIFICATION
+
+
+class DataSpec(_Model):
+    training: str = Field(pattern=r"^s3://")
+    feedback: str | None = Field(default=None, pattern=r"^s3://")
+    holdout: str | None = Field(default=None, pattern=r"^s3://")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    holdout_strategy: HoldoutStrategy = HoldoutStrategy.RANDOM
+    feedback_window: Duration | None = None
+    seed: int = 0
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class RetrainSpec(_Model):
+    schedule: str | None = None
+    cooldown: Duration = timedelta(hours=1)
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    active_deadline_seconds: int = Field(default=3600, ge=60, le=86400)
+    ttl_seconds_after_finished: int = Field(default=86400, ge=0, le=604800)
+    image: str | None = None
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    trainer: TrainerSpec
+    data: DataSpec
+
+
+class ArtifactsSpec(_Model):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field(default="", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    credentials_secret: str = Field(min_length=1)
+
+
+class Gate(_Model):
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    min_delta_vs_current: float | None = None
+    require_significance: bool = False
+
+
+class ValidationSpec(_Model):
+    custom_metrics: tuple[str, ...] = ()
+    gates: tuple[Gate, ...] = ()
+
+
+class AnalysisSpec(_Model):
+    interval: Duration = timedelta(minutes=1)
+    count: int = Field(default=5, ge=1, le=100)
+    failure_limit: int = Field(default=1, ge=0)
+    inconclusive_limit: int = Field(default=2, ge=0)
+    metrics: tuple[str, ...] | None = None
+
+
+class RolloutSpec(_Model):
+    progress_deadline: Duration = timedelta(minutes=10)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    rollback_on_failure: bool = True
+
+
+class FeedbackLoopSpec(_Model):
+    mode: Mode = Mode.AUTO
+    suspend: bool = False
+    target: Target
+    prometheus: PrometheusSpec
+    monitoring: MonitoringSpec
+    retrain: RetrainSpec
+    artifacts: ArtifactsSpec
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @model_validator(mode="after")
+    def _references(self) -> FeedbackLoopSpec:
+        known = BUILTIN_TRAINER_METRICS | set(self.validation.custom_metrics)
+        for gate in self.validation.gates:
+            if gate.metric not in known:
+                raise ValueError(f"validation.gates: unknown metric {gate.metric!r}")
+        monitored = {metric.name for metric in self.monitoring.metrics}
+        for name in self.rollout.analysis.metrics or ():
+            if name not in monitored:
+                raise ValueError(f"rollout.analysis.metrics: {name!r} is not a spec.monitoring.metrics name")
+        return self
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot act on; the message names the field."""
+
+
+def parse_spec(raw: dict[str, Any]) -> FeedbackLoopSpec:
+    try:
+        return FeedbackLoopSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for problem in err.errors(include_url=False):
+            where = ".".join(str(part) for part in ("spec", *problem["loc"]))
+            problems.append(f"{where}: {problem['msg']}")
+        raise SpecError("; ".join(problems)) from None

@@ -1,0 +1,152 @@
+"""The FeedbackLoop status as typed values; `to_status_dict` gives the JSON the API server stores."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+HISTORY_LIMIT = 20
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    HEALTHY = "Healthy"
+    RETRAINING = "Retraining"
+    VALIDATED = "Validated"
+    ROLLED_OUT = "RolledOut"
+    DEGRADED = "Degraded"
+
+
+class Verdict(enum.StrEnum):
+    HEALTHY = "Healthy"
+    BREACHING = "Breaching"  # outside the threshold, not yet for `for`
+    BREACHED = "Breached"  # outside the threshold for at least `for`
+    NO_DATA = "NoData"
+    INSUFFICIENT_SAMPLES = "InsufficientSamples"
+
+
+class Condition(_Model):
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class ThresholdStatus(_Model):
+    min: float | None = None
+    max: float | None = None
+
+
+class MetricEvaluation(_Model):
+    name: str
+    value: float | None = None
+    threshold: ThresholdStatus
+    samples: float | None = None
+    verdict: Verdict
+    reason: str
+    message: str = ""
+    breaching_since: datetime | None = None
+
+
+class Evaluation(_Model):
+    time: datetime
+    metrics: tuple[MetricEvaluation, ...] = ()
+
+
+class ModelRef(_Model):
+    version: str
+    uri: str
+    sha256: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    deployed_at: datetime | None = None
+
+
+class GateResult(_Model):
+    metric: str
+    value: float | None = None
+    threshold: str
+    verdict: str
+    reason: str = ""
+
+
+class CandidateModel(_Model):
+    version: str
+    job: str
+    uri: str
+    sha256: str
+    trigger: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    current_metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    gates: tuple[GateResult, ...] = ()
+
+
+class ActiveRetrain(_Model):
+    job: str
+    version: str
+    number: int
+    trigger: str
+    reason: str = ""
+    started_at: datetime
+
+
+class HistoryEntry(_Model):
+    version: str
+    trigger: str
+    outcome: str
+    reason: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class FeedbackLoopStatus(_Model):
+    observed_generation: int | None = None
+    phase: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    last_evaluation: Evaluation | None = None
+    current_model: ModelRef | None = None
+    candidate_model: CandidateModel | None = None
+    active_retrain: ActiveRetrain | None = None
+    retrain_count: int = 0
+    last_retrain_time: datetime | None = None
+    last_schedule_time: datetime | None = None
+    handled_retrain_request: str | None = None
+    waiting_reason: str | None = None
+    rejected_versions: tuple[str, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
+def parse_status(raw: dict[str, Any] | None) -> FeedbackLoopStatus:
+    """Unknown or malformed status parts are dropped, not fatal: status is ours to rebuild."""
+    try:
+        return FeedbackLoopStatus.model_validate(raw or {})
+    except ValidationError:
+        kept: dict[str, Any] = {}
+        for key, value in (raw or {}).items():
+            try:
+                FeedbackLoopStatus.model_validate({key: value})
+            except ValidationError:
+                continue
+            kept[key] = value
+        return FeedbackLoopStatus.model_validate(kept)
+
+
+def to_status_dict(status: FeedbackLoopStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tuple[HistoryEntry, ...]:
+    return (*history, entry)[-HISTORY_LIMIT:]

@@ -1,0 +1,103 @@
+"""Builders of FeedbackLoop inputs for core unit tests: plain values, no mocks."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from feedbackloop.core.builders import LoopRef
+from feedbackloop.core.decide import LoopState, OperatorPolicy
+from feedbackloop.core.observations import (
+    MetricObservation,
+    Observations,
+    Probe,
+    QueryResult,
+    TargetObservation,
+)
+from feedbackloop.core.spec import SpecError, parse_spec
+from feedbackloop.core.status import FeedbackLoopStatus
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+IMAGE = "registry.example/feedbackloop-trainer:0.1.0"
+POLICY = OperatorPolicy(
+    trainer_images=(IMAGE,), s3_endpoint_url="http://s3.local:7070", s3_region="us-east-1"
+)
+REF = LoopRef(name="churn", namespace="ml", uid="0f0e0d0c-uid")
+
+BASE_SPEC: dict[str, Any] = {
+    "mode": "Auto",
+    "target": {"deployment": "churn-server", "container": "server"},
+    "prometheus": {"url": "http://prometheus:9090", "timeout": "5s"},
+    "monitoring": {
+        "interval": "60s",
+        "noData": "Hold",
+        "labels": {"model": "churn"},
+        "metrics": [
+            {
+                "name": "accuracy",
+                "query": "sum(rate(fbl_feedback_correct_total{model={{model}}}[5m]))"
+                " / sum(rate(fbl_feedback_total{model={{model}}}[5m]))",
+                "samplesQuery": "sum(increase(fbl_feedback_total{model={{model}}}[5m]))",
+                "minSamples": 100,
+                "threshold": {"min": 0.85},
+                "for": "10m",
+                "action": "Retrain",
+            }
+        ],
+    },
+    "retrain": {
+        "cooldown": "1h",
+        "trainer": {"label": "churned"},
+        "data": {"training": "s3://data/churn/train/", "feedback": "s3://data/churn/feedback/"},
+    },
+    "artifacts": {"bucket": "models", "prefix": "churn/", "credentialsSecret": "s3-credentials"},
+}
+
+
+def spec_dict(**changes: Any) -> dict[str, Any]:
+    """BASE_SPEC with dotted-path changes, e.g. spec_dict(**{"retrain.cooldown": "0s"})."""
+    spec = copy.deepcopy(BASE_SPEC)
+    for path, value in changes.items():
+        node = spec
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return spec
+
+
+def loop_state(
+    spec: dict[str, Any] | None = None,
+    status: FeedbackLoopStatus | None = None,
+    generation: int = 1,
+    created: datetime = T0 - timedelta(days=1),
+) -> LoopState:
+    raw = spec if spec is not None else spec_dict()
+    try:
+        parsed, error = parse_spec(raw), None
+    except SpecError as err:
+        parsed, error = None, str(err)
+    return LoopState(
+        ref=REF,
+        generation=generation,
+        created=created,
+        spec=parsed,
+        spec_error=error,
+        status=status or FeedbackLoopStatus(),
+    )
+
+
+def accuracy(value: float | None, samples: float | None = 500.0) -> MetricObservation:
+    result = QueryResult.of(value) if value is not None else QueryResult.of(float("nan"))
+    samples_result = QueryResult.of(samples) if samples is not None else None
+    return MetricObservation(name="accuracy", query="q", result=result, samples=samples_result)
+
+
+def healthy_dependencies(**changes: Any) -> Observations:
+    base = Observations(
+        prometheus=Probe(ok=True),
+        artifact_store=Probe(ok=True),
+        target=TargetObservation(deployment_found=True, container_found=True, containers=("server",)),
+    )
+    return Observations(**{**base.__dict__, **changes})

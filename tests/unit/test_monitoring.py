@@ -1,0 +1,141 @@
+"""Monitoring verdicts, table-driven, with an injected `now`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core_inputs import T0, accuracy, spec_dict
+from feedbackloop.core.monitoring import evaluate, evaluate_metric, healthy_condition, sustained_breaches
+from feedbackloop.core.observations import MetricObservation, QueryOutcome, QueryResult
+from feedbackloop.core.spec import NoDataPolicy, parse_spec
+from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus, Verdict
+
+SPEC = parse_spec(spec_dict())
+METRIC = SPEC.monitoring.metrics[0]
+
+
+ENOUGH_SAMPLES = QueryResult.of(500)
+
+
+def observed(result: QueryResult, samples: QueryResult | None = ENOUGH_SAMPLES) -> MetricObservation:
+    return MetricObservation("accuracy", "q", result, samples)
+
+
+@pytest.mark.parametrize(
+    ("result", "samples", "verdict", "reason"),
+    [
+        (QueryResult.of(0.9), QueryResult.of(500), Verdict.HEALTHY, "WithinThresholds"),
+        (QueryResult.of(0.85), QueryResult.of(500), Verdict.HEALTHY, "WithinThresholds"),
+        (QueryResult.of(0.7), QueryResult.of(500), Verdict.BREACHING, "ThresholdBreached"),
+        (QueryResult.of(0.7), QueryResult.of(99), Verdict.INSUFFICIENT_SAMPLES, "InsufficientSamples"),
+        (QueryResult.of(0.7), QueryResult(QueryOutcome.EMPTY), Verdict.NO_DATA, "SamplesEmpty"),
+        (QueryResult(QueryOutcome.EMPTY), QueryResult.of(500), Verdict.NO_DATA, "Empty"),
+        (QueryResult.of(float("nan")), QueryResult.of(500), Verdict.NO_DATA, "NaN"),
+        (QueryResult.of(float("inf")), QueryResult.of(500), Verdict.NO_DATA, "Infinite"),
+        (QueryResult(QueryOutcome.ERROR, message="bad_data"), QueryResult.of(500), Verdict.NO_DATA, "Error"),
+        (QueryResult(QueryOutcome.TIMEOUT), QueryResult.of(500), Verdict.NO_DATA, "Timeout"),
+        (QueryResult(QueryOutcome.MULTIPLE_SERIES), QueryResult.of(500), Verdict.NO_DATA, "MultipleSeries"),
+    ],
+)
+def test_first_evaluation_verdicts(
+    result: QueryResult, samples: QueryResult, verdict: Verdict, reason: str
+) -> None:
+    evaluation = evaluate_metric(METRIC, observed(result, samples), None, NoDataPolicy.HOLD, T0)
+    assert (evaluation.verdict, evaluation.reason) == (verdict, reason)
+
+
+def test_breach_must_last_for_before_it_counts() -> None:
+    first = evaluate_metric(METRIC, accuracy(0.7), None, NoDataPolicy.HOLD, T0)
+    later = evaluate_metric(METRIC, accuracy(0.7), first, NoDataPolicy.HOLD, T0 + timedelta(minutes=9))
+    sustained = evaluate_metric(METRIC, accuracy(0.7), later, NoDataPolicy.HOLD, T0 + timedelta(minutes=10))
+
+    assert first.breaching_since == T0 and first.verdict is Verdict.BREACHING
+    assert later.breaching_since == T0 and later.verdict is Verdict.BREACHING
+    assert sustained.breaching_since == T0 and sustained.verdict is Verdict.BREACHED
+    assert sustained.message == "0.7 < min 0.85"
+
+
+def test_recovery_resets_breaching_since() -> None:
+    breaching = evaluate_metric(METRIC, accuracy(0.7), None, NoDataPolicy.HOLD, T0)
+    recovered = evaluate_metric(
+        METRIC, accuracy(0.9), breaching, NoDataPolicy.HOLD, T0 + timedelta(minutes=1)
+    )
+    again = evaluate_metric(METRIC, accuracy(0.7), recovered, NoDataPolicy.HOLD, T0 + timedelta(minutes=2))
+    assert recovered.breaching_since is None
+    assert again.breaching_since == T0 + timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("policy", "since"),
+    [(NoDataPolicy.HOLD, None), (NoDataPolicy.FAIL, None), (NoDataPolicy.RETRAIN, T0)],
+)
+def test_no_data_counts_as_a_breach_only_under_retrain(policy: NoDataPolicy, since: object) -> None:
+    breaching = evaluate_metric(METRIC, accuracy(0.7), None, policy, T0)
+    no_data = evaluate_metric(
+        METRIC, observed(QueryResult(QueryOutcome.EMPTY)), breaching, policy, T0 + timedelta(minutes=1)
+    )
+    assert no_data.verdict is Verdict.NO_DATA
+    assert no_data.breaching_since == since
+
+
+def test_max_threshold_breach_message() -> None:
+    spec = parse_spec(
+        spec_dict(
+            **{
+                "monitoring.metrics": [
+                    {"name": "p99_latency", "query": "q", "threshold": {"max": 0.25}, "action": "Alert"}
+                ]
+            }
+        )
+    )
+    result = evaluate_metric(
+        spec.monitoring.metrics[0],
+        MetricObservation("p99_latency", "q", QueryResult.of(0.4)),
+        None,
+        NoDataPolicy.HOLD,
+        T0,
+    )
+    assert result.verdict is Verdict.BREACHED
+    assert result.message == "0.4 > max 0.25"
+    assert sustained_breaches(spec, Evaluation(time=T0, metrics=(result,)), T0) == []
+
+
+def _evaluation(*results: MetricEvaluation) -> Evaluation:
+    return Evaluation(time=T0, metrics=results)
+
+
+def _result(verdict: Verdict, message: str = "") -> MetricEvaluation:
+    return MetricEvaluation(
+        name="accuracy",
+        threshold=ThresholdStatus(min=0.85),
+        verdict=verdict,
+        reason=str(verdict),
+        message=message,
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "verdict", "expected"),
+    [
+        ("Hold", Verdict.HEALTHY, ("True", "WithinThresholds")),
+        ("Hold", Verdict.BREACHING, ("False", "ThresholdBreached")),
+        ("Hold", Verdict.NO_DATA, ("Unknown", "NoData")),
+        ("Retrain", Verdict.NO_DATA, ("Unknown", "NoData")),
+        ("Fail", Verdict.NO_DATA, ("False", "NoData")),
+        ("Hold", Verdict.INSUFFICIENT_SAMPLES, ("Unknown", "InsufficientSamples")),
+    ],
+)
+def test_healthy_condition(policy: str, verdict: Verdict, expected: tuple[str, str]) -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
+    status, reason, _ = healthy_condition(spec, _evaluation(_result(verdict)))
+    assert (status, reason) == expected
+
+
+def test_evaluate_carries_state_per_metric_name() -> None:
+    first = evaluate(SPEC, [accuracy(0.7)], None, T0)
+    second = evaluate(SPEC, [accuracy(0.7)], first, T0 + timedelta(minutes=11))
+    assert second.time == T0 + timedelta(minutes=11)
+    assert second.metrics[0].breaching_since == T0
+    assert [m.name for m in sustained_breaches(SPEC, second, second.time)] == ["accuracy"]

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 LOCALHOST = "127.0.0.1"
@@ -41,6 +43,28 @@ PLAIN_USER = "fbl-user"
 S3_REGION = "us-east-1"
 DEFAULT_FAKE_NODES = 2
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION.
+KWOK_OUTCOME_ANNOTATION = "kwok.feedbackloop.dev/outcome"
+KWOK_MESSAGE_ANNOTATION = "kwok.feedbackloop.dev/message"
+KWOK_FAIL_TEMPLATE = (
+    "{{ $now := Now }}\n"
+    "containerStatuses:\n"
+    "{{ range $index, $item := .spec.containers }}\n"
+    "- image: {{ $item.image | Quote }}\n"
+    "  name: {{ $item.name | Quote }}\n"
+    "  ready: false\n"
+    "  restartCount: 0\n"
+    "  started: false\n"
+    "  state:\n"
+    "    terminated:\n"
+    "      exitCode: 1\n"
+    "      reason: Error\n"
+    f'      message: {{{{ index $.metadata.annotations "{KWOK_MESSAGE_ANNOTATION}" | Quote }}}}\n'
+    "      startedAt: {{ $now | Quote }}\n"
+    "      finishedAt: {{ $now | Quote }}\n"
+    "{{ end }}\n"
+    "phase: Failed\n"
+)
 CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
@@ -405,7 +429,7 @@ class Cluster:
             [
                 str(bins["kwok"]),
                 f"--kubeconfig={kubeconfig}",
-                f"--config={bins['kwok-stages']}",
+                f"--config={self._write_kwok_stages(bins['kwok-stages'])}",
                 "--node-lease-duration-seconds=40",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
@@ -515,6 +539,36 @@ class Cluster:
         self.endpoints.s3_endpoint_url = url
         self.endpoints.s3_access_key = access_key
         self.endpoints.s3_secret_key = secret_key
+
+    def _write_kwok_stages(self, upstream: Path) -> Path:
+        """kwok's default stages plus one the tests use: a Job pod annotated to fail does, with a message."""
+        stages = [stage for stage in yaml.safe_load_all(upstream.read_text()) if stage]
+        outcome_key = f'.metadata.annotations["{KWOK_OUTCOME_ANNOTATION}"]'
+        for stage in stages:
+            if stage["metadata"]["name"] == "pod-complete":
+                expressions = stage["spec"]["selector"]["matchExpressions"]
+                expressions.append({"key": outcome_key, "operator": "DoesNotExist"})
+        stages.append(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "Stage",
+                "metadata": {"name": "pod-fail-on-request"},
+                "spec": {
+                    "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                    "selector": {
+                        "matchAnnotations": {KWOK_OUTCOME_ANNOTATION: "fail"},
+                        "matchExpressions": [
+                            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                        ],
+                    },
+                    "next": {"statusTemplate": KWOK_FAIL_TEMPLATE},
+                },
+            }
+        )
+        path = self.directory / "kwok-stages.yaml"
+        path.write_text(yaml.safe_dump_all(stages, sort_keys=False))
+        return path
 
     def _create_fake_nodes(self) -> None:
         for index in range(self.fake_nodes):

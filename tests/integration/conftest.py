@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
@@ -65,3 +67,15 @@ def s3(endpoints: harness.Endpoints) -> object:
 def s3_with_secret(endpoints: harness.Endpoints) -> Callable[[str], object]:
     """An S3 client with the right access key and the given secret key."""
     return lambda secret_key: s3_client(endpoints, secret_key=secret_key)
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: harness.Cluster) -> dict[str, Any]:
+    """The FeedbackLoop CRD, installed once; re-applying it is idempotent."""
+    path = harness.REPO / "crds" / "feedbackloop.yaml"
+    cluster.kubectl("apply", "-f", str(path))
+    cluster.kubectl(
+        "wait", "crd/feedbackloops.feedbackloop.dev", "--for=condition=Established", "--timeout=30s"
+    )
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded

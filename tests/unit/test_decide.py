@@ -143,6 +143,24 @@ def test_a_durable_counter_without_its_job_recreates_the_same_job() -> None:
     assert decision.persist_status_first is False
 
 
+def test_a_job_deleted_after_creation_ends_the_retrain_instead_of_coming_back() -> None:
+    active = ActiveRetrain(
+        job="churn-retrain-1", version="v1", number=1, trigger="Manual", started_at=T0, job_created=True
+    )
+    loop = loop_state(status=active_status(active_retrain=active))
+    decision = run(loop, healthy_dependencies(job=JobObservation("churn-retrain-1", JobState.MISSING)))
+    assert decision.actions == ()
+    assert condition(decision, "Retraining")[:2] == ("False", "RetrainJobMissing")
+    assert decision.status.active_retrain is None
+
+
+def test_seeing_the_job_records_that_it_was_created() -> None:
+    loop = loop_state(status=active_status())
+    decision = run(loop, healthy_dependencies(job=JobObservation("churn-retrain-1", JobState.RUNNING)))
+    assert decision.status.active_retrain is not None
+    assert decision.status.active_retrain.job_created is True
+
+
 @pytest.mark.parametrize(
     ("state", "reason"),
     [(JobState.FAILED, "RetrainJobFailed"), (JobState.DEADLINE_EXCEEDED, "RetrainJobDeadlineExceeded")],

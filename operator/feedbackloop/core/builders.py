@@ -69,7 +69,8 @@ def build_retrain_job(
     settings: JobSettings,
     now: datetime,
 ) -> dict[str, Any]:
-    data, trainer, artifacts = spec.retrain.data, spec.retrain.trainer, spec.artifacts
+    retrain_spec, artifacts = spec.retrain_spec(), spec.artifacts_spec()
+    data, trainer = retrain_spec.data, retrain_spec.trainer
     env = [
         _env(contract.ENV_LOOP_NAME, loop.name),
         _env(contract.ENV_LOOP_NAMESPACE, loop.namespace),
@@ -122,8 +123,8 @@ def build_retrain_job(
     resources = {
         key: {name: str(value) for name, value in values.items()}
         for key, values in (
-            ("requests", spec.retrain.resources.requests),
-            ("limits", spec.retrain.resources.limits),
+            ("requests", retrain_spec.resources.requests),
+            ("limits", retrain_spec.resources.limits),
         )
         if values
     }
@@ -156,13 +157,13 @@ def build_retrain_job(
             "ownerReferences": [owner_reference(loop)],
         },
         "spec": {
-            "backoffLimit": spec.retrain.backoff_limit,
-            "activeDeadlineSeconds": spec.retrain.active_deadline_seconds,
-            "ttlSecondsAfterFinished": spec.retrain.ttl_seconds_after_finished,
+            "backoffLimit": retrain_spec.backoff_limit,
+            "activeDeadlineSeconds": retrain_spec.active_deadline_seconds,
+            "ttlSecondsAfterFinished": retrain_spec.ttl_seconds_after_finished,
             "template": {
                 "metadata": {
-                    "labels": {**spec.retrain.pod_labels, **labels},
-                    "annotations": dict(spec.retrain.pod_annotations),
+                    "labels": {**retrain_spec.pod_labels, **labels},
+                    "annotations": dict(retrain_spec.pod_annotations),
                 },
                 "spec": {
                     "restartPolicy": "Never",

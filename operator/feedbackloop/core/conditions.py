@@ -17,6 +17,8 @@ class Reason:
     ARTIFACT_STORE_UNREACHABLE = "ArtifactStoreUnreachable"
     TARGET_NOT_FOUND = "TargetNotFound"
     CONTAINER_NOT_FOUND = "ContainerNotFound"
+    FORBIDDEN = "Forbidden"
+    KUBERNETES_API_ERROR = "KubernetesAPIError"
     # shared
     INITIALIZING = "Initializing"
     SUSPENDED = "Suspended"

@@ -125,12 +125,11 @@ def runtime_spec_errors(loop: LoopState, policy: OperatorPolicy) -> list[str]:
     if spec is None:
         return [loop.spec_error or "spec is missing"]
     errors = []
-    if problem := schedule_error(spec.retrain.schedule):
+    image = spec.retrain.image if spec.retrain else None
+    if problem := schedule_error(spec.retrain.schedule if spec.retrain else None):
         errors.append(problem)
-    if spec.retrain.image is not None and spec.retrain.image not in policy.trainer_images:
-        errors.append(
-            f"spec.retrain.image: {spec.retrain.image!r} is not in the operator's allowed trainer images"
-        )
+    if image is not None and image not in policy.trainer_images:
+        errors.append(f"spec.retrain.image: {image!r} is not in the operator's allowed trainer images")
     if not policy.trainer_images:
         errors.append("the operator has no trainer image configured (FBL_TRAINER_IMAGES)")
     for index, metric in enumerate(spec.monitoring.metrics):
@@ -160,7 +159,7 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     active = loop.status.active_retrain
     spec = loop.spec
     candidate_uri = None
-    if active is not None and spec is not None:
+    if active is not None and spec is not None and spec.artifacts is not None:
         candidate_uri = contract.version_uri(
             spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, active.version
         )
@@ -242,7 +241,7 @@ def _preflight(draft: _Draft, spec: FeedbackLoopSpec, observed: Observations) ->
         problems.append(
             (
                 Reason.ARTIFACT_STORE_UNREACHABLE,
-                f"bucket {spec.artifacts.bucket}: {observed.artifact_store.message}",
+                f"artifact store: {observed.artifact_store.message}",
             )
         )
     if observed.target is not None:
@@ -286,10 +285,25 @@ def _follow_retrain(draft: _Draft, loop: LoopState, observed: Observations, poli
     active = loop.status.active_retrain
     assert active is not None
     job = observed.job or JobObservation(active.job, JobState.RUNNING)
+    if job.state is JobState.MISSING and active.job_created:
+        _end_retrain(
+            draft,
+            active,
+            "Failed",
+            Reason.RETRAIN_JOB_MISSING,
+            f"Job {active.job} was deleted before it finished",
+        )
+        return
+    if job.state is not JobState.MISSING and not active.job_created:
+        active = active.model_copy(update={"job_created": True})
+        draft.set("active_retrain", active)
     if job.state is JobState.MISSING:
-        # Counter is durable but the Job is not there (crash between the two steps, or deleted): create it.
-        if loop.spec is not None:
-            _create_job(draft, loop, active, policy)
+        # The counter is durable but the Job was never created (a crash between the two steps): create it.
+        spec = loop.spec
+        if spec is None or spec.retrain is None or spec.artifacts is None:
+            _end_retrain(draft, active, "Failed", Reason.RETRAIN_JOB_MISSING, f"Job {active.job} is gone")
+            return
+        _create_job(draft, loop, active, policy)
         draft.condition(ConditionType.RETRAINING, TRUE, Reason.RETRAIN_STARTED, _retrain_text(active))
         return
     if job.state is JobState.RUNNING:
@@ -397,7 +411,8 @@ def _consider_retrain(
         _consume(draft, triggers)
         _wait(draft, Reason.OBSERVE_ONLY, f"mode Observe: would retrain ({wanted})")
         return
-    cooldown_until = (status.last_retrain_time + spec.retrain.cooldown) if status.last_retrain_time else None
+    retrain = spec.retrain_spec()
+    cooldown_until = (status.last_retrain_time + retrain.cooldown) if status.last_retrain_time else None
     if first.kind is not Trigger.MANUAL and cooldown_until is not None and draft.now < cooldown_until:
         # Like a CronJob that may not overlap, a fire that lands in the cooldown is skipped, not queued.
         _consume(draft, [t for t in triggers if t.kind is Trigger.SCHEDULE])
@@ -472,7 +487,7 @@ def _start_retrain(
 def _create_job(draft: _Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
     assert loop.spec is not None
     settings = JobSettings(
-        image=loop.spec.retrain.image or policy.trainer_images[0],
+        image=loop.spec.retrain_spec().image or policy.trainer_images[0],
         s3_endpoint_url=policy.s3_endpoint_url,
         s3_region=policy.s3_region,
     )

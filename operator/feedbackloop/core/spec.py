@@ -211,13 +211,16 @@ class FeedbackLoopSpec(_Model):
     target: Target
     prometheus: PrometheusSpec
     monitoring: MonitoringSpec
-    retrain: RetrainSpec
-    artifacts: ArtifactsSpec
+    # Observe only evaluates, so it needs neither; the CRD requires both in Recommend and Auto.
+    retrain: RetrainSpec | None = None
+    artifacts: ArtifactsSpec | None = None
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     @model_validator(mode="after")
     def _references(self) -> FeedbackLoopSpec:
+        if self.mode is not Mode.OBSERVE and (self.retrain is None or self.artifacts is None):
+            raise ValueError(f"spec.retrain and spec.artifacts are required in mode {self.mode}")
         known = BUILTIN_TRAINER_METRICS | set(self.validation.custom_metrics)
         for gate in self.validation.gates:
             if gate.metric not in known:
@@ -227,6 +230,16 @@ class FeedbackLoopSpec(_Model):
             if name not in monitored:
                 raise ValueError(f"rollout.analysis.metrics: {name!r} is not a spec.monitoring.metrics name")
         return self
+
+    def retrain_spec(self) -> RetrainSpec:
+        if self.retrain is None:
+            raise SpecError("spec.retrain is required to retrain")
+        return self.retrain
+
+    def artifacts_spec(self) -> ArtifactsSpec:
+        if self.artifacts is None:
+            raise SpecError("spec.artifacts is required to retrain")
+        return self.artifacts
 
 
 class SpecError(ValueError):

@@ -98,6 +98,8 @@ class ActiveRetrain(_Model):
     trigger: str
     reason: str = ""
     started_at: datetime
+    # False until the Job is known to exist: then a missing Job means "create it", not "it was deleted".
+    job_created: bool = False
 
 
 class HistoryEntry(_Model):

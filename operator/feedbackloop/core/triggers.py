@@ -81,12 +81,11 @@ def pending_triggers(
                     f"{result.name} {result.message or result.verdict} for {format_duration(now - since)}"
                 )
             pending.append(PendingTrigger(Trigger.BREACH, "; ".join(parts)))
-    fire = due_schedule_fire(spec.retrain.schedule, schedule_anchor, now)
+    schedule = spec.retrain.schedule if spec.retrain else None
+    fire = due_schedule_fire(schedule, schedule_anchor, now)
     if fire is not None:
         iso = fire.isoformat().replace("+00:00", "Z")
         pending.append(
-            PendingTrigger(
-                Trigger.SCHEDULE, f"schedule {spec.retrain.schedule!r} fired at {iso}", fire_time=fire
-            )
+            PendingTrigger(Trigger.SCHEDULE, f"schedule {schedule!r} fired at {iso}", fire_time=fire)
         )
     return pending

@@ -1,0 +1,31 @@
+"""`python -m feedbackloop`: run the operator (the same as `kopf run -m feedbackloop.handlers`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+
+import feedbackloop.handlers  # noqa: F401 - registers the handlers
+from feedbackloop.config import ConfigError, load_config
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config()
+    except ConfigError as err:
+        print(f"feedbackloop: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    kopf.run(
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=config.health_endpoint,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Kubernetes through the official client: FeedbackLoops, Jobs, the target Deployment, Events.
+
+Writes are patches or creates, never a whole-object PUT. A create that meets an existing object (409)
+counts as success, because object names are derived from durable status.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from feedbackloop.core.builders import COMPONENT_RETRAIN, LABEL_COMPONENT, MANAGED_BY
+from feedbackloop.core.observations import (
+    DeployedModel,
+    JobObservation,
+    JobState,
+    TargetObservation,
+)
+from feedbackloop.core.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+MODEL_VERSION_ANNOTATION = "feedbackloop.dev/model-version"
+ENV_MODEL_URI = "MODEL_URI"
+ENV_MODEL_SHA256 = "MODEL_SHA256"
+_REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for every API call
+_MAX_MESSAGE = 1024
+
+
+def load_kube_config() -> None:
+    """In-cluster credentials when running in a pod; otherwise $KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+@dataclass(frozen=True)
+class ApiFailureError(Exception):
+    """An API call failed for a reason other than 404/409; `forbidden` marks RBAC problems."""
+
+    operation: str
+    status: int
+    reason: str
+
+    @property
+    def forbidden(self) -> bool:
+        return self.status == 403
+
+    def __str__(self) -> str:
+        return f"{self.operation}: HTTP {self.status} {self.reason}"
+
+
+def _failure(operation: str, err: ApiException) -> ApiFailureError:
+    body = str(err.body or err.reason or "")[:300]
+    return ApiFailureError(operation, int(err.status or 0), body)
+
+
+class KubeAdapter:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    # ---------------------------------------------------------------- FeedbackLoops
+    def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=_REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _failure(f"get {PLURAL}/{name}", err) from None
+        return body
+
+    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch on the status subresource; None values delete fields."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _request_timeout=_REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            raise _failure(f"patch {PLURAL}/{name}/status", err) from None
+
+    # ---------------------------------------------------------------- target Deployment
+    def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation:
+        try:
+            found = self.apps.read_namespaced_deployment(
+                deployment, namespace, _request_timeout=_REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return TargetObservation(deployment_found=False, container_found=False)
+            raise _failure(f"get deployments/{deployment}", err) from None
+        template = found.spec.template
+        containers = tuple(c.name for c in template.spec.containers)
+        target = next((c for c in template.spec.containers if c.name == container), None)
+        if target is None:
+            return TargetObservation(deployment_found=True, container_found=False, containers=containers)
+        env = {e.name: e.value for e in (target.env or []) if e.value is not None}
+        annotations = (template.metadata.annotations if template.metadata else None) or {}
+        deployed = DeployedModel(
+            uri=env.get(ENV_MODEL_URI),
+            sha256=env.get(ENV_MODEL_SHA256),
+            version=annotations.get(MODEL_VERSION_ANNOTATION),
+        )
+        return TargetObservation(True, True, containers, deployed)
+
+    # ---------------------------------------------------------------- Jobs
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        """True if created, False if a Job of that name already exists (a repeat, which is fine)."""
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            self.batch.create_namespaced_job(namespace, manifest, _request_timeout=_REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _failure(f"create jobs/{manifest['metadata']['name']}", err) from None
+        return True
+
+    def observe_job(self, namespace: str, name: str) -> JobObservation:
+        try:
+            job = self.batch.read_namespaced_job(name, namespace, _request_timeout=_REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status == 404:
+                return JobObservation(name, JobState.MISSING)
+            raise _failure(f"get jobs/{name}", err) from None
+        conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+        if "Complete" in conditions:
+            return JobObservation(name, JobState.SUCCEEDED)
+        if "Failed" in conditions:
+            failed = conditions["Failed"]
+            state = JobState.DEADLINE_EXCEEDED if failed.reason == "DeadlineExceeded" else JobState.FAILED
+            message = self._termination_message(namespace, name) or failed.message or failed.reason or ""
+            return JobObservation(name, state, message[:_MAX_MESSAGE])
+        return JobObservation(name, JobState.RUNNING)
+
+    def _termination_message(self, namespace: str, job: str) -> str:
+        """The newest terminated container's message among the Job's pods."""
+        try:
+            pods = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"batch.kubernetes.io/job-name={job}",
+                _request_timeout=_REQUEST_TIMEOUT,
+            ).items
+        except ApiException as err:
+            log.warning("cannot read pods of job %s/%s: %s", namespace, job, err.reason)
+            return ""
+        newest: tuple[datetime, str] | None = None
+        for pod in pods:
+            for status in pod.status.container_statuses or []:
+                for state in (status.state, status.last_state):
+                    terminated = state.terminated if state else None
+                    if terminated is None or not terminated.message:
+                        continue
+                    at = terminated.finished_at or datetime.min.replace(tzinfo=UTC)
+                    if newest is None or at > newest[0]:
+                        newest = (at, f"exit code {terminated.exit_code}: {terminated.message.strip()}")
+        return newest[1] if newest else ""
+
+    def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
+        """Unfinished retrain Jobs of this operator, cluster-wide or across the watched namespaces."""
+        selector = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},app.kubernetes.io/managed-by={MANAGED_BY}"
+        try:
+            if namespaces:
+                jobs = [
+                    job
+                    for namespace in namespaces
+                    for job in self.batch.list_namespaced_job(
+                        namespace, label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
+                    ).items
+                ]
+            else:
+                jobs = self.batch.list_job_for_all_namespaces(
+                    label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
+                ).items
+        except ApiException as err:
+            raise _failure("list jobs", err) from None
+        return sum(1 for job in jobs if not _finished(job))
+
+    # ---------------------------------------------------------------- Events
+    def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace, uid=uid
+            ),
+            reason=reason,
+            message=message[:_MAX_MESSAGE],
+            type=kind,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=MANAGED_BY),
+            reporting_component=MANAGED_BY,
+            reporting_instance=MANAGED_BY,
+        )
+        try:
+            self.core.create_namespaced_event(namespace, event, _request_timeout=_REQUEST_TIMEOUT)
+        except ApiException as err:
+            # An event is best effort: losing one must not fail the reconcile.
+            log.warning("cannot post event %s for %s/%s: %s", reason, namespace, name, err.reason)
+
+
+def _finished(job: client.V1Job) -> bool:
+    if job.metadata.deletion_timestamp is not None:
+        return True  # on its way out: it no longer holds a slot
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in (job.status.conditions or []))

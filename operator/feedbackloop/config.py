@@ -1,0 +1,96 @@
+"""Operator-wide settings, read from the environment once at start-up and validated there."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from feedbackloop import __version__
+from feedbackloop.core.decide import OperatorPolicy
+
+DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    trainer_images: tuple[str, ...]
+    """FBL_TRAINER_IMAGES: comma-separated allow-list; the first is the default trainer image."""
+    max_concurrent_retrains: int
+    """FBL_MAX_CONCURRENT_RETRAINS: operator-wide cap on running retrain Jobs."""
+    s3_endpoint_url: str | None
+    """FBL_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3): the artifact store; None means AWS S3."""
+    s3_region: str
+    """FBL_S3_REGION (or AWS_DEFAULT_REGION)."""
+    namespaces: tuple[str, ...]
+    """FBL_WATCH_NAMESPACES: comma-separated; empty watches the whole cluster."""
+    tick_seconds: float
+    """FBL_TICK_SECONDS: how often each loop is reconciled; evaluations follow spec.monitoring.interval."""
+    metrics_port: int
+    """FBL_METRICS_PORT: the operator's own /metrics; 0 turns it off."""
+    health_endpoint: str
+    """FBL_HEALTH_ENDPOINT: kopf's liveness endpoint URL."""
+    failpoint: str | None = None
+    """FBL_FAILPOINT: fault injection for tests only (see reconcile.CRASH_BEFORE_JOB_CREATE)."""
+
+    @property
+    def policy(self) -> OperatorPolicy:
+        return OperatorPolicy(
+            trainer_images=self.trainer_images, s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} must be between {low} and {high}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str, default: str = "") -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, default).split(",") if item.strip())
+
+
+def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    env = os.environ if env is None else env
+    images = _list(env, "FBL_TRAINER_IMAGES", DEFAULT_TRAINER_IMAGE)
+    for image in images:
+        if not _IMAGE.match(image):
+            raise ConfigError(f"FBL_TRAINER_IMAGES: {image!r} is not an image reference")
+    if not images:
+        raise ConfigError("FBL_TRAINER_IMAGES must name at least one image")
+    namespaces = _list(env, "FBL_WATCH_NAMESPACES")
+    for namespace in namespaces:
+        if not _NAMESPACE.match(namespace):
+            raise ConfigError(f"FBL_WATCH_NAMESPACES: {namespace!r} is not a namespace name")
+    endpoint = env.get("FBL_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None
+    if endpoint is not None and not re.match(r"^https?://", endpoint):
+        raise ConfigError(f"FBL_S3_ENDPOINT_URL={endpoint!r} must be an http(s) URL")
+    try:
+        tick = float(env.get("FBL_TICK_SECONDS", "5"))
+    except ValueError:
+        raise ConfigError("FBL_TICK_SECONDS must be a number") from None
+    if not 0.5 <= tick <= 300:
+        raise ConfigError("FBL_TICK_SECONDS must be between 0.5 and 300")
+    return OperatorConfig(
+        trainer_images=images,
+        max_concurrent_retrains=_int(env, "FBL_MAX_CONCURRENT_RETRAINS", 2, 1, 1000),
+        s3_endpoint_url=endpoint,
+        s3_region=env.get("FBL_S3_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        namespaces=namespaces,
+        tick_seconds=tick,
+        metrics_port=_int(env, "FBL_METRICS_PORT", 8080, 0, 65535),
+        health_endpoint=env.get("FBL_HEALTH_ENDPOINT", "http://0.0.0.0:8081/healthz"),
+        failpoint=env.get("FBL_FAILPOINT") or None,
+    )

@@ -1,0 +1,600 @@
+"""The operator process against the real API server, Prometheus and S3: monitoring, triggers, guards,
+retrain Jobs and their outcomes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import harness
+from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.core import contract
+from feedbackloop.core.status import (
+    ActiveRetrain,
+    CandidateModel,
+    Condition,
+    Evaluation,
+    FeedbackLoopStatus,
+    GateResult,
+    HistoryEntry,
+    MetricEvaluation,
+    ModelRef,
+    ThresholdStatus,
+    Verdict,
+    parse_status,
+    to_status_dict,
+)
+from harness import wait_until
+from operator_process import TRAINER_IMAGE, ModelExporter, OperatorProcess
+
+LOOP = "churn"
+BUCKET = "models"
+PREFIX = "loops/"
+WAIT = 60
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def exporter(endpoints: harness.Endpoints) -> Iterator[ModelExporter]:
+    running = ModelExporter(endpoints)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def store(s3: Any) -> ArtifactStore:
+    existing = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+    if BUCKET not in existing:
+        s3.create_bucket(Bucket=BUCKET)
+    return ArtifactStore(s3)
+
+
+@pytest.fixture
+def start_operator(
+    endpoints: harness.Endpoints, namespace: str, crd: dict[str, Any]
+) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        # The log sits with the cluster's logs, so a failing test prints its tail.
+        log = endpoints.directory / "logs" / f"operator-{namespace}-{len(started)}.log"
+        process = OperatorProcess(endpoints, log, [namespace], **env)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def loop_spec(model: str, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "mode": "Auto",
+        "target": {"deployment": "churn-server", "container": "server"},
+        "prometheus": {"url": "", "timeout": "5s"},
+        "monitoring": {
+            "interval": "10s",
+            "labels": {"model": model},
+            "metrics": [
+                {
+                    "name": "accuracy",
+                    "query": "max(fbl_test_accuracy{model={{model}}})",
+                    "samplesQuery": "max(fbl_test_samples{model={{model}}})",
+                    "minSamples": 10,
+                    "threshold": {"min": 0.85},
+                    "for": "15s",
+                }
+            ],
+        },
+        "retrain": {
+            "trainer": {"label": "churned"},
+            "data": {"training": "s3://data/churn/train/"},
+        },
+        "artifacts": {"bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": "s3-credentials"},
+    }
+    for path, value in changes.items():
+        node = spec
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return spec
+
+
+class Scenario:
+    """One namespace with a served model, its metrics and a FeedbackLoop."""
+
+    def __init__(self, cluster: harness.Cluster, endpoints: harness.Endpoints, namespace: str) -> None:
+        self.cluster, self.endpoints, self.namespace = cluster, endpoints, namespace
+        self.model = namespace  # unique per test, so exporter series never collide
+
+    def kubectl(self, *args: str, **kwargs: Any) -> Any:
+        return self.cluster.kubectl(*args, "-n", self.namespace, **kwargs)
+
+    def deploy_server(self) -> None:
+        uri = contract.version_uri(BUCKET, PREFIX, self.namespace, LOOP, "v1")
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "churn-server"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "churn"}},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": "churn"},
+                        "annotations": {"feedbackloop.dev/model-version": "v1"},
+                    },
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "server",
+                                "image": "feedbackloop-server:test",
+                                "env": [
+                                    {"name": "MODEL_URI", "value": uri},
+                                    {"name": "MODEL_SHA256", "value": "1" * 64},
+                                ],
+                            }
+                        ]
+                    },
+                },
+            },
+        }
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(deployment))
+        self.kubectl(
+            "create", "secret", "generic", "s3-credentials",
+            "--from-literal=AWS_ACCESS_KEY_ID=trainer", "--from-literal=AWS_SECRET_ACCESS_KEY=trainer-secret",
+        )  # fmt: skip
+
+    def apply_loop(
+        self, spec: dict[str, Any], name: str = LOOP, annotations: dict[str, str] | None = None
+    ) -> None:
+        if not spec["prometheus"]["url"]:
+            spec["prometheus"]["url"] = self.endpoints.prometheus_url
+        body = {
+            "apiVersion": "feedbackloop.dev/v1alpha1",
+            "kind": "FeedbackLoop",
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": spec,
+        }
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+
+    def loop(self, name: str = LOOP) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.kubectl("get", "fbl", name, "-o", "json").stdout)
+        return loaded
+
+    def condition(self, kind: str, name: str = LOOP) -> dict[str, Any]:
+        conditions = self.loop(name).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == kind), {})
+
+    def wait_condition(
+        self, kind: str, status: str, reason: str | None = None, name: str = LOOP, timeout: float = WAIT
+    ) -> dict[str, Any]:
+        found = wait_until(
+            lambda: self.condition(kind, name),
+            lambda c: c.get("status") == status and (reason is None or c.get("reason") == reason),
+            timeout=timeout,
+            interval=0.5,
+        )
+        assert (found.get("status"), found.get("reason")) == (status, reason or found.get("reason")), found
+        return found
+
+    def jobs(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "jobs", "-o", "json").stdout)["items"]
+        return items
+
+    def job_names(self) -> list[str]:
+        return sorted(job["metadata"]["name"] for job in self.jobs())
+
+    def wait_jobs(self, names: list[str], timeout: float = WAIT) -> list[str]:
+        found = wait_until(self.job_names, lambda got: got == names, timeout=timeout, interval=0.5)
+        assert found == names
+        return found
+
+    def annotate_retrain(self, request_id: str, name: str = LOOP) -> None:
+        self.kubectl(
+            "annotate", "fbl", name, f"feedbackloop.dev/retrain-requested={request_id}", "--overwrite"
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "events", "-o", "json").stdout)["items"]
+        return items
+
+
+@pytest.fixture
+def scenario(
+    cluster: harness.Cluster,
+    endpoints: harness.Endpoints,
+    namespace: str,
+    exporter: ModelExporter,
+    store: ArtifactStore,
+) -> Iterator[Scenario]:
+    running = Scenario(cluster, endpoints, namespace)
+    running.deploy_server()
+    exporter.set(running.model, accuracy=0.95)
+    yield running
+    exporter.remove(running.model)
+
+
+def write_candidate(store: ArtifactStore, namespace: str, version: str, accuracy: float = 0.93) -> str:
+    """What a trainer writes; kwok finishes Job pods at once, so the artifacts must exist beforehand."""
+    uri = contract.version_uri(BUCKET, PREFIX, namespace, LOOP, version)
+    metrics = {"schemaVersion": 1, "candidate": {"accuracy": accuracy}, "current": {"accuracy": 0.71}}
+    store.write_version(
+        uri,
+        version,
+        {
+            "model.joblib": b"not really a model, never unpickled by the operator",
+            "metrics.json": json.dumps(metrics).encode(),
+        },
+        {"job": {"name": f"{LOOP}-retrain-{version[1:]}"}},
+    )
+    return uri
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_healthy_model_is_reported_in_status_and_operator_metrics(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()
+    scenario.apply_loop(loop_spec(scenario.model))
+
+    healthy = scenario.wait_condition("Healthy", "True", "WithinThresholds")
+    assert healthy["observedGeneration"] == 1
+    status = scenario.loop()["status"]
+    assert scenario.condition("Ready")["status"] == "True"
+    assert {c["type"] for c in status["conditions"]} == {
+        "Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded",
+    }  # fmt: skip
+    metric = status["lastEvaluation"]["metrics"][0]
+    assert (metric["name"], metric["value"], metric["samples"], metric["verdict"]) == (
+        "accuracy", 0.95, 1000, "Healthy",
+    )  # fmt: skip
+    assert metric["threshold"] == {"min": 0.85}
+    assert status["currentModel"]["version"] == "v1"
+    assert status["phase"] == "Monitoring"
+    assert scenario.job_names() == []
+
+    body = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    expected = (
+        f'feedbackloop_metric_value{{loop="{LOOP}",metric="accuracy",namespace="{scenario.namespace}"}} 0.95'
+    )
+    assert expected in body
+
+
+def test_no_status_write_between_evaluations(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    scenario.apply_loop(loop_spec(scenario.model, **{"monitoring.interval": "60s"}))
+    scenario.wait_condition("Healthy", "True")
+    before = scenario.loop()["metadata"]["resourceVersion"]
+    time.sleep(5)  # five ticks, none with an evaluation due
+    assert scenario.loop()["metadata"]["resourceVersion"] == before
+
+
+def test_sustained_breach_launches_exactly_one_job_then_cooldown_holds(
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    exporter: ModelExporter,
+    store: ArtifactStore,
+) -> None:
+    candidate_uri = write_candidate(store, scenario.namespace, "v2")
+    start_operator()
+    scenario.apply_loop(loop_spec(scenario.model))
+    scenario.wait_condition("Healthy", "True")
+
+    breach_started = time.monotonic()
+    exporter.set(scenario.model, accuracy=0.62)
+    scenario.wait_condition("Healthy", "False", "ThresholdBreached")
+    assert scenario.job_names() == []  # breaching, but not yet for 15s
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])
+    assert time.monotonic() - breach_started >= 15
+
+    job = scenario.jobs()[0]
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("FeedbackLoop", LOOP, True)
+    assert owner["uid"] == scenario.loop()["metadata"]["uid"]
+    assert job["metadata"]["labels"]["feedbackloop.dev/trigger"] == "Breach"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["image"] == TRAINER_IMAGE
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FBL_VERSION"]["value"] == "v2"
+    assert env["FBL_ARTIFACT_URI"]["value"] == candidate_uri
+    assert env["FBL_CURRENT_MODEL_VERSION"]["value"] == "v1"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY",
+    }  # fmt: skip
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+
+    # kwok completes the pod; the artifacts were written beforehand, so the candidate is verified.
+    status = wait_until(lambda: scenario.loop()["status"], lambda s: "candidateModel" in s, timeout=WAIT)
+    candidate = status["candidateModel"]
+    assert (candidate["version"], candidate["job"], candidate["uri"]) == (
+        "v2",
+        f"{LOOP}-retrain-2",
+        candidate_uri,
+    )
+    assert candidate["metrics"] == {"accuracy": 0.93}
+    assert candidate["sha256"] == store.read_manifest(candidate_uri, "v2").file("model.joblib").sha256  # type: ignore[union-attr]
+    assert status["retrainCount"] == 2
+    assert (status["history"][-1]["outcome"], status["history"][-1]["reason"]) == (
+        "Succeeded",
+        "RetrainSucceeded",
+    )
+    assert scenario.condition("Validated")["reason"] == "AwaitingValidation"
+
+    # The breach goes on, but the default 1h cooldown holds the next retrain back.
+    scenario.wait_condition("Retraining", "False", "CooldownActive", timeout=30)
+    assert scenario.job_names() == [f"{LOOP}-retrain-2"]
+    reasons = {event["reason"] for event in scenario.events()}
+    assert {"RetrainStarted", "RetrainSucceeded", "ThresholdBreached"} <= reasons
+
+
+def test_crash_between_counter_write_and_job_create_still_gives_one_job(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    crashing = start_operator(FBL_FAILPOINT="crash-before-job-create")
+    scenario.apply_loop(
+        loop_spec(scenario.model), annotations={"feedbackloop.dev/retrain-requested": "crash-1"}
+    )
+    assert crashing.wait_exit(timeout=WAIT) == 137
+
+    status = scenario.loop()["status"]
+    assert status["retrainCount"] == 2
+    assert status["activeRetrain"]["job"] == f"{LOOP}-retrain-2"
+    assert status["handledRetrainRequest"] == "crash-1"
+    assert scenario.job_names() == []  # the crash came before the create
+
+    start_operator()
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])
+    time.sleep(3)  # more ticks: still exactly one Job, and the counter did not move
+    assert scenario.job_names() == [f"{LOOP}-retrain-2"]
+    assert scenario.loop()["status"]["retrainCount"] == 2
+
+
+def test_manual_request_is_handled_once_and_a_missing_manifest_is_a_failure(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    scenario.apply_loop(loop_spec(scenario.model))
+    scenario.wait_condition("Healthy", "True")
+    scenario.annotate_retrain("ticket-1")
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])
+
+    failed = scenario.wait_condition("Retraining", "False", "ManifestMissing")
+    assert "manifest.json is missing" in failed["message"]
+    status = scenario.loop()["status"]
+    assert status["handledRetrainRequest"] == "ticket-1"
+    assert "candidateModel" not in status
+    assert status["history"][-1]["reason"] == "ManifestMissing"
+
+    scenario.annotate_retrain("ticket-1")  # the same id again: nothing new
+    time.sleep(3)
+    assert scenario.job_names() == [f"{LOOP}-retrain-2"]
+
+    scenario.annotate_retrain("ticket-2")  # a new id, inside the cooldown: manual requests are not held
+    scenario.wait_jobs([f"{LOOP}-retrain-2", f"{LOOP}-retrain-3"])
+
+
+def test_failed_job_puts_the_termination_message_in_the_condition(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    annotations = {
+        harness.KWOK_OUTCOME_ANNOTATION: "fail",
+        harness.KWOK_MESSAGE_ANNOTATION: "label column 'churned' not found in training data",
+    }
+    spec = loop_spec(scenario.model, **{"retrain.podAnnotations": annotations, "retrain.backoffLimit": 0})
+    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "r1"})
+
+    failed = scenario.wait_condition("Retraining", "False", "RetrainJobFailed")
+    assert "label column 'churned' not found in training data" in failed["message"]
+    assert "exit code 1" in failed["message"]
+    assert scenario.loop()["status"]["history"][-1]["outcome"] == "Failed"
+    warnings = [e for e in scenario.events() if e["reason"] == "RetrainJobFailed"]
+    assert warnings
+    assert warnings[0]["type"] == "Warning"
+
+
+def test_observe_mode_reports_but_never_launches(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess], exporter: ModelExporter
+) -> None:
+    exporter.set(scenario.model, accuracy=0.5)
+    start_operator()
+    spec = loop_spec(scenario.model, mode="Observe")
+    spec["monitoring"]["metrics"][0]["for"] = "0s"
+    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "r1"})
+
+    waiting = scenario.wait_condition("Retraining", "False", "ObserveOnly")
+    assert "would retrain" in waiting["message"]
+    assert scenario.condition("Healthy")["status"] == "False"
+    time.sleep(3)
+    assert scenario.job_names() == []
+
+
+def test_suspend_launches_nothing_until_resumed(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    scenario.apply_loop(
+        loop_spec(scenario.model, suspend=True), annotations={"feedbackloop.dev/retrain-requested": "r1"}
+    )
+    scenario.wait_condition("Retraining", "False", "Suspended")
+    assert scenario.loop()["status"]["phase"] == "Suspended"
+    time.sleep(3)
+    assert scenario.job_names() == []
+
+    scenario.kubectl("patch", "fbl", LOOP, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])  # the request waited; it was not dropped
+
+
+def test_schedule_launches_a_retrain(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    scenario.apply_loop(loop_spec(scenario.model, suspend=True, **{"retrain.schedule": "* * * * *"}))
+    scenario.wait_condition("Retraining", "False", "Suspended")
+    # As if the last fire was handled long ago, so one is due now rather than at the next minute.
+    long_ago = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    scenario.kubectl(
+        "patch", "fbl", LOOP, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"lastScheduleTime": long_ago}}),
+    )  # fmt: skip
+    scenario.kubectl("patch", "fbl", LOOP, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])
+    job = scenario.jobs()[0]
+    assert job["metadata"]["labels"]["feedbackloop.dev/trigger"] == "Schedule"
+    assert scenario.loop()["status"]["lastScheduleTime"] > long_ago
+
+
+def test_operator_wide_cap_queues_the_second_loop_and_says_why(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator(FBL_MAX_CONCURRENT_RETRAINS="1")
+    # kwok keeps this Job's pod running: any outcome other than "fail" is neither completed nor failed.
+    holding = loop_spec(
+        scenario.model, **{"retrain.podAnnotations": {harness.KWOK_OUTCOME_ANNOTATION: "hold"}}
+    )
+    scenario.apply_loop(holding, annotations={"feedbackloop.dev/retrain-requested": "a"})
+    scenario.wait_jobs([f"{LOOP}-retrain-2"])
+
+    scenario.apply_loop(
+        loop_spec(scenario.model), name="second", annotations={"feedbackloop.dev/retrain-requested": "b"}
+    )
+    queued = scenario.wait_condition("Retraining", "False", "Queued", name="second")
+    assert "1/1 running" in queued["message"]
+    assert scenario.loop("second")["status"]["waitingReason"].startswith("waiting for a retrain slot")
+
+    scenario.kubectl("delete", "job", f"{LOOP}-retrain-2", "--wait=false")
+    scenario.wait_condition("Retraining", "True", name="second")
+    assert "second-retrain-2" in scenario.job_names()
+    # The deleted Job is not recreated: its loop records that it went missing.
+    missing = scenario.wait_condition("Retraining", "False", "RetrainJobMissing")
+    assert "deleted before it finished" in missing["message"]
+
+
+def test_preflight_failures_become_ready_conditions(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    spec = loop_spec(scenario.model, **{"target.deployment": "no-such-server"})
+    spec["prometheus"]["url"] = f"http://127.0.0.1:{harness.free_port()}"
+    scenario.apply_loop(spec)
+
+    ready = scenario.wait_condition("Ready", "False", "PrometheusUnreachable")
+    assert "Deployment no-such-server not found" in ready["message"]
+    healthy = scenario.wait_condition("Healthy", "Unknown", "NoData")
+    assert "unreachable" in healthy["message"]
+
+
+def test_operator_stops_cleanly_on_sigterm(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()
+    scenario.apply_loop(loop_spec(scenario.model))
+    scenario.wait_condition("Healthy", "True")
+    operator.stop(signal.SIGTERM)
+    assert operator.popen is not None
+    assert operator.popen.returncode == 0
+
+
+def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario: Scenario, crd: Any) -> None:
+    """A field the CRD does not declare is pruned silently, and the operator would rewrite it forever."""
+    at = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    threshold = ThresholdStatus(min=0.85, max=0.99)
+    status = FeedbackLoopStatus(
+        observed_generation=3,
+        phase="Retraining",
+        conditions=(
+            Condition(
+                type="Ready",
+                status="True",
+                reason="Ready",
+                message="ok",
+                last_transition_time=at,
+                observed_generation=3,
+            ),
+        ),
+        last_evaluation=Evaluation(
+            time=at,
+            metrics=(
+                MetricEvaluation(
+                    name="accuracy",
+                    value=0.7,
+                    threshold=threshold,
+                    samples=500,
+                    verdict=Verdict.BREACHING,
+                    reason="ThresholdBreached",
+                    message="0.7 < min 0.85",
+                    breaching_since=at,
+                ),
+            ),
+        ),
+        current_model=ModelRef(
+            version="v1", uri="s3://m/v1/", sha256="a" * 64, metrics={"accuracy": 0.8}, deployed_at=at
+        ),
+        candidate_model=CandidateModel(
+            version="v2",
+            job="churn-retrain-2",
+            uri="s3://m/v2/",
+            sha256="b" * 64,
+            trigger="Breach",
+            metrics={"accuracy": 0.9},
+            current_metrics={"accuracy": 0.8},
+            created_at=at,
+            gates=(
+                GateResult(metric="accuracy", value=0.9, threshold="min 0.85", verdict="Passed", reason="ok"),
+            ),
+        ),
+        active_retrain=ActiveRetrain(
+            job="churn-retrain-3",
+            version="v3",
+            number=3,
+            trigger="Manual",
+            reason="r",
+            started_at=at,
+            job_created=True,
+        ),
+        retrain_count=3,
+        last_retrain_time=at,
+        last_schedule_time=at,
+        handled_retrain_request="ticket-9",
+        waiting_reason="cooldown",
+        rejected_versions=("v0",),
+        history=(
+            HistoryEntry(
+                version="v2",
+                trigger="Breach",
+                outcome="Succeeded",
+                reason="RetrainSucceeded",
+                started_at=at,
+                finished_at=at,
+            ),
+        ),
+    )
+    written = to_status_dict(status)
+    scenario.apply_loop(loop_spec(scenario.model, suspend=True))
+    scenario.kubectl(
+        "patch", "fbl", LOOP, "--subresource=status", "--type=merge", "-p", json.dumps({"status": written})
+    )
+    stored = scenario.loop()["status"]
+    assert parse_status(stored) == status
+    assert stored == json.loads(json.dumps(written))

@@ -130,11 +130,14 @@ class Reconciler:
         now = self.clock()
         observation_plan = plan(loop, self.policy, now)
         observed = self._observe(loop, observation_plan, retrain_request)
-        with self._launch_lock:
-            if loop.status.active_retrain is None and loop.spec is not None:
+        decision = decide(loop, observed, self.policy, now)
+        if decision.needs_capacity:
+            with self._launch_lock:
                 running = self.cluster.count_active_retrains(self.namespaces)
                 observed = replace(observed, capacity=RetrainCapacity(running, self.max_concurrent_retrains))
-            decision = decide(loop, observed, self.policy, now)
+                decision = decide(loop, observed, self.policy, now)
+                self._act(loop, decision, now)
+        else:
             self._act(loop, decision, now)
         self._record_metrics(loop, decision)
         return decision

@@ -203,6 +203,14 @@ REJECTED = [
         id="threshold-min-not-below-max",
     ),
     pytest.param(
+        _both(
+            _delete("spec.monitoring.metrics.0.samplesQuery"),
+            _set("spec.monitoring.metrics.0.minSamples", 50),
+        ),
+        ["spec.monitoring.metrics[0].minSamples", "minSamples needs samplesQuery"],
+        id="min-samples-without-samples-query",
+    ),
+    pytest.param(
         _set("spec.monitoring.metrics.1.name", "accuracy"),
         ["spec.monitoring.metrics", "monitoring.metrics names must be unique", "duplicated: accuracy"],
         id="duplicate-metric-names",

@@ -13,6 +13,7 @@ from feedbackloop.core.observations import (
     Observations,
     Probe,
     QueryResult,
+    RetrainCapacity,
     TargetObservation,
 )
 from feedbackloop.core.spec import SpecError, parse_spec
@@ -96,6 +97,7 @@ def accuracy(value: float | None, samples: float | None = 500.0) -> MetricObserv
 
 def healthy_dependencies(**changes: Any) -> Observations:
     base = Observations(
+        capacity=RetrainCapacity(running=0, limit=2),
         prometheus=Probe(ok=True),
         artifact_store=Probe(ok=True),
         target=TargetObservation(deployment_found=True, container_found=True, containers=("server",)),

@@ -262,6 +262,15 @@ def test_a_manual_request_is_handled_once() -> None:
     assert again.actions == ()
 
 
+def test_an_uncounted_capacity_asks_to_be_counted_before_any_launch() -> None:
+    decision = run(loop_state(), healthy_dependencies(retrain_request="r1", capacity=None))
+    assert decision.needs_capacity is True
+    assert decision.actions == ()
+    assert decision.status.retrain_count == 0
+    quiet = run(loop_state(), healthy_dependencies(metrics=(accuracy(0.93),), capacity=None))
+    assert quiet.needs_capacity is False
+
+
 def test_operator_wide_cap_queues_the_loop_and_says_why() -> None:
     observed = healthy_dependencies(retrain_request="r1", capacity=RetrainCapacity(running=2, limit=2))
     decision = run(loop_state(), observed)

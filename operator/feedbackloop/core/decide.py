@@ -89,6 +89,8 @@ class Decision:
     events: tuple[Event, ...] = ()
     # The status names what the actions create (the retrain counter): it must be durable first.
     persist_status_first: bool = False
+    # A retrain would start, but the operator-wide count is unknown: count, then decide again.
+    needs_capacity: bool = False
 
 
 @dataclass
@@ -103,6 +105,7 @@ class _Draft:
     actions: list[CreateJob] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     persist_first: bool = False
+    needs_capacity: bool = False
 
     def get(self, key: str) -> Any:
         return self.updates[key] if key in self.updates else getattr(self.status, key)
@@ -423,6 +426,9 @@ def _consider_retrain(
         ready = next(c for c in draft.conditions if c.type == ConditionType.READY)
         _wait(draft, Reason.BLOCKED, f"not ready ({ready.reason}: {ready.message}); pending {wanted}")
         return
+    if observed.capacity is None:
+        draft.needs_capacity = True
+        return
     if not observed.capacity.available:
         _wait(
             draft,
@@ -530,4 +536,5 @@ def _finish(draft: _Draft, loop: LoopState) -> Decision:
         actions=tuple(draft.actions),
         events=tuple(events),
         persist_status_first=draft.persist_first,
+        needs_capacity=draft.needs_capacity,
     )

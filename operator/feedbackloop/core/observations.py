@@ -120,5 +120,6 @@ class Observations:
     target: TargetObservation | None = None
     job: JobObservation | None = None
     artifacts: ArtifactObservation | None = None
-    capacity: RetrainCapacity = RetrainCapacity(running=0, limit=1)
+    # None: not counted yet. Counting lists Jobs, so it happens only when a launch is actually wanted.
+    capacity: RetrainCapacity | None = None
     retrain_request: str | None = None  # the value of the retrain-requested annotation

@@ -1,0 +1,85 @@
+"""Pure edges around the I/O: configuration, Prometheus result shapes, merge patches, stored status."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedbackloop.adapters.prometheus import classify
+from feedbackloop.config import ConfigError, load_config
+from feedbackloop.core.observations import QueryOutcome
+from feedbackloop.core.patch import merge_patch
+from feedbackloop.core.status import parse_status
+
+
+def test_config_defaults() -> None:
+    config = load_config({})
+    assert config.trainer_images == ("feedbackloop-operator:0.1.0",)
+    assert config.max_concurrent_retrains == 2
+    assert config.namespaces == ()
+    assert config.s3_endpoint_url is None
+    assert config.policy.trainer_images == config.trainer_images
+
+
+def test_config_reads_lists_and_endpoint() -> None:
+    config = load_config(
+        {
+            "FBL_TRAINER_IMAGES": "reg/trainer:1, reg/trainer:2",
+            "FBL_WATCH_NAMESPACES": "ml,ml-staging",
+            "AWS_ENDPOINT_URL_S3": "http://s3:9000",
+            "FBL_MAX_CONCURRENT_RETRAINS": "5",
+        }
+    )
+    assert config.trainer_images == ("reg/trainer:1", "reg/trainer:2")
+    assert config.namespaces == ("ml", "ml-staging")
+    assert config.s3_endpoint_url == "http://s3:9000"
+    assert config.max_concurrent_retrains == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FBL_MAX_CONCURRENT_RETRAINS": "many"}, "FBL_MAX_CONCURRENT_RETRAINS='many' is not an integer"),
+        ({"FBL_MAX_CONCURRENT_RETRAINS": "0"}, "between 1 and 1000"),
+        ({"FBL_TRAINER_IMAGES": "bad image;rm -rf"}, "FBL_TRAINER_IMAGES"),
+        ({"FBL_WATCH_NAMESPACES": "Not_A_Namespace"}, "FBL_WATCH_NAMESPACES"),
+        ({"FBL_S3_ENDPOINT_URL": "s3.local:9000"}, "FBL_S3_ENDPOINT_URL"),
+        ({"FBL_TICK_SECONDS": "0.01"}, "FBL_TICK_SECONDS"),
+    ],
+)
+def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(env)
+
+
+@pytest.mark.parametrize(
+    ("result", "outcome", "value"),
+    [
+        ([1700000000.0, "0.5"], QueryOutcome.VALUE, 0.5),
+        ([{"metric": {}, "value": [1700000000.0, "0.25"]}], QueryOutcome.VALUE, 0.25),
+        ([{"metric": {}, "value": [1700000000.0, "NaN"]}], QueryOutcome.NAN, None),
+        ([{"metric": {}, "value": [1700000000.0, "+Inf"]}], QueryOutcome.INFINITE, None),
+        ([{"metric": {}, "value": [1700000000.0, "-Inf"]}], QueryOutcome.INFINITE, None),
+        ([], QueryOutcome.EMPTY, None),
+        ([{"value": [0, "1"]}, {"value": [0, "2"]}], QueryOutcome.MULTIPLE_SERIES, None),
+        ([{"metric": {}, "values": [[0, "1"]]}], QueryOutcome.ERROR, None),
+        ({"unexpected": True}, QueryOutcome.ERROR, None),
+        ([0, "abc"], QueryOutcome.ERROR, None),
+    ],
+)
+def test_prometheus_result_shapes(result: object, outcome: QueryOutcome, value: float | None) -> None:
+    classified = classify(result)
+    assert (classified.outcome, classified.value) == (outcome, value)
+
+
+def test_merge_patch_is_minimal_and_deletes_with_null() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "gone": True, "list": [1, 2]}
+    new = {"a": 1, "b": {"c": 2, "d": 4}, "list": [1, 2, 3], "added": "x"}
+    assert merge_patch(old, new) == {"b": {"d": 4}, "gone": None, "list": [1, 2, 3], "added": "x"}
+    assert merge_patch(new, new) == {}
+
+
+def test_malformed_stored_status_parts_are_dropped_not_fatal() -> None:
+    status = parse_status({"retrainCount": 4, "lastEvaluation": {"time": "not a time"}, "conditions": "nope"})
+    assert status.retrain_count == 4
+    assert status.last_evaluation is None
+    assert status.conditions == ()

@@ -46,6 +46,12 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION.
 KWOK_OUTCOME_ANNOTATION = "kwok.feedbackloop.dev/outcome"
 KWOK_MESSAGE_ANNOTATION = "kwok.feedbackloop.dev/message"
+# A pod whose MODEL_URI contains this marker never becomes ready: a rollout that cannot progress.
+NEVER_READY_MARKER = "never-ready"
+NEVER_READY_EXPRESSION = (
+    '.spec.containers.[] | .env // [] | .[] | select(.name == "MODEL_URI") | .value'
+    f' | contains("{NEVER_READY_MARKER}")'
+)
 KWOK_FAIL_TEMPLATE = (
     "{{ $now := Now }}\n"
     "containerStatuses:\n"
@@ -545,9 +551,11 @@ class Cluster:
         stages = [stage for stage in yaml.safe_load_all(upstream.read_text()) if stage]
         outcome_key = f'.metadata.annotations["{KWOK_OUTCOME_ANNOTATION}"]'
         for stage in stages:
+            expressions = stage["spec"]["selector"].get("matchExpressions", [])
             if stage["metadata"]["name"] == "pod-complete":
-                expressions = stage["spec"]["selector"]["matchExpressions"]
                 expressions.append({"key": outcome_key, "operator": "DoesNotExist"})
+            if stage["metadata"]["name"] == "pod-ready":
+                expressions.append({"key": NEVER_READY_EXPRESSION, "operator": "NotIn", "values": ["true"]})
         stages.append(
             {
                 "apiVersion": "kwok.x-k8s.io/v1alpha1",

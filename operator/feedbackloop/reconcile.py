@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from feedbackloop import metrics
 from feedbackloop.core.builders import LoopRef
 from feedbackloop.core.conditions import FALSE, Reason, set_condition
-from feedbackloop.core.decide import Decision, LoopState, ObservationPlan, OperatorPolicy, decide, plan
+from feedbackloop.core.decide import LoopState, ObservationPlan, OperatorPolicy, decide, plan
+from feedbackloop.core.draft import ApplyModel, Decision
 from feedbackloop.core.observations import (
     ArtifactObservation,
     JobObservation,
@@ -32,8 +33,9 @@ from feedbackloop.core.observations import (
     TargetObservation,
 )
 from feedbackloop.core.patch import merge_patch
+from feedbackloop.core.promotion import PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION
 from feedbackloop.core.spec import FeedbackLoopSpec, SpecError, parse_spec
-from feedbackloop.core.status import ConditionType, FeedbackLoopStatus, parse_status, to_status_dict
+from feedbackloop.core.status import ConditionType, FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
 from feedbackloop.core.triggers import RETRAIN_REQUEST_ANNOTATION
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class Cluster(Protocol):
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation: ...
     def observe_job(self, namespace: str, name: str) -> JobObservation: ...
     def create_job(self, manifest: dict[str, Any]) -> bool: ...
+    def apply_model(
+        self, namespace: str, deployment: str, container: str, model: ModelRef | None
+    ) -> None: ...
     def count_active_retrains(self, namespaces: tuple[str, ...]) -> int: ...
     def post_event(
         self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
@@ -103,7 +108,7 @@ class Reconciler:
             body = self.cluster.get_loop(namespace, name)
             if body is None:
                 return
-            loop, _ = loop_state_from_body(body)
+            loop, _annotations = loop_state_from_body(body)
             forbidden = getattr(failure, "forbidden", False)
             reason = Reason.FORBIDDEN if forbidden else Reason.KUBERNETES_API_ERROR
             conditions = set_condition(
@@ -126,10 +131,10 @@ class Reconciler:
         body = self.cluster.get_loop(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        loop, retrain_request = loop_state_from_body(body)
+        loop, annotations = loop_state_from_body(body)
         now = self.clock()
         observation_plan = plan(loop, self.policy, now)
-        observed = self._observe(loop, observation_plan, retrain_request)
+        observed = self._observe(loop, observation_plan, annotations)
         decision = decide(loop, observed, self.policy, now)
         if decision.needs_capacity:
             with self._launch_lock:
@@ -142,9 +147,13 @@ class Reconciler:
         self._record_metrics(loop, decision)
         return decision
 
-    def _observe(self, loop: LoopState, how: ObservationPlan, retrain_request: str | None) -> Observations:
+    def _observe(self, loop: LoopState, how: ObservationPlan, annotations: dict[str, str]) -> Observations:
         spec, ref = loop.spec, loop.ref
-        observed = Observations(retrain_request=retrain_request)
+        observed = Observations(
+            retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
+            promote_request=annotations.get(PROMOTE_ANNOTATION),
+            rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+        )
         if spec is None:
             return observed
         timeout = spec.prometheus.timeout.total_seconds()
@@ -168,6 +177,18 @@ class Reconciler:
                     ref.namespace, spec.target.deployment, spec.target.container
                 ),
             )
+        elif how.observe_target:
+            observed = replace(
+                observed,
+                target=self.cluster.observe_target(
+                    ref.namespace, spec.target.deployment, spec.target.container
+                ),
+            )
+        if how.rollback_uri and how.rollback_version:
+            observed = replace(
+                observed,
+                rollback_artifacts=self.artifacts.verify_version(how.rollback_uri, how.rollback_version),
+            )
         if how.job_name is not None:
             job = self.cluster.observe_job(ref.namespace, how.job_name)
             observed = replace(observed, job=job)
@@ -183,6 +204,9 @@ class Reconciler:
         status = decision.status
         self._write_status(ref, loop.status, status)
         for action in decision.actions:
+            if isinstance(action, ApplyModel):
+                self.cluster.apply_model(action.namespace, action.deployment, action.container, action.model)
+                continue
             if self.failpoint == CRASH_BEFORE_JOB_CREATE:
                 log.error(
                     "failpoint %s: exiting after the status write, before creating the Job", self.failpoint
@@ -231,7 +255,7 @@ class Reconciler:
             metrics.RETRAINS_FINISHED.labels(ref.namespace, ref.name, last.outcome, last.reason).inc()
 
 
-def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, str | None]:
+def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, dict[str, str]]:
     meta = body["metadata"]
     spec: FeedbackLoopSpec | None
     try:
@@ -239,6 +263,7 @@ def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, str | None]:
     except SpecError as err:
         spec, error = None, str(err)
     created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+    annotations: dict[str, str] = meta.get("annotations") or {}
     loop = LoopState(
         ref=LoopRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"]),
         generation=int(meta.get("generation", 1)),
@@ -246,8 +271,9 @@ def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, str | None]:
         spec=spec,
         spec_error=error,
         status=parse_status(body.get("status")),
+        rollback_request=annotations.get(ROLLBACK_ANNOTATION),
     )
-    return loop, (meta.get("annotations") or {}).get(RETRAIN_REQUEST_ANNOTATION)
+    return loop, annotations
 
 
 def _mark_job_created(status: FeedbackLoopStatus) -> FeedbackLoopStatus:

@@ -173,7 +173,7 @@ def test_failed_job_ends_the_retrain_with_its_termination_message(state: JobStat
     assert (status, got_reason) == ("False", reason)
     assert "label column 'churned' not found" in message
     assert decision.status.active_retrain is None
-    assert decision.status.history[-1].outcome == "Failed"
+    assert decision.status.history[-1].outcome == "RetrainFailed"
     assert decision.status.history[-1].reason == reason
     assert any(e.type == "Warning" and e.reason == reason for e in decision.events)
 
@@ -204,8 +204,11 @@ def test_completed_job_with_verified_artifacts_becomes_the_candidate() -> None:
     assert candidate.metrics == {"accuracy": 0.91, "f1_macro": 0.88}
     assert candidate.current_metrics == {"accuracy": 0.83}
     assert condition(decision, "Retraining")[:2] == ("False", "RetrainSucceeded")
-    assert condition(decision, "Validated")[:2] == ("Unknown", "AwaitingValidation")
+    # No gates are configured, so it validates at once and, in Auto, its rollout starts.
+    assert condition(decision, "Validated")[:2] == ("True", "GatesPassed")
     assert decision.status.active_retrain is None
+    assert decision.status.rollout is not None
+    assert [type(a).__name__ for a in decision.actions] == ["ApplyModel"]
 
 
 @pytest.mark.parametrize(

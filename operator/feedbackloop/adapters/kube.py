@@ -18,11 +18,13 @@ from kubernetes.client.exceptions import ApiException
 from feedbackloop.core.builders import COMPONENT_RETRAIN, LABEL_COMPONENT, MANAGED_BY
 from feedbackloop.core.observations import (
     DeployedModel,
+    DeploymentProgress,
     JobObservation,
     JobState,
     TargetObservation,
 )
 from feedbackloop.core.spec import GROUP, KIND, PLURAL, VERSION
+from feedbackloop.core.status import ModelRef
 
 log = logging.getLogger(__name__)
 MODEL_VERSION_ANNOTATION = "feedbackloop.dev/model-version"
@@ -112,7 +114,40 @@ class KubeAdapter:
             sha256=env.get(ENV_MODEL_SHA256),
             version=annotations.get(MODEL_VERSION_ANNOTATION),
         )
-        return TargetObservation(True, True, containers, deployed)
+        return TargetObservation(True, True, containers, deployed, _progress(found))
+
+    def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
+        """Server-side apply owning only MODEL_URI, MODEL_SHA256 and the version annotation.
+
+        With `model` None the apply is empty: our fields are released and the Deployment's own env returns.
+        """
+        body: dict[str, Any] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": deployment, "namespace": namespace},
+        }
+        if model is not None:
+            env = [{"name": ENV_MODEL_URI, "value": model.uri}]
+            if model.sha256:
+                env.append({"name": ENV_MODEL_SHA256, "value": model.sha256})
+            body["spec"] = {
+                "template": {
+                    "metadata": {"annotations": {MODEL_VERSION_ANNOTATION: model.version}},
+                    "spec": {"containers": [{"name": container, "env": env}]},
+                }
+            }
+        try:
+            self.apps.patch_namespaced_deployment(
+                deployment,
+                namespace,
+                body,
+                field_manager=MANAGED_BY,
+                force=True,  # take over exactly these fields, even if a manifest set them first
+                _content_type="application/apply-patch+yaml",
+                _request_timeout=_REQUEST_TIMEOUT,
+            )
+        except ApiException as err:
+            raise _failure(f"apply deployments/{deployment}", err) from None
 
     # ---------------------------------------------------------------- Jobs
     def create_job(self, manifest: dict[str, Any]) -> bool:
@@ -209,6 +244,22 @@ class KubeAdapter:
         except ApiException as err:
             # An event is best effort: losing one must not fail the reconcile.
             log.warning("cannot post event %s for %s/%s: %s", reason, namespace, name, err.reason)
+
+
+def _progress(deployment: client.V1Deployment) -> DeploymentProgress:
+    status = deployment.status
+    conditions = status.conditions or []
+    return DeploymentProgress(
+        generation=deployment.metadata.generation or 0,
+        observed_generation=status.observed_generation or 0,
+        replicas=deployment.spec.replicas if deployment.spec.replicas is not None else 1,
+        updated=status.updated_replicas or 0,
+        available=status.available_replicas or 0,
+        total=status.replicas or 0,
+        progress_deadline_exceeded=any(
+            c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions
+        ),
+    )
 
 
 def _finished(job: client.V1Job) -> bool:

@@ -44,11 +44,27 @@ class Reason:
     OBSERVE_ONLY = "ObserveOnly"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
     BLOCKED = "Blocked"
-    # Validated / RolledOut / Degraded (filled in by the validation and rollout stages)
+    # Validated
     NO_CANDIDATE = "NoCandidate"
     AWAITING_VALIDATION = "AwaitingValidation"
+    GATES_PASSED = "GatesPassed"
+    GATES_FAILED = "GatesFailed"
+    # RolledOut
     NOT_ROLLED_OUT = "NotRolledOut"
+    ROLLOUT_PROGRESSING = "RolloutProgressing"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ANALYZING = "Analyzing"
+    ANALYSIS_SUCCESSFUL = "AnalysisSuccessful"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    PROMOTION_REFUSED = "PromotionRefused"
+    ROLLBACK_REFUSED = "RollbackRefused"
+    # Degraded (also on RolledOut when there is no rollback)
     NOT_DEGRADED = "NotDegraded"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ROLLBACK_FAILED = "RollbackFailed"
 
 
 # Event type for a condition entering a status: True is good for all but Degraded.

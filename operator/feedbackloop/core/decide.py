@@ -5,13 +5,14 @@ Pure and deterministic. `plan()` says what to observe; `decide()` says what to d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from feedbackloop.core import contract
 from feedbackloop.core.builders import JobSettings, LoopRef, build_retrain_job, retrain_job_name
-from feedbackloop.core.conditions import FALSE, TRUE, UNKNOWN, Reason, is_warning, set_condition
+from feedbackloop.core.conditions import FALSE, TRUE, UNKNOWN, Reason, is_warning
+from feedbackloop.core.draft import CreateJob, Decision, Draft, Event
 from feedbackloop.core.monitoring import evaluate, evaluation_due, healthy_condition
 from feedbackloop.core.observations import (
     ArtifactCheck,
@@ -20,12 +21,12 @@ from feedbackloop.core.observations import (
     JobState,
     Observations,
 )
-from feedbackloop.core.promql import UnsafeQueryError, render_query, template_variables
+from feedbackloop.core.promotion import Outcome, follow_rollout, handle_manual_requests, validate_candidate
+from feedbackloop.core.promql import SAFE_LABEL_VALUE, UnsafeQueryError, render_query, template_variables
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import (
     ActiveRetrain,
     CandidateModel,
-    Condition,
     ConditionType,
     FeedbackLoopStatus,
     HistoryEntry,
@@ -52,6 +53,7 @@ class LoopState:
     spec: FeedbackLoopSpec | None
     spec_error: str | None
     status: FeedbackLoopStatus
+    rollback_request: str | None = None  # planning needs it to fetch that version's manifest
 
 
 @dataclass(frozen=True)
@@ -68,58 +70,9 @@ class ObservationPlan:
     job_name: str | None
     candidate_uri: str | None
     candidate_version: str | None
-
-
-@dataclass(frozen=True)
-class CreateJob:
-    manifest: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: FeedbackLoopStatus
-    actions: tuple[CreateJob, ...] = ()
-    events: tuple[Event, ...] = ()
-    # The status names what the actions create (the retrain counter): it must be durable first.
-    persist_status_first: bool = False
-    # A retrain would start, but the operator-wide count is unknown: count, then decide again.
-    needs_capacity: bool = False
-
-
-@dataclass
-class _Draft:
-    """Mutable working copy for one decision; frozen into a FeedbackLoopStatus at the end."""
-
-    status: FeedbackLoopStatus
-    now: datetime
-    generation: int
-    updates: dict[str, Any] = field(default_factory=dict)
-    conditions: tuple[Condition, ...] = ()
-    actions: list[CreateJob] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    persist_first: bool = False
-    needs_capacity: bool = False
-
-    def get(self, key: str) -> Any:
-        return self.updates[key] if key in self.updates else getattr(self.status, key)
-
-    def set(self, key: str, value: Any) -> None:
-        self.updates[key] = value
-
-    def condition(self, kind: ConditionType, status: str, reason: str, message: str = "") -> None:
-        self.conditions = set_condition(
-            self.conditions, kind, status, reason, message, self.now, self.generation
-        )
-
-    def event(self, kind: str, reason: str, message: str) -> None:
-        self.events.append(Event(kind, reason, message))
+    observe_target: bool = False  # a rollout is in flight: watch the Deployment every tick
+    rollback_uri: str | None = None  # a rollback-to request: verify that version's artifacts
+    rollback_version: str | None = None
 
 
 def runtime_spec_errors(loop: LoopState, policy: OperatorPolicy) -> list[str]:
@@ -148,6 +101,11 @@ def runtime_spec_errors(loop: LoopState, policy: OperatorPolicy) -> list[str]:
 def render_queries(loop: LoopState) -> tuple[RenderedQuery, ...]:
     assert loop.spec is not None
     variables = template_variables(loop.ref.namespace, loop.ref.name, loop.spec.monitoring.labels)
+    # {{model_version}} scopes a query to the version being analysed, else to the one serving.
+    rollout, current = loop.status.rollout, loop.status.current_model
+    version = rollout.version if rollout else current.version if current else None
+    if version is not None and SAFE_LABEL_VALUE.match(version):
+        variables["model_version"] = version
     return tuple(
         RenderedQuery(
             name=metric.name,
@@ -171,17 +129,35 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     due = evaluation_due(
         spec, loop.status.last_evaluation, loop.generation, loop.status.observed_generation, now
     )
+    rollout = loop.status.rollout
+    measurement_due = (
+        rollout is not None and rollout.next_measurement_at is not None and now >= rollout.next_measurement_at
+    )
+    rollback_version = loop.rollback_request
+    rollback_uri = None
+    if (
+        rollback_version
+        and rollback_version != loop.status.handled_rollback_request
+        and spec.artifacts is not None
+        and SAFE_LABEL_VALUE.match(rollback_version)
+    ):
+        rollback_uri = contract.version_uri(
+            spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, rollback_version
+        )
     return ObservationPlan(
-        queries=render_queries(loop) if due and not spec.suspend else None,
+        queries=render_queries(loop) if (due or measurement_due) and not spec.suspend else None,
         probe_dependencies=due,
         job_name=active.job if active else None,
         candidate_uri=candidate_uri,
         candidate_version=active.version if active else None,
+        observe_target=rollout is not None,
+        rollback_uri=rollback_uri,
+        rollback_version=rollback_version if rollback_uri else None,
     )
 
 
 def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now: datetime) -> Decision:
-    draft = _Draft(status=loop.status, now=now, generation=loop.generation, conditions=loop.status.conditions)
+    draft = Draft(status=loop.status, now=now, generation=loop.generation, conditions=loop.status.conditions)
     _initialize_conditions(draft)
     draft.set("observed_generation", loop.generation)
 
@@ -198,22 +174,31 @@ def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now:
     preflight_ok = _preflight(draft, spec, observed)
     _adopt_deployed_model(draft, observed)
 
+    evaluation = None
     if observed.metrics is not None:
         evaluation = evaluate(spec, observed.metrics, loop.status.last_evaluation, now)
         draft.set("last_evaluation", evaluation)
         status, reason, message = healthy_condition(spec, evaluation)
         draft.condition(ConditionType.HEALTHY, status, reason, message)
 
-    if loop.status.active_retrain is not None:
+    namespace = loop.ref.namespace
+    if loop.status.rollout is not None:
+        follow_rollout(draft, spec, namespace, observed, evaluation)
+    elif loop.status.active_retrain is not None:
         _follow_retrain(draft, loop, observed, policy)
-    else:
+    candidate = draft.get("candidate_model")
+    if candidate is not None and candidate.validation is None and draft.get("rollout") is None:
+        validate_candidate(draft, spec, namespace)
+    handle_manual_requests(draft, spec, namespace, observed)
+    busy = loop.status.rollout is not None or loop.status.active_retrain is not None
+    if not busy and draft.get("rollout") is None:
         _consider_retrain(draft, loop, spec, observed, policy, preflight_ok)
 
     draft.set("phase", _phase(draft, spec))
     return _finish(draft, loop)
 
 
-def _initialize_conditions(draft: _Draft) -> None:
+def _initialize_conditions(draft: Draft) -> None:
     """Every condition exists from the first visit, Unknown until something is known."""
     defaults = {
         ConditionType.READY: Reason.INITIALIZING,
@@ -230,7 +215,7 @@ def _initialize_conditions(draft: _Draft) -> None:
             draft.condition(kind, status, reason, "")
 
 
-def _preflight(draft: _Draft, spec: FeedbackLoopSpec, observed: Observations) -> bool:
+def _preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> bool:
     """Ready reflects the dependencies; without fresh probes the previous verdict stands."""
     problems: list[tuple[str, str]] = []
     if observed.prometheus is not None and not observed.prometheus.ok:
@@ -273,7 +258,7 @@ def _preflight(draft: _Draft, spec: FeedbackLoopSpec, observed: Observations) ->
     return ready is not None and ready.status == TRUE
 
 
-def _adopt_deployed_model(draft: _Draft, observed: Observations) -> None:
+def _adopt_deployed_model(draft: Draft, observed: Observations) -> None:
     """The first time, the model the Deployment already serves becomes status.currentModel."""
     if draft.get("current_model") is not None or observed.target is None:
         return
@@ -284,7 +269,7 @@ def _adopt_deployed_model(draft: _Draft, observed: Observations) -> None:
     draft.set("current_model", ModelRef(version=version, uri=deployed.uri, sha256=deployed.sha256))
 
 
-def _follow_retrain(draft: _Draft, loop: LoopState, observed: Observations, policy: OperatorPolicy) -> None:
+def _follow_retrain(draft: Draft, loop: LoopState, observed: Observations, policy: OperatorPolicy) -> None:
     active = loop.status.active_retrain
     assert active is not None
     job = observed.job or JobObservation(active.job, JobState.RUNNING)
@@ -292,7 +277,7 @@ def _follow_retrain(draft: _Draft, loop: LoopState, observed: Observations, poli
         _end_retrain(
             draft,
             active,
-            "Failed",
+            Outcome.RETRAIN_FAILED,
             Reason.RETRAIN_JOB_MISSING,
             f"Job {active.job} was deleted before it finished",
         )
@@ -304,7 +289,9 @@ def _follow_retrain(draft: _Draft, loop: LoopState, observed: Observations, poli
         # The counter is durable but the Job was never created (a crash between the two steps): create it.
         spec = loop.spec
         if spec is None or spec.retrain is None or spec.artifacts is None:
-            _end_retrain(draft, active, "Failed", Reason.RETRAIN_JOB_MISSING, f"Job {active.job} is gone")
+            _end_retrain(
+                draft, active, Outcome.RETRAIN_FAILED, Reason.RETRAIN_JOB_MISSING, f"Job {active.job} is gone"
+            )
             return
         _create_job(draft, loop, active, policy)
         draft.condition(ConditionType.RETRAINING, TRUE, Reason.RETRAIN_STARTED, _retrain_text(active))
@@ -318,12 +305,18 @@ def _follow_retrain(draft: _Draft, loop: LoopState, observed: Observations, poli
             if job.state is JobState.DEADLINE_EXCEEDED
             else Reason.RETRAIN_JOB_FAILED
         )
-        _end_retrain(draft, active, outcome="Failed", reason=reason, message=f"Job {job.name}: {job.message}")
+        _end_retrain(
+            draft,
+            active,
+            outcome=Outcome.RETRAIN_FAILED,
+            reason=reason,
+            message=f"Job {job.name}: {job.message}",
+        )
         return
     _accept_artifacts(draft, active, observed.artifacts)
 
 
-def _accept_artifacts(draft: _Draft, active: ActiveRetrain, artifacts: ArtifactObservation | None) -> None:
+def _accept_artifacts(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation | None) -> None:
     if artifacts is None or artifacts.check is ArtifactCheck.UNREACHABLE:
         detail = artifacts.message if artifacts else "not checked yet"
         draft.condition(
@@ -335,7 +328,13 @@ def _accept_artifacts(draft: _Draft, active: ActiveRetrain, artifacts: ArtifactO
             ArtifactCheck.MANIFEST_MISSING: Reason.MANIFEST_MISSING,
             ArtifactCheck.DIGEST_MISMATCH: Reason.ARTIFACT_DIGEST_MISMATCH,
         }.get(artifacts.check, Reason.ARTIFACTS_INVALID)
-        _end_retrain(draft, active, "Failed", reason, f"Job {active.job} complete but {artifacts.message}")
+        _end_retrain(
+            draft,
+            active,
+            Outcome.RETRAIN_FAILED,
+            reason,
+            f"Job {active.job} complete but {artifacts.message}",
+        )
         return
     candidate = CandidateModel(
         version=active.version,
@@ -345,11 +344,16 @@ def _accept_artifacts(draft: _Draft, active: ActiveRetrain, artifacts: ArtifactO
         trigger=active.trigger,
         metrics=contract.numeric_metrics(artifacts.metrics.get("candidate")),
         current_metrics=contract.numeric_metrics(artifacts.metrics.get("current")),
+        comparison=_comparisons(artifacts.metrics.get("comparison")),
         created_at=draft.now,
     )
     draft.set("candidate_model", candidate)
     _end_retrain(
-        draft, active, "Succeeded", Reason.RETRAIN_SUCCEEDED, f"candidate {active.version} at {artifacts.uri}"
+        draft,
+        active,
+        Outcome.RETRAINED,
+        Reason.RETRAIN_SUCCEEDED,
+        f"candidate {active.version} at {artifacts.uri}",
     )
     draft.condition(
         ConditionType.VALIDATED,
@@ -359,7 +363,15 @@ def _accept_artifacts(draft: _Draft, active: ActiveRetrain, artifacts: ArtifactO
     )
 
 
-def _end_retrain(draft: _Draft, active: ActiveRetrain, outcome: str, reason: str, message: str) -> None:
+def _comparisons(raw: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(name): contract.numeric_metrics(stats) for name, stats in raw.items() if isinstance(stats, dict)
+    }
+
+
+def _end_retrain(draft: Draft, active: ActiveRetrain, outcome: str, reason: str, message: str) -> None:
     draft.set("active_retrain", None)
     draft.set(
         "history",
@@ -371,7 +383,8 @@ def _end_retrain(draft: _Draft, active: ActiveRetrain, outcome: str, reason: str
                 outcome=outcome,
                 reason=reason,
                 started_at=active.started_at,
-                finished_at=draft.now,
+                retrained_at=draft.now if outcome == Outcome.RETRAINED else None,
+                finished_at=None if outcome == Outcome.RETRAINED else draft.now,
             ),
         ),
     )
@@ -379,7 +392,7 @@ def _end_retrain(draft: _Draft, active: ActiveRetrain, outcome: str, reason: str
 
 
 def _consider_retrain(
-    draft: _Draft,
+    draft: Draft,
     loop: LoopState,
     spec: FeedbackLoopSpec,
     observed: Observations,
@@ -445,16 +458,16 @@ _WAITING_REASONS = frozenset(
 )
 
 
-def _current_reason(draft: _Draft, kind: ConditionType) -> str | None:
+def _current_reason(draft: Draft, kind: ConditionType) -> str | None:
     return next((c.reason for c in draft.conditions if c.type == kind), None)
 
 
-def _wait(draft: _Draft, reason: str, message: str) -> None:
+def _wait(draft: Draft, reason: str, message: str) -> None:
     draft.set("waiting_reason", message)
     draft.condition(ConditionType.RETRAINING, FALSE, reason, message)
 
 
-def _consume(draft: _Draft, triggers: list[PendingTrigger]) -> None:
+def _consume(draft: Draft, triggers: list[PendingTrigger]) -> None:
     for trigger in triggers:
         if trigger.kind is Trigger.MANUAL:
             draft.set("handled_retrain_request", trigger.request_id)
@@ -463,7 +476,7 @@ def _consume(draft: _Draft, triggers: list[PendingTrigger]) -> None:
 
 
 def _start_retrain(
-    draft: _Draft,
+    draft: Draft,
     loop: LoopState,
     spec: FeedbackLoopSpec,
     first: PendingTrigger,
@@ -490,7 +503,7 @@ def _start_retrain(
     draft.condition(ConditionType.RETRAINING, TRUE, Reason.RETRAIN_STARTED, _retrain_text(active))
 
 
-def _create_job(draft: _Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
+def _create_job(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
     assert loop.spec is not None
     settings = JobSettings(
         image=loop.spec.retrain_spec().image or policy.trainer_images[0],
@@ -507,18 +520,24 @@ def _retrain_text(active: ActiveRetrain) -> str:
     return f"Job {active.job} training {active.version} ({active.trigger}: {active.reason})"
 
 
-def _phase(draft: _Draft, spec: FeedbackLoopSpec) -> str:
+def _phase(draft: Draft, spec: FeedbackLoopSpec) -> str:
     if spec.suspend:
         return "Suspended"
+    rollout = draft.get("rollout")
+    if rollout is not None:
+        return {"Progressing": "RollingOut", "Analyzing": "Analyzing"}.get(rollout.phase, "RollingBack")
     if draft.get("active_retrain") is not None:
         return "Retraining"
+    degraded = next((c for c in draft.conditions if c.type == ConditionType.DEGRADED), None)
+    if degraded is not None and degraded.status == TRUE:
+        return "Degraded"
     healthy = next((c for c in draft.conditions if c.type == ConditionType.HEALTHY), None)
     if healthy is not None and healthy.status == FALSE:
         return "Degraded"
     return "Monitoring"
 
 
-def _finish(draft: _Draft, loop: LoopState) -> Decision:
+def _finish(draft: Draft, loop: LoopState) -> Decision:
     status = loop.status.model_copy(update={**draft.updates, "conditions": draft.conditions})
     before = {c.type: c for c in loop.status.conditions}
     events = list(draft.events)

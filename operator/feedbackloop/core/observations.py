@@ -61,11 +61,34 @@ class DeployedModel:
 
 
 @dataclass(frozen=True)
+class DeploymentProgress:
+    """The Deployment's rollout state, as `kubectl rollout status` reads it."""
+
+    generation: int
+    observed_generation: int
+    replicas: int  # desired
+    updated: int
+    available: int
+    total: int  # all pods, old and new
+    progress_deadline_exceeded: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated == self.replicas
+            and self.available == self.replicas
+            and self.total == self.replicas
+        )
+
+
+@dataclass(frozen=True)
 class TargetObservation:
     deployment_found: bool
     container_found: bool
     containers: tuple[str, ...] = ()
     deployed: DeployedModel | None = None
+    progress: DeploymentProgress | None = None
 
 
 class JobState(enum.StrEnum):
@@ -123,3 +146,6 @@ class Observations:
     # None: not counted yet. Counting lists Jobs, so it happens only when a launch is actually wanted.
     capacity: RetrainCapacity | None = None
     retrain_request: str | None = None  # the value of the retrain-requested annotation
+    promote_request: str | None = None  # feedbackloop.dev/promote
+    rollback_request: str | None = None  # feedbackloop.dev/rollback-to
+    rollback_artifacts: ArtifactObservation | None = None  # the verified manifest of the rollback-to version

@@ -77,6 +77,7 @@ class GateResult(_Model):
     threshold: str
     verdict: str
     reason: str = ""
+    message: str = ""
 
 
 class CandidateModel(_Model):
@@ -87,7 +88,10 @@ class CandidateModel(_Model):
     trigger: str
     metrics: dict[str, float] = Field(default_factory=dict)
     current_metrics: dict[str, float] = Field(default_factory=dict)
+    comparison: dict[str, dict[str, float]] = Field(default_factory=dict)
     created_at: datetime | None = None
+    validation: str | None = None  # Passed | Failed, once the gates ran
+    validated_at: datetime | None = None
     gates: tuple[GateResult, ...] = ()
 
 
@@ -103,12 +107,45 @@ class ActiveRetrain(_Model):
 
 
 class HistoryEntry(_Model):
+    """One version's way through the loop: trigger → retrain → gates → rollout → analysis."""
+
     version: str
     trigger: str
     outcome: str
     reason: str = ""
+    message: str = ""
     started_at: datetime | None = None
+    retrained_at: datetime | None = None
+    gates: str | None = None
+    validated_at: datetime | None = None
+    rollout_started_at: datetime | None = None
+    rolled_out_at: datetime | None = None
+    analysis: str | None = None
     finished_at: datetime | None = None
+
+
+class Measurement(_Model):
+    time: datetime
+    verdict: str  # Successful | Failed | Inconclusive
+    message: str = ""
+
+
+class RolloutState(_Model):
+    """A model version being rolled out to the Deployment, watched, or rolled back."""
+
+    version: str
+    uri: str
+    sha256: str
+    kind: str  # Promotion | Rollback (a manual rollback-to)
+    phase: str  # Progressing | Analyzing | RollingBack
+    previous: ModelRef | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    trigger: str = ""
+    reason: str = ""
+    started_at: datetime
+    phase_started_at: datetime
+    next_measurement_at: datetime | None = None
+    measurements: tuple[Measurement, ...] = ()
 
 
 class FeedbackLoopStatus(_Model):
@@ -124,6 +161,10 @@ class FeedbackLoopStatus(_Model):
     last_schedule_time: datetime | None = None
     handled_retrain_request: str | None = None
     waiting_reason: str | None = None
+    rollout: RolloutState | None = None
+    recommended_version: str | None = None
+    handled_promote_request: str | None = None
+    handled_rollback_request: str | None = None
     rejected_versions: tuple[str, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
 
@@ -152,3 +193,14 @@ def to_status_dict(status: FeedbackLoopStatus) -> dict[str, Any]:
 
 def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tuple[HistoryEntry, ...]:
     return (*history, entry)[-HISTORY_LIMIT:]
+
+
+def update_history(
+    history: tuple[HistoryEntry, ...], version: str, **changes: Any
+) -> tuple[HistoryEntry, ...]:
+    """Update the newest entry for `version`; history records each version's whole way through the loop."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].version == version:
+            updated = history[index].model_copy(update=changes)
+            return (*history[:index], updated, *history[index + 1 :])
+    return history

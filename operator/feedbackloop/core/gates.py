@@ -1,0 +1,216 @@
+"""Validation gates on a candidate's metrics.json: absolute bounds, the delta against the current model
+(both measured by the trainer on the same holdout), and optionally its statistical significance.
+
+Deltas are read as improvements: for error metrics (lower is better) an improvement is a decrease, so
+`minDeltaVsCurrent: 0.01` always means "at least 0.01 better than the current model".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from feedbackloop.core.spec import Gate
+from feedbackloop.core.status import GateResult
+
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+SIGNIFICANCE_ALPHA = 0.05
+
+
+class GateVerdict(enum.StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class GateReason:
+    WITHIN_BOUND = "WithinBound"
+    BELOW_MIN = "BelowMin"
+    ABOVE_MAX = "AboveMax"
+    METRIC_MISSING = "MetricMissing"
+    DELTA_TOO_SMALL = "DeltaTooSmall"
+    NO_CURRENT_MODEL = "NoCurrentModel"
+    NOT_SIGNIFICANT = "NotSignificant"
+    SIGNIFICANT = "Significant"
+    SIGNIFICANCE_UNAVAILABLE = "SignificanceUnavailable"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the trainer measured about (candidate - current) for one metric."""
+
+    ci_low: float | None = None
+    ci_high: float | None = None
+    mcnemar_p_value: float | None = None
+
+    @classmethod
+    def from_json(cls, raw: object) -> Comparison:
+        if not isinstance(raw, Mapping):
+            return cls()
+
+        def number(key: str) -> float | None:
+            value = raw.get(key)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        return cls(number("ciLow"), number("ciHigh"), number("mcnemarPValue"))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}".replace("-", "\u2212")
+
+
+def _improvement(metric: str, candidate: float, current: float) -> float:
+    return current - candidate if metric in LOWER_IS_BETTER else candidate - current
+
+
+def evaluate_gates(
+    gates: tuple[Gate, ...],
+    candidate: Mapping[str, float],
+    current: Mapping[str, float],
+    comparison: Mapping[str, Comparison],
+    current_version: str | None,
+) -> tuple[GateResult, ...]:
+    results: list[GateResult] = []
+    for gate in gates:
+        value = candidate.get(gate.metric)
+        if value is None:
+            results.append(
+                GateResult(
+                    metric=gate.metric,
+                    threshold=_describe(gate),
+                    verdict=GateVerdict.FAILED,
+                    reason=GateReason.METRIC_MISSING,
+                    message=f"{gate.metric} missing from metrics.json",
+                )
+            )
+            continue
+        if gate.min is not None:
+            ok = value >= gate.min
+            results.append(
+                GateResult(
+                    metric=gate.metric,
+                    value=value,
+                    threshold=f"min {_fmt(gate.min)}",
+                    verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
+                    reason=GateReason.WITHIN_BOUND if ok else GateReason.BELOW_MIN,
+                    message=f"{gate.metric} {_fmt(value)} {'>=' if ok else '<'} min {_fmt(gate.min)}",
+                )
+            )
+        if gate.max is not None:
+            ok = value <= gate.max
+            results.append(
+                GateResult(
+                    metric=gate.metric,
+                    value=value,
+                    threshold=f"max {_fmt(gate.max)}",
+                    verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
+                    reason=GateReason.WITHIN_BOUND if ok else GateReason.ABOVE_MAX,
+                    message=f"{gate.metric} {_fmt(value)} {'<=' if ok else '>'} max {_fmt(gate.max)}",
+                )
+            )
+        if gate.min_delta_vs_current is not None or gate.require_significance:
+            results.append(_delta_gate(gate, value, current, comparison, current_version))
+    return tuple(results)
+
+
+def _delta_gate(
+    gate: Gate,
+    value: float,
+    current: Mapping[str, float],
+    comparison: Mapping[str, Comparison],
+    current_version: str | None,
+) -> GateResult:
+    minimum = gate.min_delta_vs_current or 0.0
+    threshold = f"delta >= {_fmt(minimum)}" + (" (significant)" if gate.require_significance else "")
+    versus = f" vs {current_version}" if current_version else ""
+    champion = current.get(gate.metric)
+    if champion is None:
+        # The first model has no champion to beat; the absolute bounds still apply.
+        return GateResult(
+            metric=gate.metric,
+            value=None,
+            threshold=threshold,
+            verdict=GateVerdict.PASSED,
+            reason=GateReason.NO_CURRENT_MODEL,
+            message=f"{gate.metric}: no current model to compare with",
+        )
+    delta = _improvement(gate.metric, value, champion)
+    if delta < minimum:
+        return GateResult(
+            metric=gate.metric,
+            value=delta,
+            threshold=threshold,
+            verdict=GateVerdict.FAILED,
+            reason=GateReason.DELTA_TOO_SMALL,
+            message=f"{gate.metric} delta {_fmt(delta)} < {_fmt(minimum)}{versus}",
+        )
+    if not gate.require_significance:
+        return GateResult(
+            metric=gate.metric,
+            value=delta,
+            threshold=threshold,
+            verdict=GateVerdict.PASSED,
+            reason=GateReason.WITHIN_BOUND,
+            message=f"{gate.metric} delta {_fmt(delta)} >= {_fmt(minimum)}{versus}",
+        )
+    return _significance(gate, delta, minimum, comparison.get(gate.metric, Comparison()), threshold, versus)
+
+
+def _significance(
+    gate: Gate, delta: float, minimum: float, stats: Comparison, threshold: str, versus: str
+) -> GateResult:
+    """The bootstrap interval of the improvement must clear the minimum; else McNemar's test must reject."""
+    if stats.ci_low is not None and stats.ci_high is not None:
+        low = -stats.ci_high if gate.metric in LOWER_IS_BETTER else stats.ci_low
+        ok = low > minimum
+        relation = ">" if ok else "<="
+        message = (
+            f"{gate.metric} delta {_fmt(delta)}{versus}: "
+            f"interval lower bound {_fmt(low)} {relation} {_fmt(minimum)}"
+        )
+    elif stats.mcnemar_p_value is not None:
+        ok = stats.mcnemar_p_value < SIGNIFICANCE_ALPHA
+        relation = "<" if ok else ">="
+        message = (
+            f"{gate.metric} delta {_fmt(delta)}{versus}: McNemar p {stats.mcnemar_p_value:.3g} "
+            f"{relation} {SIGNIFICANCE_ALPHA}"
+        )
+    else:
+        return GateResult(
+            metric=gate.metric,
+            value=delta,
+            threshold=threshold,
+            verdict=GateVerdict.FAILED,
+            reason=GateReason.SIGNIFICANCE_UNAVAILABLE,
+            message=f"{gate.metric}: significance required but metrics.json has no interval or p-value",
+        )
+    return GateResult(
+        metric=gate.metric,
+        value=delta,
+        threshold=threshold,
+        verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
+        reason=GateReason.SIGNIFICANT if ok else GateReason.NOT_SIGNIFICANT,
+        message=message,
+    )
+
+
+def _describe(gate: Gate) -> str:
+    parts = []
+    if gate.min is not None:
+        parts.append(f"min {_fmt(gate.min)}")
+    if gate.max is not None:
+        parts.append(f"max {_fmt(gate.max)}")
+    if gate.min_delta_vs_current is not None:
+        parts.append(f"delta >= {_fmt(gate.min_delta_vs_current)}")
+    return ", ".join(parts)
+
+
+def gates_passed(results: tuple[GateResult, ...]) -> bool:
+    return all(result.verdict == GateVerdict.PASSED for result in results)
+
+
+def gates_message(results: tuple[GateResult, ...]) -> str:
+    failed = [r.message for r in results if r.verdict == GateVerdict.FAILED]
+    if failed:
+        return "; ".join(failed)
+    return "; ".join(r.message for r in results) or "no gates configured"

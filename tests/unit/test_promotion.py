@@ -1,0 +1,541 @@
+"""Gates, rollout, analysis, rollback and manual operations, decided without I/O."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
+from feedbackloop.core.decide import Decision, decide
+from feedbackloop.core.draft import ApplyModel
+from feedbackloop.core.gates import Comparison, evaluate_gates
+from feedbackloop.core.observations import (
+    ArtifactCheck,
+    ArtifactObservation,
+    DeployedModel,
+    DeploymentProgress,
+    JobObservation,
+    JobState,
+    Observations,
+    TargetObservation,
+)
+from feedbackloop.core.spec import Gate
+from feedbackloop.core.status import (
+    ActiveRetrain,
+    CandidateModel,
+    ConditionType,
+    FeedbackLoopStatus,
+    HistoryEntry,
+    ModelRef,
+    RolloutState,
+)
+
+V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
+V2_URI = "s3://models/churn/ml/churn/v2/"
+GATES = [{"metric": "accuracy", "min": 0.85}, {"metric": "accuracy", "minDeltaVsCurrent": 0.0}]
+
+# ---------------------------------------------------------------- gates
+
+
+def gate(**fields: Any) -> Gate:
+    return Gate(metric=fields.pop("metric", "accuracy"), **fields)
+
+
+@pytest.mark.parametrize(
+    ("gate_fields", "candidate", "current", "comparison", "verdicts", "reasons"),
+    [
+        ({"min": 0.85}, {"accuracy": 0.9}, {}, {}, ["Passed"], ["WithinBound"]),
+        ({"min": 0.85}, {"accuracy": 0.81}, {}, {}, ["Failed"], ["BelowMin"]),
+        ({"max": 0.3, "metric": "log_loss"}, {"log_loss": 0.4}, {}, {}, ["Failed"], ["AboveMax"]),
+        ({"min": 0.85}, {"f1_macro": 0.9}, {}, {}, ["Failed"], ["MetricMissing"]),
+        ({"minDeltaVsCurrent": 0.0}, {"accuracy": 0.9}, {"accuracy": 0.85}, {}, ["Passed"], ["WithinBound"]),
+        (
+            {"minDeltaVsCurrent": 0.0},
+            {"accuracy": 0.81},
+            {"accuracy": 0.83},
+            {},
+            ["Failed"],
+            ["DeltaTooSmall"],
+        ),
+        ({"minDeltaVsCurrent": 0.0}, {"accuracy": 0.9}, {}, {}, ["Passed"], ["NoCurrentModel"]),
+        # rmse is an error: lower is better, so 0.4 -> 0.3 is an improvement of 0.1
+        (
+            {"minDeltaVsCurrent": 0.05, "metric": "rmse"},
+            {"rmse": 0.3},
+            {"rmse": 0.4},
+            {},
+            ["Passed"],
+            ["WithinBound"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "metric": "rmse"},
+            {"rmse": 0.5},
+            {"rmse": 0.4},
+            {},
+            ["Failed"],
+            ["DeltaTooSmall"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "requireSignificance": True},
+            {"accuracy": 0.9},
+            {"accuracy": 0.85},
+            {"accuracy": Comparison(ci_low=0.01, ci_high=0.09)},
+            ["Passed"],
+            ["Significant"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "requireSignificance": True},
+            {"accuracy": 0.9},
+            {"accuracy": 0.85},
+            {"accuracy": Comparison(ci_low=-0.02, ci_high=0.12)},
+            ["Failed"],
+            ["NotSignificant"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "requireSignificance": True},
+            {"accuracy": 0.9},
+            {"accuracy": 0.85},
+            {"accuracy": Comparison(mcnemar_p_value=0.01)},
+            ["Passed"],
+            ["Significant"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "requireSignificance": True},
+            {"accuracy": 0.9},
+            {"accuracy": 0.85},
+            {"accuracy": Comparison(mcnemar_p_value=0.3)},
+            ["Failed"],
+            ["NotSignificant"],
+        ),
+        (
+            {"minDeltaVsCurrent": 0.0, "requireSignificance": True},
+            {"accuracy": 0.9},
+            {"accuracy": 0.85},
+            {},
+            ["Failed"],
+            ["SignificanceUnavailable"],
+        ),
+        (
+            {"min": 0.85, "max": 0.99, "minDeltaVsCurrent": 0.0},
+            {"accuracy": 0.9},
+            {"accuracy": 0.8},
+            {},
+            ["Passed", "Passed", "Passed"],
+            ["WithinBound"] * 3,
+        ),
+    ],
+)
+def test_gate_branches(
+    gate_fields: dict[str, Any],
+    candidate: dict[str, float],
+    current: dict[str, float],
+    comparison: dict[str, Comparison],
+    verdicts: list[str],
+    reasons: list[str],
+) -> None:
+    results = evaluate_gates((gate(**gate_fields),), candidate, current, comparison, "v3")
+    assert [r.verdict for r in results] == verdicts
+    assert [r.reason for r in results] == reasons
+
+
+def test_gate_messages_read_like_the_issue_example() -> None:
+    results = evaluate_gates(
+        (gate(min=0.85), gate(min_delta_vs_current=0.0)), {"accuracy": 0.81}, {"accuracy": 0.83}, {}, "v3"
+    )
+    assert [r.message for r in results] == ["accuracy 0.81 < min 0.85", "accuracy delta \u22120.02 < 0 vs v3"]
+
+
+def test_a_lucky_small_holdout_cannot_pass_a_significance_gate() -> None:
+    """A large raw delta whose interval still straddles zero fails."""
+    results = evaluate_gates(
+        (gate(min_delta_vs_current=0.0, require_significance=True),),
+        {"accuracy": 0.95},
+        {"accuracy": 0.80},
+        {"accuracy": Comparison(ci_low=-0.05, ci_high=0.35)},
+        "v1",
+    )
+    assert results[0].verdict == "Failed"
+
+
+# ---------------------------------------------------------------- from candidate to rollout
+
+
+def run(
+    spec: dict[str, Any], status: FeedbackLoopStatus, observed: Observations, minutes: float = 0
+) -> Decision:
+    return decide(loop_state(spec, status), observed, POLICY, T0 + timedelta(minutes=minutes))
+
+
+def retrained(
+    metrics: dict[str, float], current: dict[str, float] | None = None
+) -> tuple[FeedbackLoopStatus, Observations]:
+    """A loop whose retrain Job just completed with verified artifacts."""
+    active = ActiveRetrain(
+        job="churn-retrain-2", version="v2", number=2, trigger="Breach", started_at=T0, job_created=True
+    )
+    status = FeedbackLoopStatus(current_model=V1, active_retrain=active, retrain_count=2)
+    artifacts = ArtifactObservation(
+        ArtifactCheck.VERIFIED,
+        uri=V2_URI,
+        model_sha256="2" * 64,
+        metrics={"schemaVersion": 1, "candidate": metrics, "current": current or {"accuracy": 0.8}},
+    )
+    observed = healthy_dependencies(
+        job=JobObservation("churn-retrain-2", JobState.SUCCEEDED), artifacts=artifacts
+    )
+    return status, observed
+
+
+def condition(decision: Decision, kind: str) -> tuple[str, str, str]:
+    found = decision.status.condition(ConditionType(kind))
+    assert found is not None
+    return found.status, found.reason, found.message
+
+
+def test_failing_gates_reject_the_candidate_and_touch_nothing() -> None:
+    status, observed = retrained({"accuracy": 0.81}, {"accuracy": 0.83})
+    decision = run(spec_dict(**{"validation.gates": GATES}), status, observed)
+    state, reason, message = condition(decision, "Validated")
+    assert (state, reason) == ("False", "GatesFailed")
+    assert message == "v2: accuracy 0.81 < min 0.85; accuracy delta \u22120.02 < 0 vs v1"
+    assert decision.actions == ()
+    assert decision.status.rejected_versions == ("v2",)
+    assert decision.status.rollout is None
+    candidate = decision.status.candidate_model
+    assert candidate is not None and candidate.validation == "Failed"
+    assert [g.verdict for g in candidate.gates] == ["Failed", "Failed"]
+    assert decision.status.history[-1].outcome == "Rejected"
+    assert decision.status.history[-1].gates == "Failed"
+
+
+def test_passing_gates_in_auto_apply_the_candidate_to_the_deployment() -> None:
+    status, observed = retrained({"accuracy": 0.9})
+    decision = run(spec_dict(**{"validation.gates": GATES}), status, observed)
+    assert condition(decision, "Validated")[:2] == ("True", "GatesPassed")
+    assert decision.actions == (
+        ApplyModel(
+            "ml",
+            "churn-server",
+            "server",
+            ModelRef(version="v2", uri=V2_URI, sha256="2" * 64, metrics={"accuracy": 0.9}),
+        ),
+    )
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert (rollout.version, rollout.phase, rollout.previous) == ("v2", "Progressing", V1)
+    assert decision.status.phase == "RollingOut"
+    assert decision.status.history[-1].rollout_started_at == T0
+
+
+def test_recommend_mode_stops_at_validated() -> None:
+    status, observed = retrained({"accuracy": 0.9})
+    decision = run(spec_dict(mode="Recommend", **{"validation.gates": GATES}), status, observed)
+    assert condition(decision, "Validated")[:2] == ("True", "GatesPassed")
+    assert decision.status.recommended_version == "v2"
+    assert decision.actions == ()
+    assert decision.status.rollout is None
+
+
+def rolling(phase: str = "Progressing", previous: ModelRef | None = V1, **changes: Any) -> FeedbackLoopStatus:
+    rollout = RolloutState(
+        version="v2",
+        uri=V2_URI,
+        sha256="2" * 64,
+        kind=changes.pop("kind", "Promotion"),
+        phase=phase,
+        previous=previous,
+        metrics={"accuracy": 0.9},
+        trigger="Breach",
+        started_at=T0,
+        phase_started_at=T0,
+        next_measurement_at=changes.pop("next_measurement_at", None),
+        measurements=changes.pop("measurements", ()),
+    )
+    candidate = CandidateModel(
+        version="v2",
+        job="churn-retrain-2",
+        uri=V2_URI,
+        sha256="2" * 64,
+        trigger="Breach",
+        validation="Passed",
+    )
+    history = (HistoryEntry(version="v2", trigger="Breach", outcome="RollingOut", started_at=T0),)
+    return FeedbackLoopStatus(
+        current_model=previous,
+        rollout=rollout,
+        candidate_model=candidate,
+        retrain_count=2,
+        history=history,
+        **changes,
+    )
+
+
+def deployment(uri: str | None, complete: bool, deadline_exceeded: bool = False) -> Observations:
+    progress = DeploymentProgress(
+        generation=2,
+        observed_generation=2,
+        replicas=2,
+        updated=2 if complete else 1,
+        available=2 if complete else 1,
+        total=2 if complete else 3,
+        progress_deadline_exceeded=deadline_exceeded,
+    )
+    target = TargetObservation(True, True, ("server",), DeployedModel(uri, None, None), progress)
+    return healthy_dependencies(target=target)
+
+
+def test_rollout_waits_for_every_replica() -> None:
+    decision = run(spec_dict(), rolling(), deployment(V2_URI, complete=False), minutes=1)
+    assert decision.actions == ()
+    assert condition(decision, "RolledOut") == (
+        "Unknown",
+        "RolloutProgressing",
+        "v2: 1/2 updated, 1 available",
+    )
+
+
+def test_rollout_reapplies_when_the_deployment_does_not_carry_the_version() -> None:
+    decision = run(spec_dict(), rolling(), deployment(V1.uri, complete=True), minutes=1)
+    assert [a.model.version for a in decision.actions if isinstance(a, ApplyModel) and a.model] == ["v2"]
+
+
+def test_available_rollout_moves_to_analysis() -> None:
+    decision = run(spec_dict(), rolling(), deployment(V2_URI, complete=True), minutes=1)
+    rollout = decision.status.rollout
+    assert rollout is not None and rollout.phase == "Analyzing"
+    assert rollout.next_measurement_at == T0 + timedelta(minutes=2)
+    assert condition(decision, "RolledOut")[:2] == ("True", "RolloutComplete")
+    assert decision.status.phase == "Analyzing"
+
+
+@pytest.mark.parametrize(
+    ("observed", "minutes"),
+    [
+        (deployment(V2_URI, complete=False, deadline_exceeded=True), 1),
+        (deployment(V2_URI, complete=False), 11),
+    ],
+)
+def test_progress_deadline_rolls_back_to_the_exact_previous_model(
+    observed: Observations, minutes: float
+) -> None:
+    decision = run(spec_dict(), rolling(), observed, minutes=minutes)
+    assert decision.actions == (ApplyModel("ml", "churn-server", "server", V1),)
+    rollout = decision.status.rollout
+    assert rollout is not None and (rollout.phase, rollout.reason) == (
+        "RollingBack",
+        "ProgressDeadlineExceeded",
+    )
+    assert decision.status.rejected_versions == ("v2",)
+    assert condition(decision, "Degraded")[:2] == ("True", "ProgressDeadlineExceeded")
+    assert condition(decision, "RolledOut")[:2] == ("False", "RollingBack")
+
+
+def test_first_rollout_rollback_releases_our_fields() -> None:
+    decision = run(spec_dict(), rolling(previous=None), deployment(V2_URI, complete=False), minutes=11)
+    assert decision.actions == (ApplyModel("ml", "churn-server", "server", None),)
+    assert "no previous model" in condition(decision, "RolledOut")[2]
+
+
+def test_completed_rollback_is_degraded_and_never_success() -> None:
+    status = rolling(phase="RollingBack")
+    decision = run(spec_dict(), status, deployment(V1.uri, complete=True), minutes=2)
+    assert decision.status.rollout is None
+    assert condition(decision, "RolledOut")[:2] == ("False", "RolledBack")
+    assert decision.status.current_model == V1
+    assert decision.status.candidate_model is None
+    assert decision.status.history[-1].outcome == "RolledBack"
+    assert any(e.reason == "RolledBack" and e.type == "Warning" for e in decision.events)
+
+
+def test_a_rollback_that_cannot_complete_says_so() -> None:
+    status = rolling(phase="RollingBack")
+    decision = run(spec_dict(), status, deployment(V1.uri, complete=False), minutes=12)
+    assert condition(decision, "Degraded")[:2] == ("True", "RollbackFailed")
+    assert condition(decision, "RolledOut")[:2] == ("False", "RollbackFailed")
+    assert decision.status.history[-1].outcome == "RollbackFailed"
+
+
+def analyzing(*verdicts: str) -> FeedbackLoopStatus:
+    from feedbackloop.core.status import Measurement
+
+    measurements = tuple(Measurement(time=T0, verdict=v) for v in verdicts)
+    return rolling(phase="Analyzing", next_measurement_at=T0, measurements=measurements)
+
+
+def measure(status: FeedbackLoopStatus, value: float | None, spec: dict[str, Any] | None = None) -> Decision:
+    metric = accuracy(value) if value is not None else accuracy(None)
+    return run(spec or spec_dict(), status, healthy_dependencies(metrics=(metric,)), minutes=1)
+
+
+def test_analysis_succeeds_after_count_measurements() -> None:
+    decision = measure(analyzing("Successful", "Successful", "Successful", "Successful"), 0.93)
+    assert decision.status.rollout is None
+    current = decision.status.current_model
+    assert current is not None
+    assert (current.version, current.uri, current.sha256, current.metrics) == (
+        "v2",
+        V2_URI,
+        "2" * 64,
+        {"accuracy": 0.9},
+    )
+    assert current.deployed_at == T0 + timedelta(minutes=1)
+    assert decision.status.candidate_model is None
+    assert condition(decision, "RolledOut")[:2] == ("True", "AnalysisSuccessful")
+    entry = decision.status.history[-1]
+    assert (entry.outcome, entry.analysis) == ("RolledOut", "Successful")
+
+
+def test_analysis_counts_measurements_until_count() -> None:
+    decision = measure(analyzing("Successful"), 0.93)
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert [m.verdict for m in rollout.measurements] == ["Successful", "Successful"]
+    assert rollout.next_measurement_at == T0 + timedelta(minutes=2)
+    assert decision.actions == ()
+
+
+def test_more_failures_than_the_limit_fail_the_analysis_and_roll_back() -> None:
+    decision = measure(analyzing("Successful", "Failed"), 0.5)
+    assert decision.actions == (ApplyModel("ml", "churn-server", "server", V1),)
+    assert condition(decision, "Degraded")[:2] == ("True", "AnalysisFailed")
+    assert decision.status.rejected_versions == ("v2",)
+
+
+def test_failures_within_the_limit_continue() -> None:
+    decision = measure(analyzing("Successful"), 0.5)
+    assert decision.actions == ()
+    assert decision.status.rollout is not None
+
+
+def test_no_data_is_inconclusive_and_too_much_of_it_fails_with_its_own_reason() -> None:
+    within = measure(analyzing("Inconclusive"), None)
+    assert within.status.rollout is not None
+    assert within.status.rollout.measurements[-1].verdict == "Inconclusive"
+    beyond = measure(analyzing("Inconclusive", "Inconclusive"), None)
+    assert condition(beyond, "Degraded")[:2] == ("True", "AnalysisInconclusive")
+
+
+def test_analysis_with_no_successful_measurement_is_never_success() -> None:
+    spec = spec_dict(**{"rollout.analysis": {"count": 2, "inconclusiveLimit": 5}})
+    decision = measure(analyzing("Inconclusive"), None, spec)
+    assert condition(decision, "Degraded")[:2] == ("True", "AnalysisInconclusive")
+    assert decision.status.current_model == V1
+
+
+def test_without_rollback_on_failure_the_version_keeps_serving_marked_degraded() -> None:
+    spec = spec_dict(**{"rollout.rollbackOnFailure": False})
+    decision = measure(analyzing("Failed"), 0.5, spec)
+    assert decision.actions == ()
+    assert decision.status.rollout is None
+    current = decision.status.current_model
+    assert current is not None and current.version == "v2"
+    assert condition(decision, "Degraded")[:2] == ("True", "AnalysisFailed")
+    assert decision.status.rejected_versions == ("v2",)
+
+
+def test_no_retrain_starts_while_a_rollout_is_in_flight() -> None:
+    observed = deployment(V2_URI, complete=False)
+    observed = Observations(**{**observed.__dict__, "retrain_request": "now"})
+    decision = run(spec_dict(), rolling(), observed, minutes=1)
+    assert decision.status.active_retrain is None
+    assert decision.status.handled_retrain_request is None
+
+
+# ---------------------------------------------------------------- manual operations
+
+
+def recommended() -> FeedbackLoopStatus:
+    candidate = CandidateModel(
+        version="v2",
+        job="churn-retrain-2",
+        uri=V2_URI,
+        sha256="2" * 64,
+        trigger="Breach",
+        validation="Passed",
+    )
+    return FeedbackLoopStatus(
+        current_model=V1, candidate_model=candidate, recommended_version="v2", retrain_count=2
+    )
+
+
+def test_manual_promote_of_a_validated_version_rolls_it_out() -> None:
+    observed = healthy_dependencies(promote_request="v2")
+    decision = run(spec_dict(mode="Recommend"), recommended(), observed)
+    assert [a.model.version for a in decision.actions if isinstance(a, ApplyModel) and a.model] == ["v2"]
+    assert decision.status.handled_promote_request == "v2"
+    assert decision.status.rollout is not None
+    assert decision.status.rollout.trigger == "ManualPromote"
+
+
+@pytest.mark.parametrize(
+    ("status_changes", "promote", "fragment"),
+    [
+        ({"rejected_versions": ("v2",)}, "v2", "the version was rejected"),
+        ({}, "v7", "not a validated candidate"),
+    ],
+)
+def test_manual_promote_refusals_are_conditions(
+    status_changes: dict[str, Any], promote: str, fragment: str
+) -> None:
+    status = recommended().model_copy(update=status_changes)
+    decision = run(spec_dict(mode="Recommend"), status, healthy_dependencies(promote_request=promote))
+    state, reason, message = condition(decision, "RolledOut")
+    assert (state, reason) == ("False", "PromotionRefused")
+    assert fragment in message
+    assert decision.actions == ()
+    assert decision.status.handled_promote_request == promote
+
+
+def test_manual_rollback_to_a_verified_version() -> None:
+    current = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64)
+    artifacts = ArtifactObservation(ArtifactCheck.VERIFIED, uri=V1.uri, model_sha256="1" * 64, metrics={})
+    observed = healthy_dependencies(rollback_request="v1", rollback_artifacts=artifacts)
+    decision = run(spec_dict(), FeedbackLoopStatus(current_model=current, retrain_count=3), observed)
+    assert decision.actions == (
+        ApplyModel("ml", "churn-server", "server", ModelRef(version="v1", uri=V1.uri, sha256="1" * 64)),
+    )
+    rollout = decision.status.rollout
+    assert rollout is not None and (rollout.kind, rollout.previous) == ("Rollback", current)
+
+    done = run(spec_dict(), decision.status, deployment(V1.uri, complete=True), minutes=1)
+    assert done.status.rollout is None
+    assert done.status.current_model is not None and done.status.current_model.version == "v1"
+
+
+@pytest.mark.parametrize(
+    ("status", "artifacts", "fragment"),
+    [
+        (FeedbackLoopStatus(current_model=V1, rejected_versions=("v0",)), None, "the version was rejected"),
+        (
+            FeedbackLoopStatus(current_model=V1),
+            ArtifactObservation(ArtifactCheck.MANIFEST_MISSING, "no manifest"),
+            "no manifest",
+        ),
+    ],
+)
+def test_manual_rollback_refusals(
+    status: FeedbackLoopStatus, artifacts: ArtifactObservation | None, fragment: str
+) -> None:
+    observed = healthy_dependencies(rollback_request="v0", rollback_artifacts=artifacts)
+    decision = run(spec_dict(), status, observed)
+    assert condition(decision, "RolledOut")[:2] == ("False", "RollbackRefused")
+    assert fragment in condition(decision, "RolledOut")[2]
+    assert decision.actions == ()
+
+
+def test_analysis_queries_are_scoped_to_the_version_under_analysis() -> None:
+    from feedbackloop.core.decide import plan
+
+    spec = spec_dict(
+        **{
+            "monitoring.metrics": [
+                {"name": "accuracy", "query": "acc{v={{model_version}}}", "threshold": {"min": 0.8}}
+            ]
+        }
+    )
+    due = plan(loop_state(spec, analyzing()), POLICY, T0 + timedelta(seconds=1)).queries
+    assert due is not None and due[0].query == 'acc{v="v2"}'
+    serving = plan(loop_state(spec, FeedbackLoopStatus(current_model=V1)), POLICY, T0).queries
+    assert serving is not None and serving[0].query == 'acc{v="v1"}'

@@ -14,6 +14,7 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
 import harness
+from loop_scenario import exporter, scenario, start_operator, store  # noqa: F401 - shared fixtures
 
 
 def s3_client(endpoints: harness.Endpoints, secret_key: str | None = None) -> object:

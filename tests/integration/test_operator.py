@@ -7,15 +7,12 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
-from feedbackloop.core import contract
 from feedbackloop.core.status import (
     ActiveRetrain,
     CandidateModel,
@@ -24,222 +21,18 @@ from feedbackloop.core.status import (
     FeedbackLoopStatus,
     GateResult,
     HistoryEntry,
+    Measurement,
     MetricEvaluation,
     ModelRef,
+    RolloutState,
     ThresholdStatus,
     Verdict,
     parse_status,
     to_status_dict,
 )
 from harness import wait_until
+from loop_scenario import LOOP, WAIT, Scenario, loop_spec, write_candidate
 from operator_process import TRAINER_IMAGE, ModelExporter, OperatorProcess
-
-LOOP = "churn"
-BUCKET = "models"
-PREFIX = "loops/"
-WAIT = 60
-
-
-# ---------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="session")
-def exporter(endpoints: harness.Endpoints) -> Iterator[ModelExporter]:
-    running = ModelExporter(endpoints)
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="session")
-def store(s3: Any) -> ArtifactStore:
-    existing = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
-    if BUCKET not in existing:
-        s3.create_bucket(Bucket=BUCKET)
-    return ArtifactStore(s3)
-
-
-@pytest.fixture
-def start_operator(
-    endpoints: harness.Endpoints, namespace: str, crd: dict[str, Any]
-) -> Iterator[Callable[..., OperatorProcess]]:
-    started: list[OperatorProcess] = []
-
-    def start(**env: str) -> OperatorProcess:
-        # The log sits with the cluster's logs, so a failing test prints its tail.
-        log = endpoints.directory / "logs" / f"operator-{namespace}-{len(started)}.log"
-        process = OperatorProcess(endpoints, log, [namespace], **env)
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
-
-
-def loop_spec(model: str, **changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "mode": "Auto",
-        "target": {"deployment": "churn-server", "container": "server"},
-        "prometheus": {"url": "", "timeout": "5s"},
-        "monitoring": {
-            "interval": "10s",
-            "labels": {"model": model},
-            "metrics": [
-                {
-                    "name": "accuracy",
-                    "query": "max(fbl_test_accuracy{model={{model}}})",
-                    "samplesQuery": "max(fbl_test_samples{model={{model}}})",
-                    "minSamples": 10,
-                    "threshold": {"min": 0.85},
-                    "for": "15s",
-                }
-            ],
-        },
-        "retrain": {
-            "trainer": {"label": "churned"},
-            "data": {"training": "s3://data/churn/train/"},
-        },
-        "artifacts": {"bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": "s3-credentials"},
-    }
-    for path, value in changes.items():
-        node = spec
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return spec
-
-
-class Scenario:
-    """One namespace with a served model, its metrics and a FeedbackLoop."""
-
-    def __init__(self, cluster: harness.Cluster, endpoints: harness.Endpoints, namespace: str) -> None:
-        self.cluster, self.endpoints, self.namespace = cluster, endpoints, namespace
-        self.model = namespace  # unique per test, so exporter series never collide
-
-    def kubectl(self, *args: str, **kwargs: Any) -> Any:
-        return self.cluster.kubectl(*args, "-n", self.namespace, **kwargs)
-
-    def deploy_server(self) -> None:
-        uri = contract.version_uri(BUCKET, PREFIX, self.namespace, LOOP, "v1")
-        deployment = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "churn-server"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "churn"}},
-                "template": {
-                    "metadata": {
-                        "labels": {"app": "churn"},
-                        "annotations": {"feedbackloop.dev/model-version": "v1"},
-                    },
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "server",
-                                "image": "feedbackloop-server:test",
-                                "env": [
-                                    {"name": "MODEL_URI", "value": uri},
-                                    {"name": "MODEL_SHA256", "value": "1" * 64},
-                                ],
-                            }
-                        ]
-                    },
-                },
-            },
-        }
-        self.kubectl("apply", "-f", "-", input_text=json.dumps(deployment))
-        self.kubectl(
-            "create", "secret", "generic", "s3-credentials",
-            "--from-literal=AWS_ACCESS_KEY_ID=trainer", "--from-literal=AWS_SECRET_ACCESS_KEY=trainer-secret",
-        )  # fmt: skip
-
-    def apply_loop(
-        self, spec: dict[str, Any], name: str = LOOP, annotations: dict[str, str] | None = None
-    ) -> None:
-        if not spec["prometheus"]["url"]:
-            spec["prometheus"]["url"] = self.endpoints.prometheus_url
-        body = {
-            "apiVersion": "feedbackloop.dev/v1alpha1",
-            "kind": "FeedbackLoop",
-            "metadata": {"name": name, "annotations": annotations or {}},
-            "spec": spec,
-        }
-        self.kubectl("apply", "-f", "-", input_text=json.dumps(body))
-
-    def loop(self, name: str = LOOP) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.kubectl("get", "fbl", name, "-o", "json").stdout)
-        return loaded
-
-    def condition(self, kind: str, name: str = LOOP) -> dict[str, Any]:
-        conditions = self.loop(name).get("status", {}).get("conditions", [])
-        return next((c for c in conditions if c["type"] == kind), {})
-
-    def wait_condition(
-        self, kind: str, status: str, reason: str | None = None, name: str = LOOP, timeout: float = WAIT
-    ) -> dict[str, Any]:
-        found = wait_until(
-            lambda: self.condition(kind, name),
-            lambda c: c.get("status") == status and (reason is None or c.get("reason") == reason),
-            timeout=timeout,
-            interval=0.5,
-        )
-        assert (found.get("status"), found.get("reason")) == (status, reason or found.get("reason")), found
-        return found
-
-    def jobs(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "jobs", "-o", "json").stdout)["items"]
-        return items
-
-    def job_names(self) -> list[str]:
-        return sorted(job["metadata"]["name"] for job in self.jobs())
-
-    def wait_jobs(self, names: list[str], timeout: float = WAIT) -> list[str]:
-        found = wait_until(self.job_names, lambda got: got == names, timeout=timeout, interval=0.5)
-        assert found == names
-        return found
-
-    def annotate_retrain(self, request_id: str, name: str = LOOP) -> None:
-        self.kubectl(
-            "annotate", "fbl", name, f"feedbackloop.dev/retrain-requested={request_id}", "--overwrite"
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "events", "-o", "json").stdout)["items"]
-        return items
-
-
-@pytest.fixture
-def scenario(
-    cluster: harness.Cluster,
-    endpoints: harness.Endpoints,
-    namespace: str,
-    exporter: ModelExporter,
-    store: ArtifactStore,
-) -> Iterator[Scenario]:
-    running = Scenario(cluster, endpoints, namespace)
-    running.deploy_server()
-    exporter.set(running.model, accuracy=0.95)
-    yield running
-    exporter.remove(running.model)
-
-
-def write_candidate(store: ArtifactStore, namespace: str, version: str, accuracy: float = 0.93) -> str:
-    """What a trainer writes; kwok finishes Job pods at once, so the artifacts must exist beforehand."""
-    uri = contract.version_uri(BUCKET, PREFIX, namespace, LOOP, version)
-    metrics = {"schemaVersion": 1, "candidate": {"accuracy": accuracy}, "current": {"accuracy": 0.71}}
-    store.write_version(
-        uri,
-        version,
-        {
-            "model.joblib": b"not really a model, never unpickled by the operator",
-            "metrics.json": json.dumps(metrics).encode(),
-        },
-        {"job": {"name": f"{LOOP}-retrain-{version[1:]}"}},
-    )
-    return uri
-
 
 # ---------------------------------------------------------------- tests
 
@@ -284,7 +77,7 @@ def test_no_status_write_between_evaluations(
     assert scenario.loop()["metadata"]["resourceVersion"] == before
 
 
-def test_sustained_breach_launches_exactly_one_job_then_cooldown_holds(
+def test_sustained_breach_launches_exactly_one_job_with_the_expected_spec(
     scenario: Scenario,
     start_operator: Callable[..., OperatorProcess],
     exporter: ModelExporter,
@@ -334,14 +127,15 @@ def test_sustained_breach_launches_exactly_one_job_then_cooldown_holds(
     assert candidate["metrics"] == {"accuracy": 0.93}
     assert candidate["sha256"] == store.read_manifest(candidate_uri, "v2").file("model.joblib").sha256  # type: ignore[union-attr]
     assert status["retrainCount"] == 2
-    assert (status["history"][-1]["outcome"], status["history"][-1]["reason"]) == (
-        "Succeeded",
-        "RetrainSucceeded",
-    )
-    assert scenario.condition("Validated")["reason"] == "AwaitingValidation"
+    retrained = next(entry for entry in status["history"] if entry["version"] == "v2")
+    assert retrained["reason"] == "RetrainSucceeded"
+    assert "retrainedAt" in retrained
+    assert scenario.condition("Validated")["reason"] == "GatesPassed"  # no gates configured
 
-    # The breach goes on, but the default 1h cooldown holds the next retrain back.
-    scenario.wait_condition("Retraining", "False", "CooldownActive", timeout=30)
+    # The breach goes on, but v2 is rolling out now: no other retrain starts meanwhile.
+    rollout = wait_until(lambda: scenario.loop()["status"].get("rollout"), bool, timeout=WAIT)
+    assert rollout["version"] == "v2"
+    time.sleep(3)
     assert scenario.job_names() == [f"{LOOP}-retrain-2"]
     reasons = {event["reason"] for event in scenario.events()}
     assert {"RetrainStarted", "RetrainSucceeded", "ThresholdBreached"} <= reasons
@@ -407,7 +201,7 @@ def test_failed_job_puts_the_termination_message_in_the_condition(
     failed = scenario.wait_condition("Retraining", "False", "RetrainJobFailed")
     assert "label column 'churned' not found in training data" in failed["message"]
     assert "exit code 1" in failed["message"]
-    assert scenario.loop()["status"]["history"][-1]["outcome"] == "Failed"
+    assert scenario.loop()["status"]["history"][-1]["outcome"] == "RetrainFailed"
     warnings = [e for e in scenario.events() if e["reason"] == "RetrainJobFailed"]
     assert warnings
     assert warnings[0]["type"] == "Warning"
@@ -577,6 +371,9 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
             trigger="Breach",
             metrics={"accuracy": 0.9},
             current_metrics={"accuracy": 0.8},
+            comparison={"accuracy": {"ciLow": 0.01, "ciHigh": 0.09, "mcnemarPValue": 0.02}},
+            validation="Passed",
+            validated_at=at,
             created_at=at,
             gates=(
                 GateResult(metric="accuracy", value=0.9, threshold="min 0.85", verdict="Passed", reason="ok"),
@@ -595,15 +392,42 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
         last_retrain_time=at,
         last_schedule_time=at,
         handled_retrain_request="ticket-9",
+        handled_promote_request="v2",
+        handled_rollback_request="v1",
+        recommended_version="v2",
+        rollout=RolloutState(
+            version="v2",
+            uri="s3://m/v2/",
+            sha256="b" * 64,
+            kind="Promotion",
+            phase="Analyzing",
+            previous=ModelRef(
+                version="v1", uri="s3://m/v1/", sha256="a" * 64, metrics={"accuracy": 0.8}, deployed_at=at
+            ),
+            metrics={"accuracy": 0.9},
+            trigger="Breach",
+            reason="AnalysisFailed",
+            started_at=at,
+            phase_started_at=at,
+            next_measurement_at=at,
+            measurements=(Measurement(time=at, verdict="Successful", message="ok"),),
+        ),
         waiting_reason="cooldown",
         rejected_versions=("v0",),
         history=(
             HistoryEntry(
                 version="v2",
                 trigger="Breach",
-                outcome="Succeeded",
+                outcome="RolledOut",
                 reason="RetrainSucceeded",
+                message="m",
                 started_at=at,
+                retrained_at=at,
+                gates="Passed",
+                validated_at=at,
+                rollout_started_at=at,
+                rolled_out_at=at,
+                analysis="Successful",
                 finished_at=at,
             ),
         ),

@@ -33,3 +33,21 @@ RETRAINS_FINISHED = Counter(
 RECONCILE_ERRORS = Counter(
     "feedbackloop_reconcile_errors_total", "Reconciles that failed on a dependency, by kind.", ["kind"]
 )
+GATE_VERDICTS = Counter(
+    "feedbackloop_gate_verdicts_total",
+    "Validation gate checks on candidates, by metric and verdict.",
+    ["namespace", "loop", "metric", "verdict"],
+)
+ROLLOUTS_STARTED = Counter(
+    "feedbackloop_rollouts_started_total",
+    "Rollouts of a version to the Deployment, by kind.",
+    ["namespace", "loop", "kind"],
+)
+ROLLOUTS_FINISHED = Counter(
+    "feedbackloop_rollouts_finished_total",
+    "Rollouts that ended, by outcome (RolledOut, RolledBack, RollbackFailed, Degraded).",
+    ["namespace", "loop", "outcome"],
+)
+ROLLBACKS = Counter(
+    "feedbackloop_rollbacks_total", "Automatic rollbacks started, by reason.", ["namespace", "loop", "reason"]
+)

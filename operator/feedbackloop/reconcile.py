@@ -248,6 +248,30 @@ class Reconciler:
         started = decision.status.active_retrain
         if started is not None and loop.status.active_retrain is None:
             metrics.RETRAINS_STARTED.labels(ref.namespace, ref.name, started.trigger).inc()
+        before_candidate, candidate = loop.status.candidate_model, decision.status.candidate_model
+        if (
+            candidate is not None
+            and candidate.validation
+            and (before_candidate is None or not before_candidate.validation)
+        ):
+            for gate in candidate.gates:
+                metrics.GATE_VERDICTS.labels(ref.namespace, ref.name, gate.metric, gate.verdict).inc()
+        before_rollout, rollout = loop.status.rollout, decision.status.rollout
+        if rollout is not None and (before_rollout is None or before_rollout.version != rollout.version):
+            metrics.ROLLOUTS_STARTED.labels(ref.namespace, ref.name, rollout.kind).inc()
+        if (
+            rollout is not None
+            and rollout.phase == "RollingBack"
+            and (before_rollout is None or before_rollout.phase != "RollingBack")
+        ):
+            metrics.ROLLBACKS.labels(ref.namespace, ref.name, rollout.reason).inc()
+        if before_rollout is not None and rollout is None:
+            finished = next(
+                (e for e in reversed(decision.status.history) if e.version == before_rollout.version), None
+            )
+            metrics.ROLLOUTS_FINISHED.labels(
+                ref.namespace, ref.name, finished.outcome if finished else "Unknown"
+            ).inc()
         if len(decision.status.history) > len(loop.status.history) or (
             decision.status.history and decision.status.history[-1:] != loop.status.history[-1:]
         ):

@@ -539,3 +539,11 @@ def test_analysis_queries_are_scoped_to_the_version_under_analysis() -> None:
     assert due is not None and due[0].query == 'acc{v="v2"}'
     serving = plan(loop_state(spec, FeedbackLoopStatus(current_model=V1)), POLICY, T0).queries
     assert serving is not None and serving[0].query == 'acc{v="v1"}'
+
+
+def test_a_rollout_whose_deployment_vanished_stops_without_applying() -> None:
+    observed = healthy_dependencies(target=TargetObservation(deployment_found=False, container_found=False))
+    decision = run(spec_dict(), rolling(), observed, minutes=1)
+    assert decision.actions == ()
+    assert decision.status.rollout is None
+    assert condition(decision, "RolledOut")[:2] == ("False", "TargetNotFound")

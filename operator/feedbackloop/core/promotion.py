@@ -167,6 +167,10 @@ def follow_rollout(
     target = observed.target
     if target is None:
         return
+    if not target.deployment_found or not target.container_found:
+        # Applying now would create a stub Deployment or container; stop and say why instead.
+        _abort_rollout(draft, rollout, f"Deployment {spec.target.deployment}/{spec.target.container} is gone")
+        return
     wanted = rollout.previous if rollout.phase == ROLLING_BACK else _as_model(rollout)
     deployed_uri = target.deployed.uri if target.deployed else None
     wanted_uri = wanted.uri if wanted else None
@@ -393,6 +397,23 @@ def _rollback_failed(draft: Draft, rollout: RolloutState, why: str) -> None:
         ),
     )
     _clear_candidate(draft, rollout.version)
+
+
+def _abort_rollout(draft: Draft, rollout: RolloutState, why: str) -> None:
+    draft.set("rollout", None)
+    draft.condition(ConditionType.ROLLED_OUT, FALSE, Reason.TARGET_NOT_FOUND, f"{rollout.version}: {why}")
+    draft.condition(ConditionType.DEGRADED, TRUE, Reason.TARGET_NOT_FOUND, f"{rollout.version}: {why}")
+    draft.set(
+        "history",
+        update_history(
+            draft.get("history"),
+            rollout.version,
+            outcome="Aborted",
+            reason=Reason.TARGET_NOT_FOUND,
+            message=why,
+            finished_at=draft.now,
+        ),
+    )
 
 
 def _clear_candidate(draft: Draft, version: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.adapters.prometheus import PrometheusAdapter
 from feedbackloop.core import contract
 from harness import wait_until
 from operator_process import ModelExporter, OperatorProcess
@@ -211,6 +212,12 @@ def scenario(
     running = Scenario(cluster, endpoints, namespace)
     running.deploy_server()
     exporter.set(running.model, accuracy=0.95)
+    # Start from a scraped series, so a test's first evaluation never races Prometheus's first scrape.
+    query = f'max(fbl_test_accuracy{{model="{running.model}"}})'
+    seen = wait_until(
+        lambda: PrometheusAdapter().query(endpoints.prometheus_url, query, 5), lambda r: r.has_value, 30
+    )
+    assert seen.value == 0.95
     yield running
     exporter.remove(running.model)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.request
@@ -23,14 +24,8 @@ GATES = [{"metric": "accuracy", "min": 0.85}, {"metric": "accuracy", "minDeltaVs
 
 
 def spec_for(scenario: Scenario, **changes: Any) -> dict[str, Any]:
-    spec = loop_spec(scenario.model, rollout=FAST_ROLLOUT, **{"validation.gates": GATES})
-    for key, value in changes.items():
-        node = spec
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return spec
+    rollout = copy.deepcopy(FAST_ROLLOUT)  # dotted changes below edit it in place
+    return loop_spec(scenario.model, rollout=rollout, **{"validation.gates": GATES, **changes})
 
 
 def deployment(scenario: Scenario) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from feedbackloop.config import ConfigError, load_config
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every successful timer tick at INFO, once per loop per tick; keep its warnings and errors.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config = load_config()
     except ConfigError as err:

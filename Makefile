@@ -25,8 +25,8 @@ cluster-build:  ## build or install the control plane, etcd, kwok, versitygw and
 	tests/cluster/build.sh
 
 lint: $(STAMP)  ## ruff, mypy strict, import-linter
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator jobs tests
+	$(BIN)/ruff format --check operator jobs tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -156,7 +157,12 @@ class ArtifactStore:
         self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def write_version(
-        self, uri: str, version: str, files: dict[str, bytes], extra: dict[str, Any]
+        self,
+        uri: str,
+        version: str,
+        files: dict[str, bytes],
+        extra: dict[str, Any],
+        before_manifest: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Upload every file, then manifest.json last: a version without a manifest does not exist."""
         bucket, prefix = contract.split_s3_uri(uri)
@@ -171,6 +177,8 @@ class ArtifactStore:
             **extra,
         }
         contract.parse_manifest(manifest, expected_version=version)
+        if before_manifest is not None:
+            before_manifest()
         self.put_bytes(
             bucket,
             prefix + contract.MANIFEST_FILE,

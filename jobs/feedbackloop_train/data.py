@@ -1,0 +1,158 @@
+"""Training, feedback and holdout rows from S3 prefixes: CSV and Parquet files read whole with pyarrow."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from botocore.exceptions import BotoCoreError, ClientError
+
+from feedbackloop.core import contract
+from feedbackloop_train.settings import TrainerError, TrainSettings
+
+# The model server's feedback rows: the features plus these columns (docs/retrain-job-contract.md).
+FEEDBACK_LABEL = "fbl_label"
+FEEDBACK_TIME = "fbl_labelled_at"
+FEEDBACK_PREFIX = "fbl_"
+ORDER_COLUMN = "__fbl_order"  # position in time: training rows first, then feedback by labelled time
+READABLE = (".csv", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    label: str
+    features: list[str]
+    rows: dict[str, int]
+
+
+def read_prefix(client: Any, uri: str) -> pd.DataFrame:
+    """Every CSV/Parquet object under an s3:// prefix, concatenated in key order."""
+    bucket, prefix = contract.split_s3_uri(uri)
+    tables: list[pa.Table] = []
+    try:
+        keys = sorted(
+            item["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+            if item["Key"].lower().endswith(READABLE)
+        )
+        for key in keys:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            try:
+                if key.lower().endswith(".csv"):
+                    tables.append(pacsv.read_csv(io.BytesIO(body)))
+                else:
+                    tables.append(pq.read_table(io.BytesIO(body)))
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+                raise TrainerError(f"cannot read s3://{bucket}/{key}: {str(err).splitlines()[0]}") from None
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise TrainerError(f"access denied reading {uri} ({code})") from None
+        if code in {"NoSuchBucket", "404"}:
+            raise TrainerError(f"bucket of {uri} does not exist") from None
+        raise TrainerError(f"cannot list or read {uri}: {code} {err}") from None
+    except BotoCoreError as err:
+        raise TrainerError(f"cannot reach the store for {uri}: {err}") from None
+    if not tables:
+        raise TrainerError(f"no CSV or Parquet data under {uri}")
+    frames = [table.to_pandas() for table in tables]
+    columns = set(frames[0].columns)
+    for frame, key_index in zip(frames[1:], range(1, len(frames)), strict=True):
+        if set(frame.columns) != columns:
+            different = sorted(set(frame.columns) ^ columns)
+            raise TrainerError(
+                f"files under {uri} disagree on columns: {', '.join(different)} (file #{key_index + 1})"
+            )
+    data = pd.concat(frames, ignore_index=True)
+    if data.empty:
+        raise TrainerError(f"no rows under {uri}")
+    return data
+
+
+def _feedback_rows(data: pd.DataFrame, label: str, since: datetime | None, uri: str) -> pd.DataFrame:
+    if FEEDBACK_LABEL not in data.columns:
+        raise TrainerError(f"feedback under {uri} has no {FEEDBACK_LABEL} column")
+    if since is not None and FEEDBACK_TIME in data.columns:
+        times = pd.to_datetime(data[FEEDBACK_TIME], utc=True)
+        data = data[times >= pd.Timestamp(since)]
+    if FEEDBACK_TIME in data.columns:
+        data = data.sort_values(FEEDBACK_TIME, kind="stable")
+    renamed = data.rename(columns={FEEDBACK_LABEL: label})
+    return renamed[[c for c in renamed.columns if not c.startswith(FEEDBACK_PREFIX)]]
+
+
+def _check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> None:
+    unknown = sorted(set(frame.columns) - set(expected))
+    missing = sorted(set(expected) - set(frame.columns))
+    if unknown:
+        raise TrainerError(f"{source} has unknown columns: {', '.join(unknown)}")
+    if missing:
+        raise TrainerError(f"{source} lacks columns: {', '.join(missing)}")
+
+
+def _check_types(frame: pd.DataFrame, reference: pd.DataFrame, label: str, task: str) -> None:
+    if task == "regression" and not pd.api.types.is_numeric_dtype(frame[label]):
+        raise TrainerError(
+            f"label column {label!r} must be numeric for regression (found {frame[label].dtype})"
+        )
+    for column in reference.columns:
+        if pd.api.types.is_numeric_dtype(reference[column]) and not pd.api.types.is_numeric_dtype(
+            frame[column]
+        ):
+            bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()]
+            sample = repr(bad.iloc[0]) if len(bad) else "?"
+            raise TrainerError(f"column {column!r} must be numeric but holds {sample}")
+
+
+def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
+    training = read_prefix(client, settings.training_uri)
+    label = settings.label
+    if label not in training.columns:
+        columns = ", ".join(map(str, training.columns))
+        raise TrainerError(f"label column {label!r} not found in training data (columns: {columns})")
+    expected = list(training.columns)
+    _check_types(training, training, label, settings.task)
+    parts = [training]
+    rows = {"training": len(training)}
+    if settings.feedback_uri:
+        feedback = _feedback_rows(
+            read_prefix(client, settings.feedback_uri), label, settings.feedback_since, settings.feedback_uri
+        )
+        _check_columns(feedback, expected, f"feedback under {settings.feedback_uri}")
+        _check_types(feedback, training, label, settings.task)
+        parts.append(feedback[expected])
+        rows["feedback"] = len(feedback)
+    data = pd.concat(parts, ignore_index=True)
+    data = data[data[label].notna()].reset_index(drop=True)
+    data[ORDER_COLUMN] = np.arange(len(data))
+    if settings.holdout_uri:
+        holdout = read_prefix(client, settings.holdout_uri)
+        _check_columns(holdout, expected, f"holdout under {settings.holdout_uri}")
+        _check_types(holdout, training, label, settings.task)
+        train = data
+    elif settings.holdout_strategy == "Recent":
+        cut = round(len(data) * (1 - settings.holdout_fraction))
+        train, holdout = data.iloc[:cut], data.iloc[cut:]
+    else:
+        rng = np.random.default_rng(settings.seed)
+        mask = rng.random(len(data)) < settings.holdout_fraction
+        train, holdout = data[~mask], data[mask]
+    train = train.drop(columns=[ORDER_COLUMN], errors="ignore").reset_index(drop=True)
+    holdout = holdout.drop(columns=[ORDER_COLUMN], errors="ignore").reset_index(drop=True)
+    if len(train) < 2 or len(holdout) < 1:
+        raise TrainerError(f"too few rows to train and evaluate ({len(train)} train, {len(holdout)} holdout)")
+    rows.update({"train": len(train), "holdout": len(holdout)})
+    features = [c for c in expected if c != label]
+    if not features:
+        raise TrainerError("the data has no feature columns besides the label")
+    return Dataset(train=train, holdout=holdout, label=label, features=features, rows=rows)

@@ -1,0 +1,191 @@
+"""feedbackloop-train: read the FBL_* env, train, compare with the champion, write a complete version to S3.
+
+Exit 0 only once manifest.json (written last) is in S3. On failure, one line goes to the termination-message
+file and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from botocore.exceptions import BotoCoreError, ClientError
+
+from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError, s3_client
+from feedbackloop.core import contract
+from feedbackloop_train import evaluate, model, reference, report
+from feedbackloop_train.data import load_dataset
+from feedbackloop_train.settings import TrainerError, TrainSettings, load_settings
+
+log = logging.getLogger("feedbackloop-train")
+CRASH_BEFORE_MANIFEST = "crash-before-manifest"
+MAX_MESSAGE = 4096  # the kubelet keeps at most 4096 bytes of a termination message
+
+
+def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) -> Any | None:
+    """The current model, its sha256 verified before joblib.load, because loading runs pickle."""
+    if not settings.current_uri or not settings.current_sha256:
+        return None
+    bucket, prefix = contract.split_s3_uri(settings.current_uri)
+    key = prefix + contract.MODEL_FILE if prefix.endswith("/") or not prefix else prefix
+    try:
+        path = store.download_verified(bucket, key, settings.current_sha256, workdir / "champion.joblib")
+    except DigestMismatchError as err:
+        raise TrainerError(f"current model refused before loading: {err}") from None
+    except ClientError as err:
+        raise TrainerError(f"cannot download the current model {settings.current_uri}: {err}") from None
+    return joblib.load(path)
+
+
+def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    dataset = load_dataset(store.client, settings)
+    timings["loadSeconds"] = time.monotonic() - started
+
+    step = time.monotonic()
+    pipeline = model.build_pipeline(
+        settings.estimator_class, settings.estimator_params, settings.task, dataset.train, dataset.features
+    )
+    model.fit(pipeline, dataset.train, dataset.features, dataset.label)
+    timings["fitSeconds"] = time.monotonic() - step
+
+    step = time.monotonic()
+    truth = dataset.holdout[dataset.label].to_numpy()
+    candidate = evaluate.predict(pipeline, model.prepare(dataset.holdout, pipeline, dataset.features))
+    metrics: dict[str, Any] = {
+        "schemaVersion": 1,
+        "task": settings.task,
+        "primaryMetric": evaluate.PRIMARY[settings.task],
+        "holdout": {
+            "rows": len(dataset.holdout),
+            "strategy": "Given" if settings.holdout_uri else settings.holdout_strategy,
+        },
+        "candidate": evaluate.score(settings.task, truth, candidate),
+        "current": None,
+        "comparison": {},
+    }
+    analyses = {
+        "candidate": report.analyse(
+            settings.task, dataset.holdout, dataset.features, dataset.holdout[dataset.label], candidate.labels
+        )
+    }
+    champion = load_champion(store, settings, workdir)
+    if champion is not None:
+        try:
+            features = (
+                model.prepare(dataset.holdout, champion, dataset.features)
+                if hasattr(champion, "named_steps")
+                else dataset.holdout[dataset.features]
+            )
+            current = evaluate.predict(champion, features)
+        except (ValueError, KeyError, TypeError) as err:
+            raise TrainerError(
+                f"the current model cannot score the holdout: {str(err).splitlines()[0]}"
+            ) from None
+        metrics["current"] = evaluate.score(settings.task, truth, current)
+        metrics["currentVersion"] = settings.current_version
+        metrics["comparison"] = evaluate.compare(settings.task, truth, candidate, current, settings.seed)
+        analyses["current"] = report.analyse(
+            settings.task, dataset.holdout, dataset.features, dataset.holdout[dataset.label], current.labels
+        )
+    timings["evaluateSeconds"] = time.monotonic() - step
+
+    buffer = io.BytesIO()
+    joblib.dump(pipeline, buffer)
+    images = report.plots(analyses["candidate"], metrics)
+    files = {
+        contract.MODEL_FILE: buffer.getvalue(),
+        contract.METRICS_FILE: json.dumps(metrics, indent=2, default=_json_default).encode(),
+        contract.REPORT_FILE: json.dumps(analyses, indent=2, default=_json_default).encode(),
+        "report.html": report.render_html(settings.version, metrics, analyses, images),
+        contract.REFERENCE_FILE: json.dumps(
+            reference.build_reference(dataset.train, dataset.features)
+        ).encode(),
+        **images,
+    }
+    timings["totalSeconds"] = time.monotonic() - started
+    extra = {
+        "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "loop": {"name": settings.loop, "namespace": settings.namespace},
+        "job": {"name": settings.job},
+        "libraries": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "joblib": joblib.__version__,
+            "numpy": np.__version__,
+        },
+        "estimator": {"class": settings.estimator_class, "params": settings.estimator_params},
+        "data": {
+            "training": settings.training_uri,
+            "feedback": settings.feedback_uri,
+            "feedbackSince": settings.feedback_since.isoformat() if settings.feedback_since else None,
+            "holdout": settings.holdout_uri,
+            "rows": dataset.rows,
+        },
+        "durations": timings,
+        "features": dataset.features,
+        "label": dataset.label,
+    }
+    try:
+        return store.write_version(settings.artifact_uri, settings.version, files, extra, _failpoint)
+    except (ClientError, BotoCoreError) as err:
+        raise TrainerError(f"cannot write the version to {settings.artifact_uri}: {err}") from None
+
+
+def _failpoint() -> None:
+    # Fault injection for tests (FBL_FAILPOINT): die with every file uploaded but no manifest yet.
+    if os.environ.get("FBL_FAILPOINT") == CRASH_BEFORE_MANIFEST:
+        log.error("failpoint %s: exiting before the manifest", CRASH_BEFORE_MANIFEST)
+        os._exit(137)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _terminate(path: str, message: str) -> None:
+    line = " ".join(message.split())[:MAX_MESSAGE]
+    try:
+        Path(path).write_text(line + "\n")
+    except OSError as err:
+        log.error("cannot write the termination message to %s: %s", path, err)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Known before the rest of the settings, so even a settings error reaches the operator.
+    termination_path = os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH) or contract.TERMINATION_MESSAGE_PATH
+    try:
+        settings = load_settings()
+        store = ArtifactStore(s3_client(settings.s3_endpoint_url, settings.s3_region))
+        with tempfile.TemporaryDirectory(prefix="fbl-train-") as workdir:
+            manifest = train(settings, store, Path(workdir))
+    except TrainerError as err:
+        log.error("%s", err)
+        _terminate(termination_path, str(err))
+        return 1
+    except Exception as err:  # the reason must reach the operator, whatever it is
+        log.exception("unexpected failure")
+        _terminate(termination_path, f"unexpected {type(err).__name__}: {err}")
+        return 1
+    log.info("wrote version %s with %d files", manifest["version"], len(manifest["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

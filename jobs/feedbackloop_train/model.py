@@ -1,0 +1,85 @@
+"""The estimator: an allow-listed scikit-learn class behind a default preprocessing pipeline."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+import pandas as pd
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from feedbackloop_train.settings import TrainerError
+
+# Only dotted sklearn paths, checked before anything is imported: an estimator name is user input.
+ALLOWED_CLASS = re.compile(r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# Trees split on thresholds; scaling changes nothing for them, so their numbers pass through.
+SCALE_FREE_MODULES = ("sklearn.ensemble", "sklearn.tree")
+
+
+def load_estimator_class(dotted: str) -> type[BaseEstimator]:
+    if not ALLOWED_CLASS.match(dotted):
+        raise TrainerError(f"estimator {dotted!r} is not allowed: only sklearn.* classes")
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise TrainerError(f"estimator module {module_name!r} does not exist") from None
+    estimator = getattr(module, class_name, None)
+    if not isinstance(estimator, type) or not issubclass(estimator, BaseEstimator):
+        raise TrainerError(f"{dotted!r} is not a scikit-learn estimator")
+    return estimator
+
+
+def build_pipeline(
+    dotted: str, params: dict[str, Any], task: str, frame: pd.DataFrame, features: list[str]
+) -> Pipeline:
+    estimator_class = load_estimator_class(dotted)
+    try:
+        estimator = estimator_class(**params)
+    except TypeError as err:
+        raise TrainerError(f"invalid params for {dotted}: {err}") from None
+    if task == "classification" and not is_classifier(estimator):
+        raise TrainerError(f"{dotted} is not a classifier, but the task is classification")
+    if task == "regression" and not is_regressor(estimator):
+        raise TrainerError(f"{dotted} is not a regressor, but the task is regression")
+    numeric = [
+        c
+        for c in features
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+    ]
+    categorical = [c for c in features if c not in numeric]
+    scaled = not dotted.startswith(SCALE_FREE_MODULES)
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if numeric:
+        transformers.append(("numeric", StandardScaler() if scaled else "passthrough", numeric))
+    if categorical:
+        transformers.append(
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
+        )
+    return Pipeline([("preprocess", ColumnTransformer(transformers)), ("model", estimator)])
+
+
+def fit(pipeline: Pipeline, frame: pd.DataFrame, features: list[str], label: str) -> Pipeline:
+    try:
+        pipeline.fit(_categorical_as_text(frame[features], pipeline), frame[label])
+    except ValueError as err:
+        raise TrainerError(f"training failed: {str(err).splitlines()[0]}") from None
+    return pipeline
+
+
+def _categorical_as_text(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
+    """One-hot encoding needs one type per column; mixed objects become strings."""
+    out = frame.copy()
+    for name, _, columns in pipeline.named_steps["preprocess"].transformers:
+        if name == "categorical":
+            for column in columns:
+                out[column] = out[column].astype("string").fillna("__missing__").astype(object)
+    return out
+
+
+def prepare(frame: pd.DataFrame, pipeline: Pipeline, features: list[str]) -> pd.DataFrame:
+    return _categorical_as_text(frame[features], pipeline)

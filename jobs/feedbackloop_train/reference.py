@@ -1,0 +1,40 @@
+"""reference.json: each feature's training distribution, for PSI drift at serving time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+NUMERIC_BINS = 10
+TOP_CATEGORIES = 50
+OTHER = "__other__"
+
+
+def build_reference(frame: pd.DataFrame, features: list[str]) -> dict[str, Any]:
+    """Numeric features: quantile bin edges and the share of rows per bin. Categorical: value shares."""
+    result: dict[str, Any] = {"schemaVersion": 1, "rows": len(frame), "features": {}}
+    for column in features:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numbers = values.dropna().to_numpy(dtype=float)
+            if len(numbers) == 0:
+                continue
+            inner = np.unique(np.quantile(numbers, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+            counts = np.bincount(np.searchsorted(inner, numbers, side="right"), minlength=len(inner) + 1)
+            result["features"][column] = {
+                "type": "numeric",
+                # Bins (-inf, e0], (e0, e1], ... (e_last, +inf): open ends catch values unseen in training.
+                "edges": [float(edge) for edge in inner],
+                "proportions": [float(c) / len(numbers) for c in counts],
+                "missing": float(values.isna().mean()),
+            }
+        else:
+            shares = values.astype("string").fillna("__missing__").value_counts(normalize=True)
+            top = shares.iloc[:TOP_CATEGORIES]
+            proportions = {str(k): float(v) for k, v in top.items()}
+            if len(shares) > TOP_CATEGORIES:
+                proportions[OTHER] = float(shares.iloc[TOP_CATEGORIES:].sum())
+            result["features"][column] = {"type": "categorical", "proportions": proportions}
+    return result

@@ -1,0 +1,177 @@
+"""Error analysis: per-class metrics, confusion matrix and the worst data slices, as JSON, HTML and PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in a Job's pod
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+QUANTILE_BINS = 4
+WORST_SLICES = 10
+MIN_SUPPORT_FRACTION = 0.01
+MIN_SUPPORT_ROWS = 20
+
+
+def _slice_metric(task: str, truth: pd.Series, predicted: pd.Series) -> float:
+    if task == "regression":
+        return float(math.sqrt(float(np.mean((truth.astype(float) - predicted.astype(float)) ** 2))))
+    return float(np.mean(truth.to_numpy() == predicted.to_numpy()))
+
+
+def slices(
+    task: str, frame: pd.DataFrame, features: list[str], truth: pd.Series, predicted: pd.Series
+) -> list[dict[str, Any]]:
+    """Every categorical value and every numeric quantile bin, with support, metric and delta from overall."""
+    overall = _slice_metric(task, truth, predicted)
+    found = []
+    for column in features:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            try:
+                groups = pd.qcut(values, QUANTILE_BINS, duplicates="drop")
+            except ValueError:
+                continue
+        else:
+            groups = values.astype("string").fillna("__missing__")
+        for group, index in frame.groupby(groups, observed=True).groups.items():
+            if len(index) == 0:
+                continue
+            metric = _slice_metric(task, truth.loc[index], predicted.loc[index])
+            found.append(
+                {
+                    "feature": column,
+                    "value": str(group),
+                    "support": len(index),
+                    "metric": metric,
+                    "delta": metric - overall,
+                }
+            )
+    return found
+
+
+def worst(task: str, found: list[dict[str, Any]], rows: int) -> list[dict[str, Any]]:
+    minimum = max(MIN_SUPPORT_ROWS, int(rows * MIN_SUPPORT_FRACTION))
+    eligible = [s for s in found if s["support"] >= minimum]
+    # For accuracy lower is worse; for RMSE higher is worse.
+    return sorted(eligible, key=lambda s: s["delta"], reverse=task == "regression")[:WORST_SLICES]
+
+
+def analyse(
+    task: str, frame: pd.DataFrame, features: list[str], truth: pd.Series, predicted: np.ndarray[Any, Any]
+) -> dict[str, Any]:
+    prediction = pd.Series(predicted, index=truth.index)
+    result: dict[str, Any] = {}
+    if task == "classification":
+        labels = sorted({*map(str, truth.unique()), *map(str, prediction.unique())})
+        truth_text, predicted_text = truth.astype(str), prediction.astype(str)
+        report = skm.classification_report(
+            truth_text, predicted_text, labels=labels, output_dict=True, zero_division=0
+        )
+        result["perClass"] = {
+            label: {k: float(v) for k, v in report[label].items()} for label in labels if label in report
+        }
+        result["confusionMatrix"] = {
+            "labels": labels,
+            "matrix": skm.confusion_matrix(truth_text, predicted_text, labels=labels).tolist(),
+        }
+    found = slices(task, frame, features, truth, prediction)
+    result["overall"] = _slice_metric(task, truth, prediction)
+    result["metric"] = "rmse" if task == "regression" else "accuracy"
+    result["slices"] = len(found)
+    result["worstSlices"] = worst(task, found, len(frame))
+    return result
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plots(candidate: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes]:
+    images = {}
+    if "confusionMatrix" in candidate:
+        matrix = np.array(candidate["confusionMatrix"]["matrix"])
+        labels = candidate["confusionMatrix"]["labels"]
+        figure, axes = plt.subplots(figsize=(4, 4))
+        axes.imshow(matrix, cmap="Blues")
+        axes.set_xticks(range(len(labels)), labels, rotation=45)
+        axes.set_yticks(range(len(labels)), labels)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("actual")
+        for (i, j), value in np.ndenumerate(matrix):
+            axes.text(j, i, str(value), ha="center", va="center")
+        axes.set_title("Confusion matrix (candidate)")
+        images["confusion_matrix.png"] = _png(figure)
+    worst_slices = candidate.get("worstSlices", [])
+    if worst_slices:
+        figure, axes = plt.subplots(figsize=(6, 0.4 * len(worst_slices) + 1))
+        names = [f"{s['feature']}={s['value']}" for s in worst_slices]
+        axes.barh(names[::-1], [s["delta"] for s in worst_slices][::-1], color="tab:red")
+        axes.set_xlabel(f"{candidate['metric']} delta from overall")
+        axes.set_title("Worst slices (candidate)")
+        images["worst_slices.png"] = _png(figure)
+    current = metrics.get("current") or {}
+    shared = [name for name in metrics.get("candidate", {}) if name in current]
+    if shared:
+        figure, axes = plt.subplots(figsize=(6, 3))
+        positions = np.arange(len(shared))
+        axes.bar(positions - 0.2, [metrics["candidate"][n] for n in shared], 0.4, label="candidate")
+        axes.bar(positions + 0.2, [current[n] for n in shared], 0.4, label="current")
+        axes.set_xticks(positions, shared, rotation=30)
+        axes.legend()
+        axes.set_title("Candidate vs current model, same holdout")
+        images["candidate_vs_current.png"] = _png(figure)
+    return images
+
+
+def render_html(
+    version: str, metrics: dict[str, Any], report: dict[str, Any], images: dict[str, bytes]
+) -> bytes:
+    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>"
+            for row in rows
+        )
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    metric_rows = [
+        {"metric": name, "candidate": value, "current": (metrics.get("current") or {}).get(name)}
+        for name, value in metrics.get("candidate", {}).items()
+    ]
+    parts = [
+        f"<h1>Model {html.escape(version)}: error analysis</h1>",
+        "<h2>Holdout metrics</h2>",
+        table(metric_rows, ["metric", "candidate", "current"]),
+        "<h2>Worst slices of the candidate</h2>",
+        table(report["candidate"].get("worstSlices", []), ["feature", "value", "support", "metric", "delta"]),
+    ]
+    for name, data in images.items():
+        encoded = base64.b64encode(data).decode()
+        title = html.escape(name)
+        parts.append(f'<h2>{title}</h2><img alt="{title}" src="data:image/png;base64,{encoded}">')
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px}"
+    )
+    head = f"<meta charset='utf-8'><title>model {html.escape(version)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>".encode()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

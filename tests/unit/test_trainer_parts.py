@@ -1,0 +1,133 @@
+"""The trainer's pure parts: settings, metrics, the paired bootstrap, McNemar, slices, drift reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feedbackloop_train import evaluate, reference, report
+from feedbackloop_train.model import load_estimator_class
+from feedbackloop_train.settings import TrainerError, load_settings
+
+BASE_ENV = {
+    "FBL_VERSION": "v3",
+    "FBL_ARTIFACT_URI": "s3://models/p/ml/churn/v3",
+    "FBL_TRAINING_DATA_URI": "s3://data/train/",
+    "FBL_LABEL_COLUMN": "churned",
+}
+
+
+def test_settings_defaults_and_normalisation() -> None:
+    settings = load_settings(BASE_ENV)
+    assert settings.artifact_uri == "s3://models/p/ml/churn/v3/"
+    assert (settings.task, settings.holdout_strategy, settings.holdout_fraction) == (
+        "classification",
+        "Random",
+        0.2,
+    )
+    assert settings.estimator_params == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"FBL_ESTIMATOR_PARAMS": "{not json"}, "FBL_ESTIMATOR_PARAMS is not JSON"),
+        ({"FBL_ESTIMATOR_PARAMS": "[1]"}, "must be a JSON object"),
+        ({"FBL_HOLDOUT_FRACTION": "1.5"}, "must be between 0 and 1"),
+        ({"FBL_TASK": "ranking"}, "must be classification or regression"),
+        ({"FBL_TRAINING_DATA_URI": "http://x/y"}, "is not an s3://bucket/prefix URI"),
+        ({"FBL_CURRENT_MODEL_URI": "s3://models/p/v1/"}, "without FBL_CURRENT_MODEL_SHA256"),
+        ({"FBL_LABEL_COLUMN": ""}, "FBL_LABEL_COLUMN is not set"),
+    ],
+)
+def test_settings_errors_name_the_variable(change: dict[str, str], message: str) -> None:
+    with pytest.raises(TrainerError, match=message):
+        load_settings({**BASE_ENV, **change})
+
+
+@pytest.mark.parametrize(
+    ("dotted", "message"),
+    [
+        ("os.system", "only sklearn"),
+        ("sklearn.nope.Thing", "does not exist"),
+        ("sklearn.metrics.accuracy_score", "not a scikit-learn estimator"),
+    ],
+)
+def test_estimator_allow_list(dotted: str, message: str) -> None:
+    with pytest.raises(TrainerError, match=message):
+        load_estimator_class(dotted)
+
+
+def test_scores_for_both_tasks() -> None:
+    truth = np.array([0, 1, 1, 0])
+    predicted = evaluate.Predictions(
+        np.array([0, 1, 0, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]), np.array([0, 1])
+    )
+    scores = evaluate.score("classification", truth, predicted)
+    assert scores["accuracy"] == 0.75
+    assert scores["roc_auc"] == 1.0
+    regression = evaluate.score(
+        "regression", np.array([1.0, 2.0]), evaluate.Predictions(np.array([1.0, 4.0]), None, None)
+    )
+    assert regression == {"rmse": pytest.approx(np.sqrt(2)), "mae": 1.0, "r2": pytest.approx(-7.0)}
+
+
+def test_paired_bootstrap_and_mcnemar_are_seeded_and_sensible() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 2000)
+    better = np.where(rng.random(2000) < 0.9, truth, 1 - truth)
+    worse = np.where(rng.random(2000) < 0.7, truth, 1 - truth)
+    first = evaluate.compare(
+        "classification",
+        truth,
+        evaluate.Predictions(better, None, None),
+        evaluate.Predictions(worse, None, None),
+        seed=1,
+    )
+    again = evaluate.compare(
+        "classification",
+        truth,
+        evaluate.Predictions(better, None, None),
+        evaluate.Predictions(worse, None, None),
+        seed=1,
+    )
+    stats = first["accuracy"]
+    assert first == again
+    assert 0.15 < stats["delta"] < 0.25
+    assert 0 < stats["ciLow"] < stats["delta"] < stats["ciHigh"]
+    assert stats["mcnemarPValue"] < 1e-6
+    same = evaluate.compare(
+        "classification",
+        truth,
+        evaluate.Predictions(better, None, None),
+        evaluate.Predictions(better, None, None),
+        seed=1,
+    )
+    assert same["accuracy"]["mcnemarPValue"] == 1.0
+
+
+def test_worst_slices_find_the_broken_segment() -> None:
+    rows = 400
+    frame = pd.DataFrame({"plan": ["basic", "pro"] * (rows // 2), "tenure": np.arange(rows)})
+    truth = pd.Series(np.ones(rows, dtype=int))
+    predicted = np.where(frame["plan"] == "basic", 0, 1)  # every basic-plan row is wrong
+    analysis = report.analyse("classification", frame, ["plan", "tenure"], truth, predicted)
+    worst = analysis["worstSlices"][0]
+    assert (worst["feature"], worst["value"], worst["support"], worst["metric"]) == (
+        "plan",
+        "basic",
+        200,
+        0.0,
+    )
+    assert worst["delta"] == pytest.approx(-0.5)
+    assert analysis["confusionMatrix"]["matrix"] == [[0, 0], [200, 200]]
+
+
+def test_reference_distributions_sum_to_one() -> None:
+    frame = pd.DataFrame({"x": np.arange(100, dtype=float), "c": ["a"] * 70 + ["b"] * 30})
+    ref = reference.build_reference(frame, ["x", "c"])
+    assert ref["features"]["c"] == {"type": "categorical", "proportions": {"a": 0.7, "b": 0.3}}
+    numeric = ref["features"]["x"]
+    assert len(numeric["proportions"]) == len(numeric["edges"]) + 1
+    assert sum(numeric["proportions"]) == pytest.approx(1.0)

@@ -169,7 +169,8 @@ def _terminate(path: str, message: str) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Known before the rest of the settings, so even a settings error reaches the operator.
-    termination_path = os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH) or contract.TERMINATION_MESSAGE_PATH
+    default_path = contract.TERMINATION_MESSAGE_PATH
+    termination_path = os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH) or default_path
     try:
         settings = load_settings()
         store = ArtifactStore(s3_client(settings.s3_endpoint_url, settings.s3_region))

@@ -120,7 +120,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     extra = {
         "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "loop": {"name": settings.loop, "namespace": settings.namespace},
-        "job": {"name": settings.job},
+        "job": {"name": settings.job, "podUid": os.environ.get(contract.ENV_POD_UID)},
         "libraries": {
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,

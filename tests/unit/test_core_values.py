@@ -117,6 +117,7 @@ def test_job_env_contract_and_secret_references() -> None:
         "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}},
     }
     assert "value" not in env["AWS_ACCESS_KEY_ID"]
+    assert env["FBL_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert container["resources"] == {"limits": {"memory": "2Gi"}}
     assert container["command"] == ["feedbackloop-train"]
 

@@ -77,6 +77,7 @@ def build_retrain_job(
         _env(contract.ENV_LOOP_UID, loop.uid),
         _env(contract.ENV_VERSION, retrain.version),
         _env(contract.ENV_JOB_NAME, retrain.job),
+        {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         _env(contract.ENV_TRIGGER, retrain.trigger),
         _env(
             contract.ENV_ARTIFACT_URI,

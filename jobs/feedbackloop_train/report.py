@@ -15,7 +15,6 @@ matplotlib.use("Agg")  # no display in a Job's pod
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 QUANTILE_BINS = 4
 WORST_SLICES = 10
@@ -33,26 +32,37 @@ def slices(
     task: str, frame: pd.DataFrame, features: list[str], truth: pd.Series, predicted: pd.Series
 ) -> list[dict[str, Any]]:
     """Every categorical value and every numeric quantile bin, with support, metric and delta from overall."""
+    if task == "regression":
+        per_row = (truth.to_numpy(dtype=float) - predicted.to_numpy(dtype=float)) ** 2
+    else:
+        per_row = (truth.to_numpy() == predicted.to_numpy()).astype(float)
     overall = _slice_metric(task, truth, predicted)
     found = []
     for column in features:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             try:
-                groups = pd.qcut(values, QUANTILE_BINS, duplicates="drop")
+                binned = pd.qcut(values, QUANTILE_BINS, duplicates="drop")
             except ValueError:
                 continue
+            codes, names = binned.cat.codes.to_numpy(), [str(c) for c in binned.cat.categories]
         else:
-            groups = values.astype("string").fillna("__missing__")
-        for group, index in frame.groupby(groups, observed=True).groups.items():
-            if len(index) == 0:
+            codes, uniques = pd.factorize(values.astype("string").fillna("__missing__"), sort=True)
+            names = [str(u) for u in uniques]
+        valid = codes >= 0
+        # Per-slice sums by bincount: one pass per column instead of one boolean mask per slice.
+        support = np.bincount(codes[valid], minlength=len(names))
+        totals = np.bincount(codes[valid], weights=per_row[valid], minlength=len(names))
+        for code, name in enumerate(names):
+            if support[code] == 0:
                 continue
-            metric = _slice_metric(task, truth.loc[index], predicted.loc[index])
+            mean = totals[code] / support[code]
+            metric = float(math.sqrt(mean)) if task == "regression" else float(mean)
             found.append(
                 {
                     "feature": column,
-                    "value": str(group),
-                    "support": len(index),
+                    "value": name,
+                    "support": int(support[code]),
                     "metric": metric,
                     "delta": metric - overall,
                 }
@@ -73,24 +83,35 @@ def analyse(
     prediction = pd.Series(predicted, index=truth.index)
     result: dict[str, Any] = {}
     if task == "classification":
-        labels = sorted({*map(str, truth.unique()), *map(str, prediction.unique())})
-        truth_text, predicted_text = truth.astype(str), prediction.astype(str)
-        report = skm.classification_report(
-            truth_text, predicted_text, labels=labels, output_dict=True, zero_division=0
-        )
-        result["perClass"] = {
-            label: {k: float(v) for k, v in report[label].items()} for label in labels if label in report
-        }
-        result["confusionMatrix"] = {
-            "labels": labels,
-            "matrix": skm.confusion_matrix(truth_text, predicted_text, labels=labels).tolist(),
-        }
+        result.update(_per_class(truth.astype(str), prediction.astype(str)))
     found = slices(task, frame, features, truth, prediction)
     result["overall"] = _slice_metric(task, truth, prediction)
     result["metric"] = "rmse" if task == "regression" else "accuracy"
     result["slices"] = len(found)
     result["worstSlices"] = worst(task, found, len(frame))
     return result
+
+
+def _per_class(truth: pd.Series, predicted: pd.Series) -> dict[str, Any]:
+    """Per-class precision, recall, f1 and the confusion matrix, counted once with bincount on label codes."""
+    labels = sorted(set(truth.unique()) | set(predicted.unique()))
+    n = len(labels)
+    true_codes = pd.Categorical(truth, categories=labels).codes.astype(np.int64)
+    predicted_codes = pd.Categorical(predicted, categories=labels).codes.astype(np.int64)
+    matrix = np.bincount(true_codes * n + predicted_codes, minlength=n * n).reshape(n, n)
+    hits, actual, chosen = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    per_class = {}
+    for index, label in enumerate(labels):
+        precision = hits[index] / chosen[index] if chosen[index] else 0.0
+        recall = hits[index] / actual[index] if actual[index] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1-score": float(f1),
+            "support": float(actual[index]),
+        }
+    return {"perClass": per_class, "confusionMatrix": {"labels": labels, "matrix": matrix.tolist()}}
 
 
 def _png(figure: Any) -> bytes:

@@ -131,3 +131,19 @@ def test_reference_distributions_sum_to_one() -> None:
     numeric = ref["features"]["x"]
     assert len(numeric["proportions"]) == len(numeric["edges"]) + 1
     assert sum(numeric["proportions"]) == pytest.approx(1.0)
+
+
+def test_per_class_counts_agree_with_scikit_learn() -> None:
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    rng = np.random.default_rng(5)
+    truth = pd.Series(rng.choice(["a", "b", "c"], 500))
+    predicted = pd.Series(np.where(rng.random(500) < 0.7, truth, rng.choice(["a", "b", "c", "d"], 500)))
+    ours = report._per_class(truth, predicted)
+    labels = ours["confusionMatrix"]["labels"]
+    expected = classification_report(truth, predicted, labels=labels, output_dict=True, zero_division=0)
+    assert labels == ["a", "b", "c", "d"]
+    assert ours["confusionMatrix"]["matrix"] == confusion_matrix(truth, predicted, labels=labels).tolist()
+    for label in labels:
+        for key in ("precision", "recall", "f1-score", "support"):
+            assert ours["perClass"][label][key] == pytest.approx(expected[label][key])

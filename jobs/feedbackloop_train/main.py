@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError, s3_client
 from feedbackloop.core import contract
+from feedbackloop.core.observations import ArtifactCheck
 from feedbackloop_train import evaluate, model, reference, report
 from feedbackloop_train.data import load_dataset
 from feedbackloop_train.settings import TrainerError, TrainSettings, load_settings
@@ -174,6 +175,13 @@ def main() -> int:
     try:
         settings = load_settings()
         store = ArtifactStore(s3_client(settings.s3_endpoint_url, settings.s3_region))
+        existing = store.verify_version(settings.artifact_uri, settings.version)
+        if existing.check is ArtifactCheck.VERIFIED:
+            # A pod retried after a complete write: the version exists and must not change now.
+            log.info(
+                "version %s is already complete at %s; nothing to do", settings.version, settings.artifact_uri
+            )
+            return 0
         with tempfile.TemporaryDirectory(prefix="fbl-train-") as workdir:
             manifest = train(settings, store, Path(workdir))
     except TrainerError as err:

@@ -134,6 +134,11 @@ def test_classification_writes_a_complete_verified_version(
     html = s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/report.html")["Body"].read().decode()
     assert "Worst slices" in html and "data:image/png;base64," in html
 
+    # A retried pod finds the version complete and leaves it exactly as it is.
+    before = s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/manifest.json")["Body"].read()
+    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
+    assert s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/manifest.json")["Body"].read() == before
+
     model_sha = manifest.file("model.joblib").sha256  # type: ignore[union-attr]
     path = store.download_verified(
         bucket, "models/ml/churn/v1/model.joblib", model_sha, tmp_path / "m.joblib"

@@ -113,7 +113,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         contract.REPORT_FILE: json.dumps(analyses, indent=2, default=_json_default).encode(),
         "report.html": report.render_html(settings.version, metrics, analyses, images),
         contract.REFERENCE_FILE: json.dumps(
-            reference.build_reference(dataset.train, dataset.features)
+            reference.build_reference(dataset.train, dataset.features, settings.seed)
         ).encode(),
         **images,
     }

@@ -8,13 +8,18 @@ import numpy as np
 import pandas as pd
 
 NUMERIC_BINS = 10
+# Shares and quantile edges are stable well before this many rows; larger data is sampled (seeded).
+SAMPLE_ROWS = 200_000
 TOP_CATEGORIES = 50
 OTHER = "__other__"
 
 
-def build_reference(frame: pd.DataFrame, features: list[str]) -> dict[str, Any]:
+def build_reference(frame: pd.DataFrame, features: list[str], seed: int = 0) -> dict[str, Any]:
     """Numeric features: quantile bin edges and the share of rows per bin. Categorical: value shares."""
     result: dict[str, Any] = {"schemaVersion": 1, "rows": len(frame), "features": {}}
+    if len(frame) > SAMPLE_ROWS:
+        frame = frame.sample(n=SAMPLE_ROWS, random_state=seed)
+        result["sampledRows"] = SAMPLE_ROWS
     for column in features:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):

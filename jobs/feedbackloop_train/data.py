@@ -21,7 +21,6 @@ from feedbackloop_train.settings import TrainerError, TrainSettings
 FEEDBACK_LABEL = "fbl_label"
 FEEDBACK_TIME = "fbl_labelled_at"
 FEEDBACK_PREFIX = "fbl_"
-ORDER_COLUMN = "__fbl_order"  # position in time: training rows first, then feedback by labelled time
 READABLE = (".csv", ".parquet", ".pq")
 
 
@@ -132,9 +131,11 @@ def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
         _check_types(feedback, training, label, settings.task)
         parts.append(feedback[expected])
         rows["feedback"] = len(feedback)
-    data = pd.concat(parts, ignore_index=True)
-    data = data[data[label].notna()].reset_index(drop=True)
-    data[ORDER_COLUMN] = np.arange(len(data))
+    data = pd.concat(parts, ignore_index=True) if len(parts) > 1 else training
+    # Row order is time order: training rows first, then feedback by labelled time (for the Recent holdout).
+    unlabelled = data[label].isna()
+    if unlabelled.any():
+        data = data[~unlabelled].reset_index(drop=True)
     if settings.holdout_uri:
         holdout = read_prefix(client, settings.holdout_uri)
         _check_columns(holdout, expected, f"holdout under {settings.holdout_uri}")
@@ -147,8 +148,8 @@ def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
         rng = np.random.default_rng(settings.seed)
         mask = rng.random(len(data)) < settings.holdout_fraction
         train, holdout = data[~mask], data[mask]
-    train = train.drop(columns=[ORDER_COLUMN], errors="ignore").reset_index(drop=True)
-    holdout = holdout.drop(columns=[ORDER_COLUMN], errors="ignore").reset_index(drop=True)
+    # Only the holdout is re-indexed: copying the much larger training frame again buys nothing.
+    holdout = holdout.reset_index(drop=True)
     if len(train) < 2 or len(holdout) < 1:
         raise TrainerError(f"too few rows to train and evaluate ({len(train)} train, {len(holdout)} holdout)")
     rows.update({"train": len(train), "holdout": len(holdout)})

@@ -72,12 +72,12 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, features: list[str], label: str
 
 
 def _categorical_as_text(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
-    """One-hot encoding needs one type per column; mixed objects become strings."""
+    """One-hot encoding needs one type per column: mixed values become pandas strings, not objects."""
     out = frame.copy()
     for name, _, columns in pipeline.named_steps["preprocess"].transformers:
         if name == "categorical":
             for column in columns:
-                out[column] = out[column].astype("string").fillna("__missing__").astype(object)
+                out[column] = out[column].astype("string").fillna("__missing__")
     return out
 
 

@@ -57,16 +57,23 @@ def bucket(s3: Any) -> str:
     return name
 
 
-def run_trainer(
-    endpoints: harness.Endpoints, tmp_path: Path, secret_key: str | None = None, **env: str
-) -> tuple[int, str, str]:
-    termination = tmp_path / f"termination-{uuid.uuid4().hex[:6]}"
-    full_env = {
+def job_environment(endpoints: harness.Endpoints, secret_key: str | None = None) -> dict[str, str]:
+    """A retrain pod's environment: none of this shell's FBL_*/AWS_*, the store's endpoint and keys."""
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("FBL_", "AWS_"))},
         "AWS_ENDPOINT_URL_S3": endpoints.s3_endpoint_url,
         "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key or endpoints.s3_secret_key,
         "AWS_DEFAULT_REGION": harness.S3_REGION,
+    }
+
+
+def run_trainer(
+    endpoints: harness.Endpoints, tmp_path: Path, secret_key: str | None = None, **env: str
+) -> tuple[int, str, str]:
+    termination = tmp_path / f"termination-{uuid.uuid4().hex[:6]}"
+    full_env = {
+        **job_environment(endpoints, secret_key),
         "FBL_TERMINATION_MESSAGE_PATH": str(termination),
         "FBL_LOOP_NAME": "churn",
         "FBL_LOOP_NAMESPACE": "ml",
@@ -358,14 +365,7 @@ def test_console_script_reaches_the_same_code(tmp_path: Path) -> None:
 def test_a_bring_your_own_trainer_honouring_the_contract_is_accepted(
     endpoints: harness.Endpoints, s3: Any, bucket: str
 ) -> None:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FBL_", "AWS_"))},
-        "AWS_ENDPOINT_URL_S3": endpoints.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": endpoints.s3_secret_key,
-        "AWS_DEFAULT_REGION": harness.S3_REGION,
-        **version_env(bucket, "v5"),
-    }
+    env = {**job_environment(endpoints), **version_env(bucket, "v5")}
     script = Path(__file__).with_name("byo") / "minimal_trainer.py"
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

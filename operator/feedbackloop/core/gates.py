@@ -85,32 +85,27 @@ def evaluate_gates(
             )
             continue
         if gate.min is not None:
-            ok = value >= gate.min
-            results.append(
-                GateResult(
-                    metric=gate.metric,
-                    value=value,
-                    threshold=f"min {_fmt(gate.min)}",
-                    verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
-                    reason=GateReason.WITHIN_BOUND if ok else GateReason.BELOW_MIN,
-                    message=f"{gate.metric} {_fmt(value)} {'>=' if ok else '<'} min {_fmt(gate.min)}",
-                )
-            )
+            results.append(_bound_gate(gate.metric, value, "min", gate.min))
         if gate.max is not None:
-            ok = value <= gate.max
-            results.append(
-                GateResult(
-                    metric=gate.metric,
-                    value=value,
-                    threshold=f"max {_fmt(gate.max)}",
-                    verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
-                    reason=GateReason.WITHIN_BOUND if ok else GateReason.ABOVE_MAX,
-                    message=f"{gate.metric} {_fmt(value)} {'<=' if ok else '>'} max {_fmt(gate.max)}",
-                )
-            )
+            results.append(_bound_gate(gate.metric, value, "max", gate.max))
         if gate.min_delta_vs_current is not None or gate.require_significance:
             results.append(_delta_gate(gate, value, current, comparison, current_version))
     return tuple(results)
+
+
+def _bound_gate(metric: str, value: float, kind: str, bound: float) -> GateResult:
+    ok = value >= bound if kind == "min" else value <= bound
+    failed_reason, relation = (
+        (GateReason.BELOW_MIN, (">=", "<")) if kind == "min" else (GateReason.ABOVE_MAX, ("<=", ">"))
+    )
+    return GateResult(
+        metric=metric,
+        value=value,
+        threshold=f"{kind} {_fmt(bound)}",
+        verdict=GateVerdict.PASSED if ok else GateVerdict.FAILED,
+        reason=GateReason.WITHIN_BOUND if ok else failed_reason,
+        message=f"{metric} {_fmt(value)} {relation[0] if ok else relation[1]} {kind} {_fmt(bound)}",
+    )
 
 
 def _delta_gate(

@@ -103,6 +103,18 @@ def version_env(bucket: str, version: str, **env: str) -> dict[str, str]:
     }
 
 
+def train_champion(
+    endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path, rows: int
+) -> tuple[str, str]:
+    """Train v1 on the base concept; return its URI and model sha256, as a Deployment would carry them."""
+    put_csv(store.client, bucket, "data/train/part-0.csv", churn_frame(rows))
+    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
+    uri = f"s3://{bucket}/models/ml/churn/v1/"
+    model = store.read_manifest(uri, "v1").file("model.joblib")
+    assert model is not None
+    return uri, model.sha256
+
+
 def test_classification_writes_a_complete_verified_version(
     endpoints: harness.Endpoints, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -177,11 +189,8 @@ def test_regression_on_parquet(endpoints: harness.Endpoints, s3: Any, bucket: st
 def test_champion_and_challenger_on_the_same_holdout_with_feedback(
     endpoints: harness.Endpoints, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    put_csv(s3, bucket, "data/train/part-0.csv", churn_frame(2000))
-    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
     store = ArtifactStore(s3)
-    v1 = f"s3://{bucket}/models/ml/churn/v1/"
-    sha = store.read_manifest(v1, "v1").file("model.joblib").sha256  # type: ignore[union-attr]
+    v1, sha = train_champion(endpoints, store, bucket, tmp_path, rows=2000)
 
     # The concept drifted: the feedback holds the flipped concept, and the holdout is the most recent rows.
     drifted = churn_frame(2000, seed=11, flip=True).rename(columns={"churned": "fbl_label"})
@@ -222,11 +231,8 @@ class _Tripwire:
 def test_a_corrupted_champion_is_refused_before_unpickling(
     endpoints: harness.Endpoints, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    put_csv(s3, bucket, "data/train/part-0.csv", churn_frame(1000))
-    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
     store = ArtifactStore(s3)
-    v1 = f"s3://{bucket}/models/ml/churn/v1/"
-    sha = store.read_manifest(v1, "v1").file("model.joblib").sha256  # type: ignore[union-attr]
+    v1, sha = train_champion(endpoints, store, bucket, tmp_path, rows=1000)
     tripwire = tmp_path / "unpickled"
     s3.put_object(
         Bucket=bucket, Key="models/ml/churn/v1/model.joblib", Body=pickle.dumps(_Tripwire(str(tripwire)))

@@ -11,17 +11,15 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from feedbackloop.core.api_model import ApiModel
 from feedbackloop.core.durations import format_duration, parse_duration
 
 GROUP = "feedbackloop.dev"
@@ -39,10 +37,6 @@ Duration = Annotated[
     BeforeValidator(lambda value: parse_duration(value) if isinstance(value, str) else value),
     PlainSerializer(format_duration, return_type=str),
 ]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
 
 
 class Mode(enum.StrEnum):
@@ -72,17 +66,17 @@ class HoldoutStrategy(enum.StrEnum):
     RECENT = "Recent"
 
 
-class Target(_Model):
+class Target(ApiModel):
     deployment: str
     container: str
 
 
-class PrometheusSpec(_Model):
+class PrometheusSpec(ApiModel):
     url: str = Field(pattern=r"^https?://")
     timeout: Duration = timedelta(seconds=10)
 
 
-class Threshold(_Model):
+class Threshold(ApiModel):
     min: float | None = None
     max: float | None = None
 
@@ -95,7 +89,7 @@ class Threshold(_Model):
         return self
 
 
-class MetricSpec(_Model):
+class MetricSpec(ApiModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     query: str = Field(min_length=1, max_length=4096)
     samples_query: str | None = Field(default=None, max_length=4096)
@@ -105,7 +99,7 @@ class MetricSpec(_Model):
     action: MetricAction = MetricAction.RETRAIN
 
 
-class MonitoringSpec(_Model):
+class MonitoringSpec(ApiModel):
     interval: Duration = timedelta(seconds=60)
     no_data: NoDataPolicy = NoDataPolicy.HOLD
     labels: dict[str, str] = Field(default_factory=dict)
@@ -128,7 +122,7 @@ class MonitoringSpec(_Model):
         return value
 
 
-class Estimator(_Model):
+class Estimator(ApiModel):
     class_: str = Field(
         default="sklearn.ensemble.HistGradientBoostingClassifier",
         alias="class",
@@ -137,13 +131,13 @@ class Estimator(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainerSpec(_Model):
+class TrainerSpec(ApiModel):
     estimator: Estimator = Field(default_factory=Estimator)
     label: str = Field(min_length=1)
     task: Task = Task.CLASSIFICATION
 
 
-class DataSpec(_Model):
+class DataSpec(ApiModel):
     training: str = Field(pattern=r"^s3://")
     feedback: str | None = Field(default=None, pattern=r"^s3://")
     holdout: str | None = Field(default=None, pattern=r"^s3://")
@@ -153,12 +147,12 @@ class DataSpec(_Model):
     seed: int = 0
 
 
-class ResourceRequirements(_Model):
+class ResourceRequirements(ApiModel):
     requests: dict[str, str | int | float] = Field(default_factory=dict)
     limits: dict[str, str | int | float] = Field(default_factory=dict)
 
 
-class RetrainSpec(_Model):
+class RetrainSpec(ApiModel):
     schedule: str | None = None
     cooldown: Duration = timedelta(hours=1)
     backoff_limit: int = Field(default=1, ge=0, le=10)
@@ -172,13 +166,13 @@ class RetrainSpec(_Model):
     data: DataSpec
 
 
-class ArtifactsSpec(_Model):
+class ArtifactsSpec(ApiModel):
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     prefix: str = Field(default="", pattern=r"^([A-Za-z0-9_.-]+/)*$")
     credentials_secret: str = Field(min_length=1)
 
 
-class Gate(_Model):
+class Gate(ApiModel):
     metric: str
     min: float | None = None
     max: float | None = None
@@ -186,12 +180,12 @@ class Gate(_Model):
     require_significance: bool = False
 
 
-class ValidationSpec(_Model):
+class ValidationSpec(ApiModel):
     custom_metrics: tuple[str, ...] = ()
     gates: tuple[Gate, ...] = ()
 
 
-class AnalysisSpec(_Model):
+class AnalysisSpec(ApiModel):
     interval: Duration = timedelta(minutes=1)
     count: int = Field(default=5, ge=1, le=100)
     failure_limit: int = Field(default=1, ge=0)
@@ -199,13 +193,13 @@ class AnalysisSpec(_Model):
     metrics: tuple[str, ...] | None = None
 
 
-class RolloutSpec(_Model):
+class RolloutSpec(ApiModel):
     progress_deadline: Duration = timedelta(minutes=10)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     rollback_on_failure: bool = True
 
 
-class FeedbackLoopSpec(_Model):
+class FeedbackLoopSpec(ApiModel):
     mode: Mode = Mode.AUTO
     suspend: bool = False
     target: Target

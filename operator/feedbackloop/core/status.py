@@ -6,14 +6,11 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
+
+from feedbackloop.core.api_model import ApiModel
 
 HISTORY_LIMIT = 20
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
 
 
 class ConditionType(enum.StrEnum):
@@ -33,7 +30,7 @@ class Verdict(enum.StrEnum):
     INSUFFICIENT_SAMPLES = "InsufficientSamples"
 
 
-class Condition(_Model):
+class Condition(ApiModel):
     type: str
     status: str
     reason: str
@@ -42,12 +39,12 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class ThresholdStatus(_Model):
+class ThresholdStatus(ApiModel):
     min: float | None = None
     max: float | None = None
 
 
-class MetricEvaluation(_Model):
+class MetricEvaluation(ApiModel):
     name: str
     value: float | None = None
     threshold: ThresholdStatus
@@ -58,12 +55,12 @@ class MetricEvaluation(_Model):
     breaching_since: datetime | None = None
 
 
-class Evaluation(_Model):
+class Evaluation(ApiModel):
     time: datetime
     metrics: tuple[MetricEvaluation, ...] = ()
 
 
-class ModelRef(_Model):
+class ModelRef(ApiModel):
     version: str
     uri: str
     sha256: str | None = None
@@ -71,7 +68,7 @@ class ModelRef(_Model):
     deployed_at: datetime | None = None
 
 
-class GateResult(_Model):
+class GateResult(ApiModel):
     metric: str
     value: float | None = None
     threshold: str
@@ -80,7 +77,7 @@ class GateResult(_Model):
     message: str = ""
 
 
-class CandidateModel(_Model):
+class CandidateModel(ApiModel):
     version: str
     job: str
     uri: str
@@ -95,7 +92,7 @@ class CandidateModel(_Model):
     gates: tuple[GateResult, ...] = ()
 
 
-class ActiveRetrain(_Model):
+class ActiveRetrain(ApiModel):
     job: str
     version: str
     number: int
@@ -106,7 +103,7 @@ class ActiveRetrain(_Model):
     job_created: bool = False
 
 
-class HistoryEntry(_Model):
+class HistoryEntry(ApiModel):
     """One version's way through the loop: trigger → retrain → gates → rollout → analysis."""
 
     version: str
@@ -124,13 +121,13 @@ class HistoryEntry(_Model):
     finished_at: datetime | None = None
 
 
-class Measurement(_Model):
+class Measurement(ApiModel):
     time: datetime
     verdict: str  # Successful | Failed | Inconclusive
     message: str = ""
 
 
-class RolloutState(_Model):
+class RolloutState(ApiModel):
     """A model version being rolled out to the Deployment, watched, or rolled back."""
 
     version: str
@@ -148,7 +145,7 @@ class RolloutState(_Model):
     measurements: tuple[Measurement, ...] = ()
 
 
-class FeedbackLoopStatus(_Model):
+class FeedbackLoopStatus(ApiModel):
     observed_generation: int | None = None
     phase: str | None = None
     conditions: tuple[Condition, ...] = ()

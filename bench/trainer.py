@@ -2,7 +2,8 @@
 """Trainer overhead: feedbackloop-train against a bare "read parquet + fit + predict holdout" baseline.
 
 Both run in the same session, on the same synthetic data in the same S3 server, each in a fresh process so
-that peak RSS is its own. Prints medians over --repeats and, last, one line:
+that peak RSS is its own. One discarded warm-up of each fills the page cache and the S3 server's; then the
+two alternate which goes first. Prints the phases of both sides, medians over --repeats and, last, one line:
 overhead_ratio=<x> trainer_s=<t> baseline_s=<t> peak_rss_mb=<m>
 """
 
@@ -43,6 +44,7 @@ bucket, prefix = sys.argv[1], sys.argv[2]
 s3 = boto3.client("s3", config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"}))
 keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
 frame = pd.concat([pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())).to_pandas() for k in keys], ignore_index=True)
+loaded = time.monotonic()
 mask = np.random.default_rng(0).random(len(frame)) < 0.2
 train, holdout = frame[~mask], frame[mask]
 features = [c for c in frame.columns if c != "label"]
@@ -50,8 +52,11 @@ categorical = [c for c in features if c.startswith("c")]
 numeric = [c for c in features if c not in categorical]
 model = Pipeline([("p", ColumnTransformer([("n", "passthrough", numeric), ("c", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])), ("m", HistGradientBoostingClassifier(max_iter=50, random_state=0))])
 model.fit(train[features], train["label"])
+fitted = time.monotonic()
 accuracy = float((model.predict(holdout[features]) == holdout["label"]).mean())
-print(json.dumps({"seconds": time.monotonic() - start, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "accuracy": accuracy}))
+end = time.monotonic()
+phases = {"load": loaded - start, "fit": fitted - loaded, "predict": end - fitted}
+print(json.dumps({"seconds": end - start, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "accuracy": accuracy, "phases": phases}))
 """
 
 TRAINER = r"""
@@ -84,12 +89,30 @@ def run(code: str, args: list[str], env: dict[str, str]) -> dict[str, float]:
     return result
 
 
+def trainer_phases(durations: dict[str, float], seconds: float) -> dict[str, float]:
+    """The manifest's durations; "other" is the rest of the run: settings, S3 client, uploads, manifest."""
+    return {
+        "load": durations["loadSeconds"],
+        "fit": durations["fitSeconds"],
+        "evaluate": durations["evaluateSeconds"],
+        "artifacts": durations["totalSeconds"]
+        - durations["loadSeconds"]
+        - durations["fitSeconds"]
+        - durations["evaluateSeconds"],
+        "other": seconds - durations["totalSeconds"],
+    }
+
+
+def phase_text(phases: dict[str, float]) -> str:
+    return "[" + " ".join(f"{name} {value:.2f}" for name, value in phases.items()) + "]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="measured runs per side, after one warm-up")
     args = parser.parse_args()
 
     with (
@@ -134,21 +157,34 @@ def main() -> None:
             "FBL_TERMINATION_MESSAGE_PATH": str(Path(tmp) / "termination-log"),
         }
         baseline, trainer = [], []
-        for repeat in range(args.repeats):
-            baseline.append(run(BASELINE, ["bench", "train/"], env))
-            version_env = {
-                **env,
-                "FBL_VERSION": f"v{repeat + 1}",
-                "FBL_ARTIFACT_URI": f"s3://bench/models/v{repeat + 1}/",
-            }
-            trainer.append(run(TRAINER, [], version_env))
-            print(
-                f"repeat {repeat + 1}: baseline {baseline[-1]['seconds']:.1f}s {baseline[-1]['rss_mb']:.0f} MB "
-                f"(accuracy {baseline[-1]['accuracy']:.3f}); trainer {trainer[-1]['seconds']:.1f}s "
-                f"{trainer[-1]['rss_mb']:.0f} MB"
+        for repeat in range(args.repeats + 1):
+            version = f"v{repeat}"
+            version_env = {**env, "FBL_VERSION": version, "FBL_ARTIFACT_URI": f"s3://bench/models/{version}/"}
+            if repeat % 2:
+                trainer_run = run(TRAINER, [], version_env)
+                baseline_run = run(BASELINE, ["bench", "train/"], env)
+            else:
+                baseline_run = run(BASELINE, ["bench", "train/"], env)
+                trainer_run = run(TRAINER, [], version_env)
+            manifest = json.loads(
+                s3.get_object(Bucket="bench", Key=f"models/{version}/manifest.json")["Body"].read()
             )
+            trainer_run["phases"] = trainer_phases(manifest["durations"], trainer_run["seconds"])
+            label = "warm-up (discarded)" if repeat == 0 else f"repeat {repeat}"
+            print(
+                f"{label}: baseline {baseline_run['seconds']:.2f}s {baseline_run['rss_mb']:.0f} MB "
+                f"(accuracy {baseline_run['accuracy']:.3f}) {phase_text(baseline_run['phases'])}; "
+                f"trainer {trainer_run['seconds']:.2f}s {trainer_run['rss_mb']:.0f} MB "
+                f"{phase_text(trainer_run['phases'])}"
+            )
+            if repeat:
+                baseline.append(baseline_run)
+                trainer.append(trainer_run)
     baseline_s = statistics.median(r["seconds"] for r in baseline)
     trainer_s = statistics.median(r["seconds"] for r in trainer)
+    for side, runs in (("baseline", baseline), ("trainer", trainer)):
+        medians = {name: statistics.median(r["phases"][name] for r in runs) for name in runs[0]["phases"]}
+        print(f"median phases, {side}: {phase_text(medians)}")
     peak = max(r["rss_mb"] for r in trainer)
     baseline_peak = max(r["rss_mb"] for r in baseline)
     print(

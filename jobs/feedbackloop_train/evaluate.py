@@ -23,15 +23,54 @@ class Predictions:
     classes: np.ndarray[Any, Any] | None
 
 
+# These classifiers' predict() is the argmax of predict_proba(), so one pass gives labels and probabilities.
+ARGMAX_CLASSIFIERS = frozenset(
+    {
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+        "sklearn.linear_model._logistic.LogisticRegression",
+    }
+)
+# Rows whose top two probabilities are this close are re-predicted: rounding may have broken the tie.
+TIE_TOLERANCE = 1e-9
+
+
 def predict(model: Any, features: Any) -> Predictions:
-    labels = np.asarray(model.predict(features))
-    probabilities, classes = None, getattr(model, "classes_", None)
+    classes = getattr(model, "classes_", None)
+    probabilities = None
     if hasattr(model, "predict_proba"):
         try:
             probabilities = np.asarray(model.predict_proba(features))
         except (AttributeError, ValueError):
             probabilities = None
+    if probabilities is not None and classes is not None and _predicts_by_argmax(model):
+        labels = _labels_from_probabilities(model, features, probabilities, np.asarray(classes))
+    else:
+        labels = np.asarray(model.predict(features))
     return Predictions(labels, probabilities, None if classes is None else np.asarray(classes))
+
+
+def _predicts_by_argmax(model: Any) -> bool:
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    kind = type(final)
+    return f"{kind.__module__}.{kind.__qualname__}" in ARGMAX_CLASSIFIERS
+
+
+def _labels_from_probabilities(
+    model: Any, features: Any, probabilities: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    labels = classes[np.argmax(probabilities, axis=1)]
+    if probabilities.shape[1] < 2:
+        return labels
+    top_two = np.partition(probabilities, -2, axis=1)[:, -2:]
+    near_ties = np.flatnonzero(top_two[:, 1] - top_two[:, 0] <= TIE_TOLERANCE)
+    if len(near_ties):
+        rows = features.iloc[near_ties] if hasattr(features, "iloc") else features[near_ties]
+        labels[near_ties] = np.asarray(model.predict(rows))
+    return labels
 
 
 def score(task: str, truth: np.ndarray[Any, Any], predicted: Predictions) -> dict[str, float]:

@@ -73,11 +73,14 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, features: list[str], label: str
 
 def _categorical_as_text(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     """One-hot encoding needs one type per column: mixed values become pandas strings, not objects."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: only the replaced columns are new
     for name, _, columns in pipeline.named_steps["preprocess"].transformers:
         if name == "categorical":
             for column in columns:
-                out[column] = out[column].astype("string").fillna("__missing__")
+                values = out[column]
+                if not isinstance(values.dtype, pd.StringDtype):
+                    values = values.astype("string")
+                out[column] = values.fillna("__missing__") if values.hasnans else values
     return out
 
 

@@ -9,9 +9,20 @@ import pandas as pd
 
 NUMERIC_BINS = 10
 # Shares and quantile edges are stable well before this many rows; larger data is sampled (seeded).
-SAMPLE_ROWS = 200_000
+SAMPLE_ROWS = 100_000
 TOP_CATEGORIES = 50
 OTHER = "__other__"
+
+
+def quantile_bins(
+    numbers: np.ndarray[Any, Any], bins: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Inner quantile edges e0 < e1 < ... and each number's bin: (-inf, e0], (e0, e1], ... (e_last, +inf).
+
+    The open ends catch values never seen in training; tied quantiles collapse into one edge.
+    """
+    inner = np.unique(np.quantile(numbers, np.linspace(0, 1, bins + 1)[1:-1]))
+    return inner, np.searchsorted(inner, numbers, side="left")
 
 
 def build_reference(frame: pd.DataFrame, features: list[str], seed: int = 0) -> dict[str, Any]:
@@ -26,11 +37,10 @@ def build_reference(frame: pd.DataFrame, features: list[str], seed: int = 0) -> 
             numbers = values.dropna().to_numpy(dtype=float)
             if len(numbers) == 0:
                 continue
-            inner = np.unique(np.quantile(numbers, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
-            counts = np.bincount(np.searchsorted(inner, numbers, side="right"), minlength=len(inner) + 1)
+            inner, codes = quantile_bins(numbers, NUMERIC_BINS)
+            counts = np.bincount(codes, minlength=len(inner) + 1)
             result["features"][column] = {
                 "type": "numeric",
-                # Bins (-inf, e0], (e0, e1], ... (e_last, +inf): open ends catch values unseen in training.
                 "edges": [float(edge) for edge in inner],
                 "proportions": [float(c) / len(numbers) for c in counts],
                 "missing": float(values.isna().mean()),

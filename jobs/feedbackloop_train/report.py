@@ -5,16 +5,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import math
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display in a Job's pod
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
+from feedbackloop_train.reference import quantile_bins
 
 QUANTILE_BINS = 4
 WORST_SLICES = 10
@@ -41,17 +40,22 @@ def slices(
     for column in features:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            try:
-                binned = pd.qcut(values, QUANTILE_BINS, duplicates="drop")
-            except ValueError:
+            numbers = values.to_numpy(dtype=float, na_value=np.nan)
+            present = ~np.isnan(numbers)
+            if not present.any():
                 continue
-            codes, names = binned.cat.codes.to_numpy(), [str(c) for c in binned.cat.categories]
+            edges, binned = quantile_bins(numbers[present], QUANTILE_BINS)
+            codes = np.full(len(numbers), -1, dtype=np.int64)
+            codes[present] = binned
+            names = _bin_names(edges)
         else:
             codes, uniques = pd.factorize(values.astype("string").fillna("__missing__"), sort=True)
             names = [str(u) for u in uniques]
         valid = codes >= 0
         # Per-slice sums by bincount: one pass per column instead of one boolean mask per slice.
         support = np.bincount(codes[valid], minlength=len(names))
+        if np.count_nonzero(support) < 2:
+            continue  # one slice holding every row says nothing about where the model fails
         totals = np.bincount(codes[valid], weights=per_row[valid], minlength=len(names))
         for code, name in enumerate(names):
             if support[code] == 0:
@@ -70,11 +74,18 @@ def slices(
     return found
 
 
+def _bin_names(edges: np.ndarray[Any, Any]) -> list[str]:
+    text = [f"{edge:.4g}" for edge in edges]
+    middle = [f"({low}, {high}]" for low, high in itertools.pairwise(text)]
+    return [f"<= {text[0]}", *middle, f"> {text[-1]}"]
+
+
 def worst(task: str, found: list[dict[str, Any]], rows: int) -> list[dict[str, Any]]:
     minimum = max(MIN_SUPPORT_ROWS, int(rows * MIN_SUPPORT_FRACTION))
-    eligible = [s for s in found if s["support"] >= minimum]
-    # For accuracy lower is worse; for RMSE higher is worse.
-    return sorted(eligible, key=lambda s: s["delta"], reverse=task == "regression")[:WORST_SLICES]
+    # For accuracy lower is worse; for RMSE higher is worse. A slice better than overall is not a weakness.
+    sign = 1 if task == "regression" else -1
+    eligible = [s for s in found if s["support"] >= minimum and sign * s["delta"] > 0]
+    return sorted(eligible, key=lambda s: sign * s["delta"], reverse=True)[:WORST_SLICES]
 
 
 def analyse(
@@ -114,10 +125,15 @@ def _per_class(truth: pd.Series, predicted: pd.Series) -> dict[str, Any]:
     return {"perClass": per_class, "confusionMatrix": {"labels": labels, "matrix": matrix.tolist()}}
 
 
-def _png(figure: Any) -> bytes:
+def _figure(width: float, height: float) -> tuple[Figure, Any]:
+    # A bare Figure keeps no pyplot state; constrained layout fits the labels in a single draw.
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -126,7 +142,7 @@ def plots(candidate: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes
     if "confusionMatrix" in candidate:
         matrix = np.array(candidate["confusionMatrix"]["matrix"])
         labels = candidate["confusionMatrix"]["labels"]
-        figure, axes = plt.subplots(figsize=(4, 4))
+        figure, axes = _figure(4, 4)
         axes.imshow(matrix, cmap="Blues")
         axes.set_xticks(range(len(labels)), labels, rotation=45)
         axes.set_yticks(range(len(labels)), labels)
@@ -138,7 +154,7 @@ def plots(candidate: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes
         images["confusion_matrix.png"] = _png(figure)
     worst_slices = candidate.get("worstSlices", [])
     if worst_slices:
-        figure, axes = plt.subplots(figsize=(6, 0.4 * len(worst_slices) + 1))
+        figure, axes = _figure(6, 0.4 * len(worst_slices) + 1)
         names = [f"{s['feature']}={s['value']}" for s in worst_slices]
         axes.barh(names[::-1], [s["delta"] for s in worst_slices][::-1], color="tab:red")
         axes.set_xlabel(f"{candidate['metric']} delta from overall")
@@ -147,7 +163,7 @@ def plots(candidate: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes
     current = metrics.get("current") or {}
     shared = [name for name in metrics.get("candidate", {}) if name in current]
     if shared:
-        figure, axes = plt.subplots(figsize=(6, 3))
+        figure, axes = _figure(6, 3)
         positions = np.arange(len(shared))
         axes.bar(positions - 0.2, [metrics["candidate"][n] for n in shared], 0.4, label="candidate")
         axes.bar(positions + 0.2, [current[n] for n in shared], 0.4, label="current")

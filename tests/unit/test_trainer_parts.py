@@ -124,6 +124,23 @@ def test_worst_slices_find_the_broken_segment() -> None:
     assert analysis["confusionMatrix"]["matrix"] == [[0, 0], [200, 200]]
 
 
+def test_numeric_slices_are_quartiles_with_readable_bounds() -> None:
+    rows = 400
+    frame = pd.DataFrame({"tenure": np.arange(rows, dtype=float), "constant": np.ones(rows)})
+    truth = pd.Series(np.ones(rows, dtype=int))
+    predicted = np.where(frame["tenure"] < 100, 0, 1)  # the newest customers are all wrong
+    analysis = report.analyse("classification", frame, ["tenure", "constant"], truth, predicted)
+    found = [(s["feature"], s["value"], s["support"], s["metric"]) for s in analysis["worstSlices"]]
+    assert found == [("tenure", "<= 99.75", 100, 0.0)]  # better-than-overall quartiles are no weakness
+    assert analysis["slices"] == 4  # a constant column makes one slice of every row, which is dropped
+
+
+def test_reference_bins_are_closed_on_the_right() -> None:
+    edges, codes = reference.quantile_bins(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), 2)
+    assert edges.tolist() == [3.0]
+    assert codes.tolist() == [0, 0, 0, 1, 1]
+
+
 def test_reference_distributions_sum_to_one() -> None:
     frame = pd.DataFrame({"x": np.arange(100, dtype=float), "c": ["a"] * 70 + ["b"] * 30})
     ref = reference.build_reference(frame, ["x", "c"])
@@ -147,3 +164,57 @@ def test_per_class_counts_agree_with_scikit_learn() -> None:
     for label in labels:
         for key in ("precision", "recall", "f1-score", "support"):
             assert ours["perClass"][label][key] == pytest.approx(expected[label][key])
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        "sklearn.ensemble.RandomForestClassifier",
+        "sklearn.tree.DecisionTreeClassifier",
+        "sklearn.linear_model.LogisticRegression",
+    ],
+)
+@pytest.mark.parametrize("classes", [2, 3])
+def test_one_prediction_pass_gives_the_models_own_labels(estimator: str, classes: int) -> None:
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(3000, 4))
+    target = np.digitize(features[:, 0] + rng.normal(0, 0.7, 3000), [-0.5, 0.5][: classes - 1])
+    model = load_estimator_class(estimator)().fit(features[:2000], target[:2000])
+    assert evaluate._predicts_by_argmax(model)
+
+    found = evaluate.predict(model, features[2000:])
+
+    assert found.probabilities is not None
+    np.testing.assert_array_equal(found.labels, model.predict(features[2000:]))
+
+
+def test_a_rounded_tie_is_decided_by_the_models_predict() -> None:
+    # Binary HGB predicts 1 for any raw score > 0, but a score of 1e-20 rounds to probabilities 0.5/0.5.
+    model = load_estimator_class("sklearn.ensemble.HistGradientBoostingClassifier")(max_iter=1, max_depth=2)
+    model.fit(np.array([[0.0], [1.0]] * 10), np.array([0, 1] * 10))
+    model._predictors[0][0].nodes["value"][:] = 0.0
+    model._baseline_prediction = np.array([[1e-20]])
+    rows = np.array([[0.0], [1.0]])
+    assert list(model.predict(rows)) == [1, 1]
+    assert list(np.argmax(model.predict_proba(rows), axis=1)) == [0, 0]
+
+    found = evaluate.predict(model, rows)
+
+    assert list(found.labels) == [1, 1]
+
+
+def test_classifiers_with_their_own_decision_rule_predict_separately() -> None:
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(400, 2))
+    target = (features[:, 0] > 0).astype(int)
+    threshold = load_estimator_class("sklearn.model_selection.FixedThresholdClassifier")
+    logistic = load_estimator_class("sklearn.linear_model.LogisticRegression")
+    # predict() is "probability of 1 >= 0.9" here, which argmax would get wrong for many rows.
+    model = threshold(logistic(), threshold=0.9).fit(features, target)
+    assert not evaluate._predicts_by_argmax(model)
+
+    found = evaluate.predict(model, features)
+
+    np.testing.assert_array_equal(found.labels, model.predict(features))
+    assert (found.labels != np.argmax(found.probabilities, axis=1)).any()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +21,7 @@ from feedbackloop.core.observations import ArtifactCheck, ArtifactObservation, P
 
 _CHUNK = 1024 * 1024
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+UPLOAD_WORKERS = 4  # below botocore's default pool of 10 connections
 
 
 class DigestMismatchError(ValueError):
@@ -166,10 +168,17 @@ class ArtifactStore:
     ) -> dict[str, Any]:
         """Upload every file, then manifest.json last: a version without a manifest does not exist."""
         bucket, prefix = contract.split_s3_uri(uri)
-        entries = {}
-        for name, data in sorted(files.items()):
-            self.put_bytes(bucket, prefix + name, data)
-            entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        # Uploads are latency-bound, so they overlap; boto3 clients are thread-safe.
+        with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+            uploads = [
+                pool.submit(self.put_bytes, bucket, prefix + name, data) for name, data in files.items()
+            ]
+            for upload in uploads:
+                upload.result()
+        entries = {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            for name, data in sorted(files.items())
+        }
         manifest = {
             "schemaVersion": contract.MANIFEST_SCHEMA_VERSION,
             "version": version,

@@ -25,8 +25,8 @@ cluster-build:  ## build or install the control plane, etcd, kwok, versitygw and
 	tests/cluster/build.sh
 
 lint: $(STAMP)  ## ruff, mypy strict, import-linter
-	$(BIN)/ruff check operator jobs tests bench
-	$(BIN)/ruff format --check operator jobs tests bench
+	$(BIN)/ruff check operator jobs serving tests bench
+	$(BIN)/ruff format --check operator jobs serving tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -54,8 +54,8 @@ dev-cluster: $(STAMP) cluster-build  ## run the test cluster in the foreground u
 bench-cluster-start: $(STAMP) cluster-build  ## median warm start time of the test cluster over 5 starts
 	$(BIN)/python tests/cluster/bench_start.py --runs 5
 
-bench-trainer: $(STAMP) cluster-build  ## trainer overhead vs a bare fit on synthetic data in S3 (ROWS=1000000)
-	$(BIN)/python bench/trainer.py --rows $${ROWS:-1000000}
+bench-trainer: $(STAMP) cluster-build  ## trainer overhead vs a bare fit on synthetic data in S3 (ROWS=1000000 REPEATS=3)
+	$(BIN)/python bench/trainer.py --rows $${ROWS:-1000000} --repeats $${REPEATS:-3}
 
 clean:  ## remove the virtualenv and local cluster state (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

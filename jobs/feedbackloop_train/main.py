@@ -86,12 +86,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     champion = load_champion(store, settings, workdir)
     if champion is not None:
         try:
-            features = (
-                model.prepare(dataset.holdout, champion, dataset.features)
-                if hasattr(champion, "named_steps")
-                else dataset.holdout[dataset.features]
-            )
-            current = evaluate.predict(champion, features)
+            current = evaluate.predict(champion, model.prepare(dataset.holdout, champion, dataset.features))
         except (ValueError, KeyError, TypeError) as err:
             raise TrainerError(
                 f"the current model cannot score the holdout: {str(err).splitlines()[0]}"

@@ -84,5 +84,9 @@ def _categorical_as_text(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFram
     return out
 
 
-def prepare(frame: pd.DataFrame, pipeline: Pipeline, features: list[str]) -> pd.DataFrame:
-    return _categorical_as_text(frame[features], pipeline)
+def prepare(frame: pd.DataFrame, model: Any, features: list[str]) -> pd.DataFrame:
+    """Rows as the model saw them in training; a model without our preprocess step gets them as given."""
+    steps = getattr(model, "named_steps", {})
+    if "preprocess" not in steps:
+        return frame[features]
+    return _categorical_as_text(frame[features], model)

@@ -64,6 +64,14 @@ def s3(endpoints: harness.Endpoints) -> object:
     return s3_client(endpoints)
 
 
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A fresh bucket per test."""
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    return name
+
+
 @pytest.fixture(scope="session")
 def s3_with_secret(endpoints: harness.Endpoints) -> Callable[[str], object]:
     """An S3 client with the right access key and the given secret key."""

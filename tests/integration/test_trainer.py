@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,102 +15,20 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from model_helpers import (
+    churn_frame,
+    job_environment,
+    put_csv,
+    put_parquet,
+    run_trainer,
+    train_champion,
+    version_env,
+)
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck
-
-RNG_SEED = 7
-
-
-def churn_frame(rows: int, seed: int = RNG_SEED, flip: bool = False) -> pd.DataFrame:
-    """A learnable churn concept: short tenure on the basic plan churns. `flip` inverts it (drift)."""
-    rng = np.random.default_rng(seed)
-    tenure = rng.integers(1, 72, rows)
-    monthly = rng.normal(60, 15, rows).round(2)
-    plan = rng.choice(["basic", "pro", "max"], rows)
-    region = rng.choice(["north", "south"], rows)
-    risk = (tenure < 24).astype(int) + (plan == "basic").astype(int) + (monthly > 70).astype(int)
-    churned = ((risk >= 2) ^ flip) ^ (rng.random(rows) < 0.05)
-    return pd.DataFrame(
-        {"tenure": tenure, "monthly": monthly, "plan": plan, "region": region, "churned": churned.astype(int)}
-    )
-
-
-def put_csv(s3: Any, bucket: str, key: str, frame: pd.DataFrame) -> None:
-    s3.put_object(Bucket=bucket, Key=key, Body=frame.to_csv(index=False).encode())
-
-
-def put_parquet(s3: Any, bucket: str, key: str, frame: pd.DataFrame) -> None:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
-
-
-@pytest.fixture
-def bucket(s3: Any) -> str:
-    name = f"train-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    return name
-
-
-def job_environment(endpoints: harness.Endpoints, secret_key: str | None = None) -> dict[str, str]:
-    """A retrain pod's environment: none of this shell's FBL_*/AWS_*, the store's endpoint and keys."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FBL_", "AWS_"))},
-        "AWS_ENDPOINT_URL_S3": endpoints.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": secret_key or endpoints.s3_secret_key,
-        "AWS_DEFAULT_REGION": harness.S3_REGION,
-    }
-
-
-def run_trainer(
-    endpoints: harness.Endpoints, tmp_path: Path, secret_key: str | None = None, **env: str
-) -> tuple[int, str, str]:
-    termination = tmp_path / f"termination-{uuid.uuid4().hex[:6]}"
-    full_env = {
-        **job_environment(endpoints, secret_key),
-        "FBL_TERMINATION_MESSAGE_PATH": str(termination),
-        "FBL_LOOP_NAME": "churn",
-        "FBL_LOOP_NAMESPACE": "ml",
-        "FBL_JOB_NAME": "churn-retrain-1",
-        "FBL_LABEL_COLUMN": "churned",
-        "FBL_ESTIMATOR_CLASS": "sklearn.ensemble.HistGradientBoostingClassifier",
-        "FBL_ESTIMATOR_PARAMS": json.dumps({"max_iter": 50}),
-        **env,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "feedbackloop_train"],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    message = termination.read_text().strip() if termination.exists() else ""
-    return done.returncode, message, done.stderr
-
-
-def version_env(bucket: str, version: str, **env: str) -> dict[str, str]:
-    return {
-        "FBL_VERSION": version,
-        "FBL_ARTIFACT_URI": f"s3://{bucket}/models/ml/churn/{version}/",
-        "FBL_TRAINING_DATA_URI": f"s3://{bucket}/data/train/",
-        **env,
-    }
-
-
-def train_champion(
-    endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path, rows: int
-) -> tuple[str, str]:
-    """Train v1 on the base concept; return its URI and model sha256, as a Deployment would carry them."""
-    put_csv(store.client, bucket, "data/train/part-0.csv", churn_frame(rows))
-    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
-    uri = f"s3://{bucket}/models/ml/churn/v1/"
-    model = store.read_manifest(uri, "v1").file("model.joblib")
-    assert model is not None
-    return uri, model.sha256
 
 
 def test_classification_writes_a_complete_verified_version(

@@ -1,0 +1,1 @@
+"""The reference model server: verified loading, /predict, /feedback, drift metrics and the feedback sink."""

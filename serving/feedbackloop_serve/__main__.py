@@ -1,0 +1,5 @@
+import sys
+
+from feedbackloop_serve.main import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Load a version by MODEL_URI: the manifest, then every byte to be unpickled checked against its sha256."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+
+from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError
+from feedbackloop.core import contract
+from feedbackloop_serve.rows import ANY
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+
+
+class ModelRefusedError(Exception):
+    """The version must not be served; the message says why."""
+
+
+class StoreUnavailableError(Exception):
+    """The store could not be read; trying again later may work."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    uri: str
+    version: str
+    sha256: str
+    name: str
+    estimator: Any
+    features: list[str]
+    feature_types: dict[str, str]
+    task: str
+    classes: list[Any] | None
+    reference: dict[str, Any] | None
+
+
+def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name: str | None) -> LoadedModel:
+    try:
+        bucket, prefix = contract.split_s3_uri(uri)
+    except ValueError:
+        raise ModelRefusedError(f"MODEL_URI={uri!r} is not an s3://bucket/prefix/ URI") from None
+    if not prefix.endswith("/"):
+        prefix += "/"
+        uri += "/"
+    try:
+        manifest = store.read_manifest(uri)
+    except ClientError as err:
+        if _code(err) in _NOT_FOUND:
+            raise ModelRefusedError(
+                f"{uri}{contract.MANIFEST_FILE} is missing: not a complete version"
+            ) from None
+        raise StoreUnavailableError(
+            f"cannot read {uri}{contract.MANIFEST_FILE}: {_code(err)} {err}"
+        ) from None
+    except contract.ManifestError as err:
+        raise ModelRefusedError(f"unusable manifest at {uri}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ModelRefusedError(f"{uri}{contract.MANIFEST_FILE} is not JSON: {err}") from None
+    except BotoCoreError as err:
+        raise StoreUnavailableError(f"cannot reach the store for {uri}: {err}") from None
+    try:
+        model_entry = manifest.file(contract.MODEL_FILE)
+        assert model_entry is not None  # parse_manifest requires it
+        if model_entry.sha256 != sha256:
+            raise ModelRefusedError(
+                f"MODEL_SHA256 {sha256[:12]}… does not match the manifest's model.joblib "
+                f"{model_entry.sha256[:12]}…"
+            )
+        model_path = store.download_verified(
+            bucket, prefix + contract.MODEL_FILE, sha256, workdir / "model.joblib"
+        )
+        metrics = _verified_json(store, bucket, prefix, manifest, contract.METRICS_FILE, workdir)
+        reference = _verified_json(store, bucket, prefix, manifest, contract.REFERENCE_FILE, workdir)
+    except DigestMismatchError as err:
+        raise ModelRefusedError(f"refused before loading: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelRefusedError(f"unreadable JSON in {uri}: {err}") from None
+    except ClientError as err:
+        if _code(err) in _NOT_FOUND:
+            raise ModelRefusedError(f"a file the manifest lists is missing under {uri}: {err}") from None
+        raise StoreUnavailableError(f"cannot read {uri}: {_code(err)} {err}") from None
+    except BotoCoreError as err:
+        raise StoreUnavailableError(f"cannot reach the store for {uri}: {err}") from None
+    estimator = joblib.load(model_path)  # only after download_verified matched MODEL_SHA256
+    features = manifest.raw.get("features") or [str(f) for f in getattr(estimator, "feature_names_in_", [])]
+    if not features or not all(isinstance(f, str) for f in features):
+        raise ModelRefusedError("neither the manifest nor the model names its features")
+    types = dict.fromkeys(features, ANY)
+    for feature, spec in ((reference or {}).get("features") or {}).items():
+        if feature in types and isinstance(spec, dict) and spec.get("type") in ("numeric", "categorical"):
+            types[feature] = spec["type"]
+    classes = getattr(estimator, "classes_", None)
+    task = str((metrics or {}).get("task") or ("classification" if classes is not None else "regression"))
+    loop = manifest.raw.get("loop") or {}
+    return LoadedModel(
+        uri=uri,
+        version=manifest.version,
+        sha256=sha256,
+        name=name or str(loop.get("name") or "model"),
+        estimator=estimator,
+        features=list(features),
+        feature_types=types,
+        task=task,
+        classes=None if classes is None else np.asarray(classes).tolist(),
+        reference=reference,
+    )
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _verified_json(
+    store: ArtifactStore, bucket: str, prefix: str, manifest: contract.Manifest, name: str, workdir: Path
+) -> dict[str, Any] | None:
+    entry = manifest.file(name)
+    if entry is None:
+        return None
+    path = store.download_verified(bucket, prefix + name, entry.sha256, workdir / name)
+    loaded = json.loads(path.read_text())
+    return loaded if isinstance(loaded, dict) else None

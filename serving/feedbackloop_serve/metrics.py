@@ -1,0 +1,90 @@
+"""The server's Prometheus metrics (docs/serving.md lists them with the PromQL a FeedbackLoop uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LABELS = ("model", "model_version")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.predictions = Counter("fbl_predictions", "Rows predicted.", LABELS, registry=r)
+        self.feedback = Counter("fbl_feedback", "Labels joined to a stored prediction.", LABELS, registry=r)
+        self.feedback_correct = Counter(
+            "fbl_feedback_correct",
+            "Joined labels equal to the prediction (classification).",
+            LABELS,
+            registry=r,
+        )
+        # Gauges only rise here; a Counter would be renamed with a _total suffix.
+        self.feedback_abs_error = Gauge(
+            "fbl_feedback_abs_error_sum", "Sum of |label - prediction| (regression).", LABELS, registry=r
+        )
+        self.feedback_squared_error = Gauge(
+            "fbl_feedback_squared_error_sum",
+            "Sum of (label - prediction)^2 (regression).",
+            LABELS,
+            registry=r,
+        )
+        self.feedback_unmatched = Counter(
+            "fbl_feedback_unmatched", "Labels whose prediction id is unknown or expired.", LABELS, registry=r
+        )
+        self.latency = Histogram(
+            "fbl_prediction_latency_seconds",
+            "Time to score one /predict request.",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "fbl_model_info", "The loaded model (1).", (*LABELS, "version", "sha256"), registry=r
+        )
+        self.prediction_store = Gauge(
+            "fbl_prediction_store_entries", "Predictions waiting for a label.", registry=r
+        )
+        self.feedback_buffered = Gauge(
+            "fbl_feedback_buffered_rows", "Labelled rows not yet written to S3.", registry=r
+        )
+        self.feedback_dropped = Counter(
+            "fbl_feedback_dropped_rows", "Labelled rows dropped because the buffer was full.", registry=r
+        )
+        self.feedback_flushed = Counter(
+            "fbl_feedback_flushed_rows", "Labelled rows written to S3.", registry=r
+        )
+        self.feedback_flush_failures = Counter(
+            "fbl_feedback_flush_failures", "Failed uploads of a feedback batch.", registry=r
+        )
+        self.ready = Gauge("fbl_model_ready", "1 when a verified model is loaded.", registry=r)
+
+    def watch_drift(
+        self, labels: Callable[[], tuple[str, str] | None], values: Callable[[], dict[str, float]]
+    ) -> None:
+        self.registry.register(_DriftCollector(labels, values))
+
+
+class _DriftCollector(Collector):
+    """PSI is computed at scrape time, so predictions pay nothing for it."""
+
+    def __init__(self, labels: Callable[[], tuple[str, str] | None], values: Callable[[], dict[str, float]]):
+        self._labels = labels
+        self._values = values
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "fbl_feature_drift_psi",
+            "PSI of the recent inputs against the training distribution (reference.json).",
+            labels=[*LABELS, "feature"],
+        )
+        labels = self._labels()
+        if labels is not None:
+            for feature, value in sorted(self._values().items()):
+                family.add_metric([*labels, feature], value)
+        yield family

@@ -1,0 +1,391 @@
+"""The reference model server (`python -m feedbackloop_serve`) against the real S3 server and Prometheus."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from model_helpers import churn_frame, run_trainer, train_champion, version_env
+from prometheus_api_client import PrometheusConnect
+from serve_process import ServerProcess, TcpProxy
+
+import harness
+from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.core import contract
+
+FEATURES = ["tenure", "monthly", "plan", "region"]
+TARGETS_LOCK = threading.Lock()
+
+
+@pytest.fixture
+def champion(
+    endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path
+) -> tuple[str, str]:
+    return train_champion(endpoints, store, bucket, tmp_path, rows=3000)
+
+
+@pytest.fixture
+def serve(endpoints: harness.Endpoints, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(uri: str, sha256: str, s3_endpoint: str | None = None, **env: str) -> ServerProcess:
+        log = tmp_path / f"server-{len(started)}.log"
+        server = ServerProcess(endpoints, log, s3_endpoint, MODEL_URI=uri, MODEL_SHA256=sha256, **env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"tenure": int(r.tenure), "monthly": float(r.monthly), "plan": r.plan, "region": r.region}
+        for r in frame.itertuples()
+    ]
+
+
+def test_a_verified_model_serves_predictions_and_joins_feedback(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    uri, sha256 = champion
+    server = serve(uri, sha256, MODEL_NAME="churn")
+    server.wait_ready()
+    assert server.readyz().json() == {"status": "ready", "model": "churn", "model_version": "v1"}
+    assert server.metric("fbl_model_info", model="churn", version="v1", sha256=sha256) == 1.0
+
+    frame = churn_frame(30, seed=11)
+    single = server.http.post("/predict", json={"row": rows_of(frame)[0]})
+    assert single.status_code == 200, single.text
+    assert single.json()["model_version"] == "v1"
+    [one] = single.json()["predictions"]
+    assert one["prediction"] in (0, 1)
+    assert set(one["probabilities"]) == {"0", "1"}
+    assert sum(one["probabilities"].values()) == pytest.approx(1.0)
+
+    batch = server.predict(rows_of(frame))
+    assert batch.status_code == 200, batch.text
+    predictions = batch.json()["predictions"]
+    assert len(predictions) == 30
+    assert len({p["id"] for p in predictions} | {one["id"]}) == 31
+    assert server.metric("fbl_predictions_total", model="churn", model_version="v1") == 31.0
+
+    truth = frame["churned"].tolist()
+    labels = [{"id": p["id"], "label": label} for p, label in zip(predictions, truth, strict=True)]
+    response = server.feedback(labels)
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 30
+    correct = sum(p["prediction"] == label for p, label in zip(predictions, truth, strict=True))
+    assert server.metric("fbl_feedback_total", model="churn", model_version="v1") == 30.0
+    assert server.metric("fbl_feedback_correct_total", model="churn", model_version="v1") == float(correct)
+
+    # A label joins its prediction once; an unknown id is an error of that item only.
+    again = server.feedback([labels[0], {"id": "no-such-id", "label": 1}, {"id": one["id"], "label": 0}])
+    assert again.status_code == 200
+    assert [r["status"] for r in again.json()["results"]] == ["error", "error", "accepted"]
+    assert again.json()["results"][1]["error"] == "unknown or expired prediction id"
+    assert server.metric("fbl_feedback_unmatched_total", model="churn", model_version="v1") == 2.0
+    assert server.metric("fbl_prediction_store_entries") == 0.0
+
+
+def test_a_sha256_mismatch_never_becomes_ready(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(champion[0], "0" * 64)
+    reason = harness.wait_until(server.readyz, lambda r: "does not match" in r.text, timeout=30)
+    assert reason.status_code == 503
+    assert "MODEL_SHA256 000000000000" in reason.json()["reason"]
+    assert server.predict([{}]).status_code == 503
+    assert server.metric("fbl_model_ready") == 0.0
+    assert server.log().count("not ready: MODEL_SHA256") == 1  # logged once, however often it retries
+
+
+def test_a_tampered_model_is_refused_before_unpickling(
+    champion: tuple[str, str], store: ArtifactStore, serve: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    uri, sha256 = champion
+    bucket, prefix = contract.split_s3_uri(uri)
+    witness = tmp_path / "unpickled"
+    # A pickle that would create the witness file if anything loaded it.
+    payload = pickle.dumps(_CreateFile(str(witness)))
+    store.put_bytes(bucket, prefix + contract.MODEL_FILE, payload)
+    server = serve(uri, sha256)
+    reason = harness.wait_until(server.readyz, lambda r: "refused before loading" in r.text, timeout=30)
+    assert reason.status_code == 503, reason.text
+    assert "sha256" in reason.json()["reason"]
+    assert not witness.exists()
+
+
+class _CreateFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_a_version_without_a_manifest_never_becomes_ready(
+    champion: tuple[str, str], store: ArtifactStore, serve: Callable[..., ServerProcess]
+) -> None:
+    uri, sha256 = champion
+    bucket, prefix = contract.split_s3_uri(uri)
+    store.client.delete_object(Bucket=bucket, Key=prefix + contract.MANIFEST_FILE)
+    server = serve(uri, sha256)
+    reason = harness.wait_until(server.readyz, lambda r: "manifest.json is missing" in r.text, timeout=30)
+    assert reason.status_code == 503, reason.text
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "message"),
+    [
+        (
+            {"rows": [{"tenure": 3, "monthly": 50.0, "plan": "pro"}]},
+            ["body", "rows", 0, "region"],
+            "Field required",
+        ),
+        (
+            {"rows": [{"tenure": 3, "monthly": 50.0, "plan": "pro", "region": "north", "age": 40}]},
+            ["body", "rows", 0, "age"],
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"row": {"tenure": "three", "monthly": 50.0, "plan": "pro", "region": "north"}},
+            ["body", "row", "tenure"],
+            "Input should be a valid number",
+        ),
+        (
+            {"row": {"tenure": True, "monthly": 50.0, "plan": "pro", "region": "north"}},
+            ["body", "row", "tenure"],
+            "Input should be a valid number",
+        ),
+        (
+            {"row": {"tenure": 3, "monthly": 50.0, "plan": ["pro"], "region": "north"}},
+            ["body", "row", "plan"],
+            "Input should be a string or a number",
+        ),
+        ({"rows": []}, ["body", "rows"], "Input should be a non-empty list"),
+        ({"rows": ["a row"]}, ["body", "rows", 0], "Input should be an object of feature values"),
+        ([1, 2], ["body"], "Input should be an object with 'row' or 'rows'"),
+        ({"row": {}, "rows": []}, ["body"], "Give exactly one of 'row' or 'rows'"),
+    ],
+    ids=[
+        "missing",
+        "extra",
+        "string-for-number",
+        "bool-for-number",
+        "list-for-category",
+        "empty",
+        "not-object",
+        "not-a-body",
+        "both",
+    ],
+)
+def test_bad_rows_get_422_naming_the_field(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess], body: Any, loc: list[Any], message: str
+) -> None:
+    server = serve(*champion)
+    server.wait_ready()
+    response = server.http.post("/predict", json=body)
+    assert response.status_code == 422
+    assert {"loc": loc, "msg": message} in [
+        {"loc": d["loc"], "msg": d["msg"]} for d in response.json()["detail"]
+    ]
+    # The server is unharmed.
+    assert server.predict(rows_of(churn_frame(2))).status_code == 200
+
+
+def test_malformed_json_and_feedback_get_422(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion)
+    server.wait_ready()
+    broken = server.http.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422
+    assert broken.json()["detail"][0]["loc"] == ["body"]
+    no_label = server.http.post("/feedback", json={"feedback": [{"id": "x"}]})
+    assert no_label.status_code == 422
+    assert no_label.json()["detail"][0]["loc"] == ["body", "feedback", 0]
+    prediction = server.predict(rows_of(churn_frame(1))).json()["predictions"][0]
+    wrong_type = server.feedback([{"id": prediction["id"], "label": "yes"}])
+    assert wrong_type.json()["results"][0]["error"].startswith("label 'yes' is not of the model's class type")
+    # The prediction is kept, so the corrected label still joins.
+    assert server.feedback([{"id": prediction["id"], "label": 1}]).json()["accepted"] == 1
+
+
+def read_feedback(store: ArtifactStore, bucket: str, prefix: str) -> pd.DataFrame:
+    keys = [o["Key"] for o in store.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    frames = [pq.read_table(io.BytesIO(store.get_bytes(bucket, key))).to_pandas() for key in sorted(keys)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def test_feedback_lands_in_s3_in_the_trainers_schema_and_nothing_is_lost_on_stop(
+    endpoints: harness.Endpoints,
+    champion: tuple[str, str],
+    store: ArtifactStore,
+    bucket: str,
+    serve: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> None:
+    uri, sha256 = champion
+    server = serve(
+        uri,
+        sha256,
+        FEEDBACK_URI=f"s3://{bucket}/feedback/",
+        FBL_FEEDBACK_FLUSH_ROWS="10",
+        FBL_FEEDBACK_FLUSH_SECONDS="3600",  # only size and SIGTERM flush in this test
+    )
+    server.wait_ready()
+    frame = churn_frame(30, seed=21)
+    predictions = server.predict(rows_of(frame)).json()["predictions"]
+    items = [{"id": p["id"], "label": int(y)} for p, y in zip(predictions, frame["churned"], strict=True)]
+    assert server.feedback(items[:25]).json()["accepted"] == 25
+    flushed = harness.wait_until(lambda: len(read_feedback(store, bucket, "feedback/")), lambda n: n > 0, 15)
+    assert flushed == 25  # past FBL_FEEDBACK_FLUSH_ROWS: everything buffered goes in one object
+    assert server.feedback(items[25:]).json()["accepted"] == 5
+    time.sleep(2)
+    assert (
+        len(read_feedback(store, bucket, "feedback/")) == 25
+    )  # 5 rows: below the size, long before the time
+    assert server.metric("fbl_feedback_buffered_rows") == 5.0
+    assert server.stop() == -signal.SIGTERM  # uvicorn re-raises SIGTERM once its graceful stop has flushed
+
+    rows = read_feedback(store, bucket, "feedback/")
+    assert len(rows) == 30
+    assert sorted(rows["fbl_prediction_id"]) == sorted(p["id"] for p in predictions)
+    assert list(rows.columns[:4]) == FEATURES
+    assert {"fbl_label", "fbl_labelled_at", "fbl_prediction", "fbl_model_version", "fbl_predicted_at"} <= set(
+        rows
+    )
+    by_id = rows.set_index("fbl_prediction_id")
+    first = predictions[0]["id"]
+    assert by_id.loc[first, "tenure"] == frame.iloc[0]["tenure"]
+    assert by_id.loc[first, "plan"] == frame.iloc[0]["plan"]
+    assert by_id.loc[first, "fbl_label"] == frame.iloc[0]["churned"]
+    assert set(rows["fbl_model_version"]) == {"v1"}
+    assert str(rows["fbl_labelled_at"].dtype).startswith("datetime64")
+
+    # The trainer reads the sink's output as feedback.
+    code, message, stderr = run_trainer(
+        endpoints, tmp_path, **version_env(bucket, "v2", FBL_FEEDBACK_DATA_URI=f"s3://{bucket}/feedback/")
+    )
+    assert code == 0, message or stderr
+    manifest = store.read_manifest(f"s3://{bucket}/models/ml/churn/v2/", "v2")
+    assert manifest.raw["data"]["rows"]["feedback"] == 30
+
+
+def test_an_s3_outage_delays_flushing_and_the_buffer_bound_drops_oldest(
+    endpoints: harness.Endpoints,
+    champion: tuple[str, str],
+    store: ArtifactStore,
+    bucket: str,
+    serve: Callable[..., ServerProcess],
+) -> None:
+    target = urlparse(endpoints.s3_endpoint_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80)
+    try:
+        server = serve(
+            *champion,
+            s3_endpoint=proxy.url,
+            FEEDBACK_URI=f"s3://{bucket}/feedback/",
+            FBL_FEEDBACK_FLUSH_ROWS="1000",
+            FBL_FEEDBACK_FLUSH_SECONDS="1",
+            FBL_FEEDBACK_BUFFER_ROWS="30",
+        )
+        server.wait_ready()
+        proxy.cut()
+        frame = churn_frame(40, seed=31)
+        predictions = server.predict(rows_of(frame)).json()["predictions"]
+        items = [{"id": p["id"], "label": int(y)} for p, y in zip(predictions, frame["churned"], strict=True)]
+        assert server.feedback(items[:20]).json()["accepted"] == 20
+        failures = harness.wait_until(lambda: server.metric("fbl_feedback_flush_failures_total"), bool, 30)
+        assert failures and failures >= 1
+        assert read_feedback(store, bucket, "feedback/").empty
+        assert server.feedback(items[20:]).json()["accepted"] == 20  # 40 rows against a bound of 30
+        assert server.metric("fbl_feedback_dropped_rows_total") == 10.0
+        assert server.metric("fbl_feedback_buffered_rows") == 30.0
+
+        proxy.restore()
+        rows = harness.wait_until(
+            lambda: read_feedback(store, bucket, "feedback/"), lambda f: len(f) >= 30, 60
+        )
+        assert len(rows) == 30
+        kept = {p["id"] for p in predictions[10:]}  # the 10 oldest were dropped
+        assert set(rows["fbl_prediction_id"]) == kept
+        assert (
+            harness.wait_until(lambda: server.metric("fbl_feedback_buffered_rows"), lambda v: v == 0, 10) == 0
+        )
+    finally:
+        proxy.close()
+
+
+def test_prometheus_accuracy_equals_the_feedback_sent(
+    endpoints: harness.Endpoints,
+    prometheus: PrometheusConnect,
+    champion: tuple[str, str],
+    serve: Callable[..., ServerProcess],
+) -> None:
+    name = f"acc-{time.monotonic_ns() % 10**8}"
+    server = serve(*champion, MODEL_NAME=name)
+    server.wait_ready()
+    server.register_with(endpoints.prometheus_targets_file, TARGETS_LOCK)
+    predictions = server.predict(rows_of(churn_frame(40, seed=41))).json()["predictions"]
+    # 30 labels agree with the prediction and 10 contradict it: accuracy 0.75 exactly.
+    items = [
+        {"id": p["id"], "label": p["prediction"] if i < 30 else 1 - p["prediction"]}
+        for i, p in enumerate(predictions)
+    ]
+    assert server.feedback(items).json()["accepted"] == 40
+
+    query = f'sum(fbl_feedback_correct_total{{model="{name}"}}) / sum(fbl_feedback_total{{model="{name}"}})'
+    result = harness.wait_until(
+        lambda: prometheus.custom_query(query), lambda r: bool(r) and float(r[0]["value"][1]) == 0.75, 30
+    )
+    assert result and float(result[0]["value"][1]) == 0.75
+    latency = prometheus.custom_query(f'sum(fbl_prediction_latency_seconds_count{{model="{name}"}})')
+    assert float(latency[0]["value"][1]) == 1.0
+
+
+def test_psi_rises_when_the_inputs_shift(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion, MODEL_NAME="churn", FBL_DRIFT_WINDOW="300")
+    server.wait_ready()
+    assert server.metric("fbl_feature_drift_psi", feature="tenure") is None  # no inputs yet, no PSI
+
+    server.predict(rows_of(churn_frame(300, seed=51)))
+    calm = {
+        f: server.metric("fbl_feature_drift_psi", model="churn", model_version="v1", feature=f)
+        for f in FEATURES
+    }
+    assert all(value is not None and value < 0.1 for value in calm.values()), calm
+
+    shifted = churn_frame(300, seed=52)
+    shifted["tenure"] = shifted["tenure"] + 60  # beyond anything seen in training
+    shifted["plan"] = "max"
+    server.predict(rows_of(shifted))
+    drifted = {f: server.metric("fbl_feature_drift_psi", model="churn", feature=f) for f in FEATURES}
+    assert drifted["tenure"] is not None and drifted["tenure"] > 1.0, drifted
+    assert drifted["plan"] is not None and drifted["plan"] > 0.5, drifted
+    assert drifted["monthly"] is not None and drifted["monthly"] < 0.1, (
+        drifted
+    )  # unchanged feature stays calm
+
+
+def test_settings_errors_stop_the_server_with_the_variable_named(
+    endpoints: harness.Endpoints, tmp_path: Path
+) -> None:
+    server = ServerProcess(endpoints, tmp_path / "bad.log", MODEL_URI="s3://b/m/v1/", MODEL_SHA256="abc")
+    with pytest.raises(RuntimeError, match="server exited with 2"):
+        server.start()
+    assert "MODEL_SHA256 must be 64 hex characters" in server.log()

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv cluster-build lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer clean
+.PHONY: help venv cluster-build lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,9 @@ bench-cluster-start: $(STAMP) cluster-build  ## median warm start time of the te
 
 bench-trainer: $(STAMP) cluster-build  ## trainer overhead vs a bare fit on synthetic data in S3 (ROWS=1000000 REPEATS=3)
 	$(BIN)/python bench/trainer.py --rows $${ROWS:-1000000} --repeats $${REPEATS:-3}
+
+bench-serving: $(STAMP) cluster-build  ## model server req/s and latency vs in-process predict, RSS with a full store
+	$(BIN)/python bench/serving.py
 
 clean:  ## remove the virtualenv and local cluster state (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

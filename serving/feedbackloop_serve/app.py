@@ -31,6 +31,7 @@ from feedbackloop_serve.loader import LoadedModel, ModelRefusedError, StoreUnava
 from feedbackloop_serve.metrics import ServerMetrics
 from feedbackloop_serve.rows import NUMERIC, FieldError, check_rows, rows_of
 from feedbackloop_serve.settings import ServeSettings
+from feedbackloop_train import evaluate
 from feedbackloop_train.model import prepare
 
 log = logging.getLogger("feedbackloop-serve")
@@ -301,11 +302,9 @@ def _frame(rows: list[Any], model: LoadedModel) -> pd.DataFrame:
 def _score(
     model: LoadedModel, frame: pd.DataFrame
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
-    probabilities = None
-    if model.classes is not None and hasattr(model.estimator, "predict_proba"):
-        with contextlib.suppress(AttributeError):
-            probabilities = np.asarray(model.estimator.predict_proba(frame))
-    return np.asarray(model.estimator.predict(frame)), probabilities
+    # The trainer's scoring: one pass gives labels and probabilities where predict() is their argmax.
+    scored = evaluate.predict(model.estimator, frame)
+    return scored.labels, scored.probabilities if model.classes is not None else None
 
 
 def _plain(value: Any) -> Any:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from model_helpers import churn_frame, run_trainer, train_champion, version_env
+from model_helpers import churn_frame, put_parquet, run_trainer, train_champion, version_env
 from prometheus_api_client import PrometheusConnect
 from serve_process import ServerProcess, TcpProxy
 
@@ -389,3 +390,45 @@ def test_settings_errors_stop_the_server_with_the_variable_named(
     with pytest.raises(RuntimeError, match="server exited with 2"):
         server.start()
     assert "MODEL_SHA256 must be 64 hex characters" in server.log()
+
+
+def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
+    endpoints: harness.Endpoints,
+    store: ArtifactStore,
+    bucket: str,
+    serve: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=500), "kind": rng.choice(["x", "y"], 500)})
+    frame["target"] = 3 * frame["a"] + (frame["kind"] == "x") * 1.5
+    put_parquet(store.client, bucket, "data/train/all.parquet", frame)
+    env = version_env(
+        bucket, "v1", FBL_TASK="regression", FBL_LABEL_COLUMN="target",
+        FBL_ESTIMATOR_CLASS="sklearn.linear_model.Ridge", FBL_ESTIMATOR_PARAMS="{}",
+    )  # fmt: skip
+    code, message, stderr = run_trainer(endpoints, tmp_path, **env)
+    assert code == 0, message + stderr[-2000:]
+    uri = f"s3://{bucket}/models/ml/churn/v1/"
+    model = store.read_manifest(uri, "v1").file("model.joblib")
+    assert model is not None
+    server = serve(uri, model.sha256, MODEL_NAME="reg")
+    server.wait_ready()
+
+    response = server.predict([{"a": 1.0, "kind": "x"}, {"a": -1.0, "kind": "y"}])
+    assert response.status_code == 200, response.text
+    first, second = response.json()["predictions"]
+    assert "probabilities" not in first
+    assert first["prediction"] == pytest.approx(4.5, abs=0.1)
+    server.feedback([{"id": first["id"], "label": 5.0}, {"id": second["id"], "label": -3.0}])
+    errors = [5.0 - first["prediction"], -3.0 - second["prediction"]]
+    assert server.metric("fbl_feedback_abs_error_sum", model="reg") == pytest.approx(sum(map(abs, errors)))
+    assert server.metric("fbl_feedback_squared_error_sum", model="reg") == pytest.approx(
+        sum(e * e for e in errors)
+    )
+
+    # Ridge cannot take a missing number: the model's own reason comes back as a 422, and the server stays up.
+    missing = server.predict([{"a": None, "kind": "x"}])
+    assert missing.status_code == 422
+    assert "the model cannot score these rows" in missing.json()["detail"][0]["msg"]
+    assert server.predict([{"a": 0.0, "kind": "y"}]).status_code == 200

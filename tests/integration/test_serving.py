@@ -432,3 +432,16 @@ def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     assert missing.status_code == 422
     assert "the model cannot score these rows" in missing.json()["detail"][0]["msg"]
     assert server.predict([{"a": 0.0, "kind": "y"}]).status_code == 200
+
+
+def test_a_label_after_the_ttl_is_unmatched(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion, MODEL_NAME="ttl", FBL_PREDICTION_TTL_SECONDS="1")
+    server.wait_ready()
+    [prediction] = server.predict(rows_of(churn_frame(1))).json()["predictions"]
+    time.sleep(1.5)
+    answer = server.feedback([{"id": prediction["id"], "label": 1}]).json()
+    assert answer["results"][0]["error"] == "unknown or expired prediction id"
+    assert server.metric("fbl_feedback_unmatched_total", model="ttl") == 1.0
+    assert server.metric("fbl_feedback_total", model="ttl", model_version="v1") is None

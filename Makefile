@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv cluster-build lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
+.PHONY: help demo venv cluster-build lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+demo: $(STAMP) cluster-build  ## the whole loop on one machine: drift, retrain, rollout, a refused candidate (demo-out/)
+	$(BIN)/python tests/e2e/loop_demo.py --out demo-out
 
 venv: $(STAMP)  ## create the virtualenv with runtime and dev dependencies
 

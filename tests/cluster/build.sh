@@ -79,18 +79,8 @@ for component in $want; do
     kwok) install_module kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
     kwok-stages) kwok_stages ;;
     versitygw) install_module versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
-    prometheus)
-      if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
-        note "prometheus: present ($(prometheus --version 2>&1 | head -1))"
-      else
-        note "prometheus: installing the Debian package"
-        if [[ $(id -u) -eq 0 ]]; then sudo=""; else sudo="sudo"; fi
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-        # Debian's postinst may start a systemd service; the harness runs its own instance.
-        built=$((built + 1))
-        note "prometheus: installed ($(prometheus --version 2>&1 | head -1))"
-      fi ;;
+    # Debian's package is built without kubernetes_sd_configs, which pod discovery needs.
+    prometheus) install_module prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done

@@ -19,7 +19,6 @@ import ctypes
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import ssl
@@ -131,9 +130,7 @@ def binary_paths() -> dict[str, Path]:
         "versitygw": bins / f"versitygw-{v['VERSITYGW_VERSION']}",
     }
     paths["kwok-stages"] = bins.parent / f"kwok-stages-{v['KWOK_VERSION']}.yaml"
-    for tool in ("prometheus", "promtool"):
-        found = shutil.which(tool)
-        paths[tool] = Path(found) if found else Path(f"/usr/bin/{tool}")
+    paths["prometheus"] = bins / f"prometheus-{v['PROMETHEUS_VERSION']}"
     return paths
 
 
@@ -147,10 +144,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Loaded once here: loading a library inside preexec_fn (the forked child) can deadlock a threaded parent.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: a child is killed if the harness dies, so a crash never leaves servers behind.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
+    _LIBC.prctl(1, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -310,7 +310,7 @@ class Cluster:
         d = self.directory
         for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("kubectl", "promtool"):
+        for name in ("kubectl",):
             link = d / "bin" / name
             if not link.exists():
                 link.symlink_to(bins[name])
@@ -482,6 +482,39 @@ class Cluster:
         (d / "endpoints.json").chmod(0o600)
         self.endpoints.write_env_file(d / "env")
 
+    def _pod_discovery_job(self, prom_dir: Path) -> str:
+        """Pods found through the API server and the usual prometheus.io/* annotations, as in a cluster."""
+        assert self.endpoints is not None
+        token = prom_dir / "discovery-token"
+        token.write_text(self.endpoints.admin_token)
+        token.chmod(0o600)
+        return (
+            "  - job_name: kubernetes-pods\n"
+            "    kubernetes_sd_configs:\n"
+            "      - role: pod\n"
+            f"        api_server: {self.endpoints.api_server_url}\n"
+            f"        tls_config: {{ca_file: '{self.endpoints.ca_file}'}}\n"
+            f"        authorization: {{credentials_file: '{token}'}}\n"
+            "    relabel_configs:\n"
+            "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n"
+            "        regex: 'true'\n"
+            "        action: keep\n"
+            "      - source_labels: [__meta_kubernetes_pod_phase]\n"
+            "        regex: Pending|Succeeded|Failed|Unknown\n"
+            "        action: drop\n"
+            "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]\n"
+            "        regex: (.+)\n"
+            "        target_label: __metrics_path__\n"
+            "      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]\n"
+            "        regex: '([^:]+)(?::\\d+)?;(\\d+)'\n"
+            "        replacement: '$1:$2'\n"
+            "        target_label: __address__\n"
+            "      - source_labels: [__meta_kubernetes_namespace]\n"
+            "        target_label: namespace\n"
+            "      - source_labels: [__meta_kubernetes_pod_name]\n"
+            "        target_label: pod\n"
+        )
+
     def _start_prometheus(self, bins: dict[str, Path]) -> None:
         assert self.endpoints is not None
         port = free_port()
@@ -500,7 +533,7 @@ class Cluster:
             "  - job_name: test-targets\n"
             "    file_sd_configs:\n"
             f"      - files: ['{self.endpoints.prometheus_targets_file}']\n"
-            "        refresh_interval: 1s\n"
+            "        refresh_interval: 1s\n" + self._pod_discovery_job(prom_dir)
         )
         self._spawn(
             "prometheus",
@@ -611,7 +644,9 @@ class Cluster:
             check=False,
         )
         statuses = result.stdout.split()
-        return result.returncode == 0 and len(statuses) == self.fake_nodes and set(statuses) == {"True"}
+        return (
+            result.returncode == 0 and len(statuses) == self.fake_nodes and all(s == "True" for s in statuses)
+        )
 
     def _make_pki(self) -> Path:
         pki = self.directory / "pki"

@@ -1,0 +1,64 @@
+"""The whole loop, shortened: drift → breach → one retrain Job → gates → rollout → analysis; then a poisoned
+candidate refused by its gates. The same scenario as `make demo` (tests/e2e/loop_demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import loop_demo
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def job_trigger(job: dict[str, Any]) -> str:
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "FBL_TRIGGER")
+
+
+@pytest.mark.timeout(900)
+def test_the_loop_closes_and_a_poisoned_candidate_is_refused(tmp_path: Path) -> None:
+    result = loop_demo.run(loop_demo.E2E, tmp_path / "demo-out")
+    summary, status = result.summary, result.loop["status"]
+
+    # Accuracy recovered on the drifted concept, above the threshold and above v1's.
+    assert summary["accuracy_before_drift"] > loop_demo.THRESHOLD
+    assert summary["accuracy_after_drift_v1"] < loop_demo.THRESHOLD
+    assert summary["accuracy_after_rollout"] > loop_demo.THRESHOLD
+    assert summary["accuracy_after_rollout"] > summary["accuracy_after_drift_v1"]
+
+    # Exactly one retrain Job per trigger: the breach, then the manual request.
+    assert sorted(job_trigger(job) for job in result.jobs) == ["Breach", "Manual"]
+    assert summary["retrains"] == 2
+
+    # v2's artifacts verify byte for byte against its manifest.
+    assert result.v2_check == "Verified"
+
+    history = {entry["version"]: entry for entry in status["history"]}
+    v2, v3 = history["v2"], history["v3"]
+    assert (v2["trigger"], v2["outcome"]) == ("Breach", "RolledOut")
+    assert (
+        v2["startedAt"]
+        <= v2["retrainedAt"]
+        <= v2["validatedAt"]
+        <= v2["rolloutStartedAt"]
+        <= v2["rolledOutAt"]
+    )
+    assert (v3["trigger"], v3["outcome"]) == ("Manual", "Rejected")
+    assert status["currentModel"]["version"] == "v2"
+    assert status["rejectedVersions"] == ["v3"]
+
+    # The poisoned candidate failed the absolute accuracy gate; it never reached the Deployment.
+    gates = {(g["metric"], g.get("verdict")) for g in status["candidateModel"]["gates"]}
+    assert ("accuracy", "Fail") in gates, status["candidateModel"]
+    assert result.deployment_version == "v2"
+
+    reasons = {event["reason"] for event in result.events}
+    assert {"RetrainStarted", "GatesPassed", "AnalysisSuccessful", "GatesFailed"} <= reasons, reasons
+
+    out = tmp_path / "demo-out"
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert summary["loop_closed"] is True
+    assert {"v1", "v2", "v3"} <= set(result.reports)
+    assert all(Path(path).exists() for path in result.reports.values())

@@ -66,17 +66,18 @@ class Plan:
     """The compressed intervals of one run."""
 
     seed: int = 7
-    rows_per_second: float = 24.0
+    rows_per_second: float = 40.0
     label_delay_s: float = 2.0
     before_drift_s: float = 75.0
     after_rollout_s: float = 30.0
-    poison_s: float = 30.0
+    # Longer than feedbackWindow: the poisoned candidate trains and is judged on poisoned feedback only.
+    poison_s: float = 55.0
     act_timeout_s: float = 360.0
     training_rows: int = 1500
 
 
 DEMO = Plan()
-E2E = Plan(before_drift_s=60.0, after_rollout_s=20.0, poison_s=25.0)
+E2E = Plan(before_drift_s=60.0, after_rollout_s=20.0)
 
 
 # ---------------------------------------------------------------- the world
@@ -125,12 +126,12 @@ class Traffic(threading.Thread):
         self.core, self.world, self.plan, self.started = core, world, plan, started
         self.served: list[Served] = []
         self.errors = 0
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._pending: deque[tuple[float, str, str, int]] = deque()
         self._http = httpx.Client(timeout=5)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(10)
         self._http.close()
 
@@ -146,7 +147,7 @@ class Traffic(threading.Thread):
 
     def run(self) -> None:
         tick, per_tick, turn, pods, refreshed = 0.25, 0.0, 0, [], 0.0
-        while not self._stop.wait(tick):
+        while not self._stopping.wait(tick):
             now = time.monotonic()
             try:
                 if now - refreshed > 1:
@@ -320,8 +321,9 @@ def loop_spec(endpoints: harness.Endpoints) -> dict[str, Any]:
                 "data": {
                     "training": f"s3://{DATA_BUCKET}/train/",
                     "feedback": f"s3://{DATA_BUCKET}/feedback/",
-                    "feedbackWindow": "90s",
-                    "holdoutStrategy": "Recent",
+                    "feedbackWindow": "45s",
+                    # Random, not Recent: the newest rows are the drifted ones, and training needs them most.
+                    "holdoutStrategy": "Random",
                     "holdoutFraction": 0.25,
                 },
             },
@@ -409,18 +411,18 @@ class Watcher(threading.Thread):
         self.prometheus = httpx.Client(base_url=prometheus_url, timeout=5)
         self.timeline = timeline
         self.loop: dict[str, Any] = {}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._last_metrics = 0.0
         self._conditions: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, str] = {}
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(10)
         self.prometheus.close()
 
     def run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stopping.wait(1.0):
             try:
                 self._poll()
             except Exception as err:  # a watcher hiccup must not end the demo
@@ -500,7 +502,7 @@ def plot(timeline: Timeline, path: Path) -> None:
     axes.set_xlabel("seconds since start")
     axes.set_ylabel("accuracy from ground truth (30s window)")
     axes.set_title("FeedbackLoop 'churn': accuracy by model version")
-    axes.legend(loc="lower left")
+    figure.legend(loc="outside right upper")
     figure.savefig(path, dpi=110)
 
 
@@ -675,19 +677,22 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                     {"metadata": {"annotations": {"feedbackloop.dev/retrain-requested": "poisoned-1"}}},
                 )  # fmt: skip
                 timeline.mark("manual retrain requested")
-                wait_for(
+                verdict = wait_for(
                     "the poisoned candidate's verdict",
-                    lambda: (
-                        "v3" in status().get("rejectedVersions", [])
-                        or status().get("currentModel", {}).get("version") == "v3"
+                    lambda: next(
+                        (
+                            h
+                            for h in status().get("history", [])
+                            if h["version"] == "v3"
+                            and h.get("outcome") not in (None, "Retrained", "RollingOut")
+                        ),
+                        None,
                     ),
                     plan.act_timeout_s,
                     timeline,
                 )
                 timeline.mark(
-                    "v3 rejected by its gates"
-                    if "v3" in status().get("rejectedVersions", [])
-                    else "v3 went live"
+                    f"v3 {verdict['outcome'].lower()}: {verdict.get('reason') or verdict.get('message', '')}"
                 )
                 time.sleep(3)
 
@@ -719,9 +724,12 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
     after_drift = traffic.accuracy("v1", drifted=True, since=drift_at)
     after_rollout = traffic.accuracy("v2", drifted=True, since=rolled_at)
     rejected = list(status.get("rejectedVersions", []))
+    v3 = history.get("v3", {})
     closed = bool(
         status.get("currentModel", {}).get("version") == "v2"
         and deployment_version == "v2"
+        and v3.get("outcome") == "Rejected"
+        and not v3.get("rolloutStartedAt")
         and after_rollout is not None
         and after_drift is not None
         and after_rollout > THRESHOLD

@@ -51,7 +51,7 @@ def test_the_loop_closes_and_a_poisoned_candidate_is_refused(tmp_path: Path) -> 
 
     # The poisoned candidate failed the absolute accuracy gate; it never reached the Deployment.
     gates = {(g["metric"], g.get("verdict")) for g in status["candidateModel"]["gates"]}
-    assert ("accuracy", "Fail") in gates, status["candidateModel"]
+    assert ("accuracy", "Failed") in gates, status["candidateModel"]
     assert result.deployment_version == "v2"
 
     reasons = {event["reason"] for event in result.events}

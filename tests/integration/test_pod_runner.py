@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -694,3 +695,48 @@ def test_cli_stop_kill_and_a_new_runner_failing_pods_it_lost(
         force_delete_pods(core_v1, node)
         with contextlib.suppress(ApiException):
             core_v1.delete_node(node)
+
+
+# --------------------------------------------------------------------------------------------- discovery
+METRICS_SERVER = """
+import http.server, os
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"# TYPE runner_demo_value gauge\\nrunner_demo_value 42\\n"
+        self.send_response(200 if self.path == "/custom-metrics" else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer((os.environ["POD_IP"], 9102), Metrics).serve_forever()
+"""
+
+
+def test_prometheus_discovers_annotated_pods_through_the_api_server(
+    runner: PodRunner, core_v1: client.CoreV1Api, namespace: str, endpoints: harness.Endpoints
+) -> None:
+    pod = pod_manifest(
+        "scraped",
+        runner.node_name,
+        container(["python", "-c", METRICS_SERVER], env=[POD_IP_ENV]),
+        restart="Always",
+    )
+    pod["metadata"]["annotations"] = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9102",
+        "prometheus.io/path": "/custom-metrics",
+    }
+    core_v1.create_namespaced_pod(namespace, pod)
+    running = wait_pod(core_v1, namespace, "scraped", phase_is("Running"))
+    ip = running["status"]["podIP"]
+
+    def scraped() -> list[dict[str, Any]]:
+        query = f'runner_demo_value{{namespace="{namespace}",pod="scraped"}}'
+        answer = httpx.get(f"{endpoints.prometheus_url}/api/v1/query", params={"query": query}, timeout=5)
+        found: list[dict[str, Any]] = answer.json()["data"]["result"]
+        return found
+
+    result = wait_until(scraped, bool, timeout=60, interval=1)
+    assert result, "Prometheus never scraped the pod"
+    assert result[0]["value"][1] == "42"
+    assert result[0]["metric"]["instance"] == f"{ip}:9102"
+    assert result[0]["metric"]["job"] == "kubernetes-pods"

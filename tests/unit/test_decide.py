@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from core_inputs import IMAGE, POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.core.decide import CreateJob, Decision, LoopState, OperatorPolicy, decide, plan
+from feedbackloop.core.decide import (
+    CreateJob,
+    Decision,
+    LoopState,
+    OperatorPolicy,
+    decide,
+    plan,
+    render_queries,
+    runtime_spec_errors,
+)
 from feedbackloop.core.observations import (
     ArtifactCheck,
     ArtifactObservation,
@@ -414,3 +423,13 @@ def test_job_uses_the_allowed_image_chosen_by_spec() -> None:
     assert decision.actions[0].manifest["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.example/custom:2"
     )
+
+
+def test_a_version_scoped_query_before_any_version_is_known_matches_nothing() -> None:
+    scoped = "sum(fbl_feedback_total{model={{model}},model_version={{model_version}}})"
+    loop = loop_state(
+        spec_dict(**{"monitoring.metrics": [{"name": "a", "query": scoped, "threshold": {"min": 1}}]})
+    )
+    assert runtime_spec_errors(loop, POLICY) == []
+    [query] = render_queries(loop)
+    assert query.query == 'sum(fbl_feedback_total{model="churn",model_version="none"})'

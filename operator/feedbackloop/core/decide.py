@@ -98,14 +98,17 @@ def runtime_spec_errors(loop: LoopState, policy: OperatorPolicy) -> list[str]:
     return errors
 
 
+NO_VERSION = "none"
+
+
 def render_queries(loop: LoopState) -> tuple[RenderedQuery, ...]:
     assert loop.spec is not None
     variables = template_variables(loop.ref.namespace, loop.ref.name, loop.spec.monitoring.labels)
-    # {{model_version}} scopes a query to the version being analysed, else to the one serving.
+    # {{model_version}} scopes a query to the version being analysed, else to the one serving; before either
+    # is known it is NO_VERSION, which no series carries, so the metric has no data rather than a bad spec.
     rollout, current = loop.status.rollout, loop.status.current_model
     version = rollout.version if rollout else current.version if current else None
-    if version is not None and SAFE_LABEL_VALUE.match(version):
-        variables["model_version"] = version
+    variables["model_version"] = version if version and SAFE_LABEL_VALUE.match(version) else NO_VERSION
     return tuple(
         RenderedQuery(
             name=metric.name,

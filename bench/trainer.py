@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 import harness  # noqa: E402 - the test harness starts the S3 server
+from feedbackloop.adapters.artifacts import s3_client  # noqa: E402
 
 ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
 PARAMS = {"max_iter": 50, "random_state": 0}
@@ -121,16 +122,8 @@ def main() -> None:
     ):
         endpoints = cluster.endpoints
         assert endpoints is not None
-        import boto3
-        from botocore.config import Config
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoints.s3_endpoint_url,
-            aws_access_key_id=endpoints.s3_access_key,
-            aws_secret_access_key=endpoints.s3_secret_key,
-            region_name=harness.S3_REGION,
-            config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"}),
+        s3 = s3_client(
+            endpoints.s3_endpoint_url, harness.S3_REGION, endpoints.s3_access_key, endpoints.s3_secret_key
         )
         s3.create_bucket(Bucket="bench")
         frame = synthetic(args.rows)

@@ -9,7 +9,7 @@ import math
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,28 +362,22 @@ def create_app(server: ModelServer) -> FastAPI:
 
     app = FastAPI(title="feedbackloop model server", lifespan=lifespan)
 
-    async def body_of(request: Request) -> tuple[Any, JSONResponse | None]:
+    async def answer(request: Request, handle: Callable[[Any], tuple[int, dict[str, Any]]]) -> JSONResponse:
         try:
-            return await request.json(), None
+            body = await request.json()
         except ValueError as err:
             detail = [FieldError(("body",), f"JSON decode error: {err}", "json_invalid").as_dict()]
-            return None, JSONResponse({"detail": detail}, status_code=422)
+            return JSONResponse({"detail": detail}, status_code=422)
+        status, payload = handle(body)
+        return JSONResponse(payload, status_code=status)
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
-        body, problem = await body_of(request)
-        if problem is not None:
-            return problem
-        status, payload = server.predict(body)
-        return JSONResponse(payload, status_code=status)
+        return await answer(request, server.predict)
 
     @app.post("/feedback")
     async def feedback(request: Request) -> JSONResponse:
-        body, problem = await body_of(request)
-        if problem is not None:
-            return problem
-        status, payload = server.feedback(body)
-        return JSONResponse(payload, status_code=status)
+        return await answer(request, server.feedback)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -27,11 +27,12 @@ venv: $(STAMP)  ## create the virtualenv with runtime and dev dependencies
 cluster-build:  ## build or install the control plane, etcd, kwok, versitygw and Prometheus (cached)
 	tests/cluster/build.sh
 
-lint: $(STAMP)  ## ruff, mypy strict, import-linter
+lint: $(STAMP)  ## ruff, mypy strict, import-linter, hadolint
 	$(BIN)/ruff check operator jobs serving tests bench
 	$(BIN)/ruff format --check operator jobs serving tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 unit: $(STAMP)  ## fast tests, no external components
 	$(BIN)/pytest tests/unit

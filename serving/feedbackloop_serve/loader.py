@@ -87,7 +87,10 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
         raise StoreUnavailableError(f"cannot read {uri}: {_code(err)} {err}") from None
     except BotoCoreError as err:
         raise StoreUnavailableError(f"cannot reach the store for {uri}: {err}") from None
-    estimator = joblib.load(model_path)  # only after download_verified matched MODEL_SHA256
+    try:
+        estimator = joblib.load(model_path)  # only after download_verified matched MODEL_SHA256
+    except Exception as err:  # a verified file that still cannot be loaded, e.g. a library mismatch
+        raise ModelRefusedError(f"cannot load model.joblib: {type(err).__name__}: {err}") from None
     features = manifest.raw.get("features") or [str(f) for f in getattr(estimator, "feature_names_in_", [])]
     if not features or not all(isinstance(f, str) for f in features):
         raise ModelRefusedError("neither the manifest nor the model names its features")

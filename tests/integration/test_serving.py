@@ -445,3 +445,27 @@ def test_a_label_after_the_ttl_is_unmatched(
     assert answer["results"][0]["error"] == "unknown or expired prediction id"
     assert server.metric("fbl_feedback_unmatched_total", model="ttl") == 1.0
     assert server.metric("fbl_feedback_total", model="ttl", model_version="v1") is None
+
+
+def test_a_verified_model_that_cannot_be_loaded_keeps_the_server_unready(
+    store: ArtifactStore, bucket: str, serve: Callable[..., ServerProcess]
+) -> None:
+    # Digest-correct bytes whose unpickling fails (int("not a number")), as a library mismatch would.
+    broken = pickle.dumps(_IntOf("not a number"))
+    uri = f"s3://{bucket}/models/ml/churn/v1/"
+    manifest = store.write_version(
+        uri, "v1", {"model.joblib": broken, "metrics.json": b"{}"}, {"features": FEATURES, "label": "churned"}
+    )
+    server = serve(uri, manifest["files"]["model.joblib"]["sha256"])
+    reason = harness.wait_until(server.readyz, lambda r: "cannot load model.joblib" in r.text, timeout=30)
+    assert reason.status_code == 503
+    assert "ValueError" in reason.json()["reason"]
+    assert server.http.get("/healthz").status_code == 200
+
+
+class _IntOf:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, (self.text,))

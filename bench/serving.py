@@ -164,18 +164,18 @@ def main() -> None:
     ):
         endpoints = cluster.endpoints
         assert endpoints is not None
-        os.environ.update(
-            {
-                "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
-                "AWS_SECRET_ACCESS_KEY": endpoints.s3_secret_key,
-            }
+        store = ArtifactStore(
+            s3_client(
+                endpoints.s3_endpoint_url, harness.S3_REGION, endpoints.s3_access_key, endpoints.s3_secret_key
+            )
         )
-        store = ArtifactStore(s3_client(endpoints.s3_endpoint_url, harness.S3_REGION))
         store.client.create_bucket(Bucket="bench")
         uri, sha256, pipeline, _ = write_version(store, "bench")
         port = harness.free_port()
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("FBL_", "MODEL_"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FBL_", "MODEL_", "AWS_"))},
+            "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": endpoints.s3_secret_key,
             "AWS_ENDPOINT_URL_S3": endpoints.s3_endpoint_url,
             "AWS_DEFAULT_REGION": harness.S3_REGION,
             "MODEL_URI": uri,

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feedbackloop_serve.rows import CATEGORICAL, NUMERIC
+from feedbackloop_serve.rows import NUMERIC
 
 log = logging.getLogger("feedbackloop-serve.sink")
 
@@ -148,11 +148,8 @@ class FeedbackSink:
 
 
 def _arrow_type(kind: str) -> pa.DataType:
-    if kind == NUMERIC:
-        return pa.float64()
-    if kind == CATEGORICAL:
-        return pa.string()
-    return pa.string()  # a feature of unknown type is kept as text, which the trainer can still read
+    # Categorical features, and features of unknown type, are kept as text, which the trainer reads.
+    return pa.float64() if kind == NUMERIC else pa.string()
 
 
 def label_type(task: str, classes: Sequence[Any] | None) -> pa.DataType:

@@ -19,6 +19,19 @@ import harness
 TRAINER_IMAGE = "feedbackloop-trainer:test"
 
 
+def start_module(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m <module>` in its own session (so a test can signal its group), appending to log_path."""
+    with log_path.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 class OperatorProcess:
     def __init__(
         self, endpoints: harness.Endpoints, log_path: Path, namespaces: list[str], **env: str
@@ -41,16 +54,7 @@ class OperatorProcess:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        handle = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "feedbackloop"],
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        handle.close()
+        self.popen = start_module("feedbackloop", self.env, self.log_path)
         ready = harness.wait_until(self._healthy, bool, timeout=30)
         if not ready:
             raise RuntimeError(f"operator did not become healthy:\n{harness.tail(self.log_path)}")

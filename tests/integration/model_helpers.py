@@ -100,3 +100,11 @@ def train_champion(
     model = store.read_manifest(uri, "v1").file("model.joblib")
     assert model is not None
     return uri, model.sha256
+
+
+def regression_env(bucket: str, version: str = "v1") -> dict[str, str]:
+    """A Ridge regressor on the `target` column, as both the trainer and the server tests train one."""
+    return version_env(
+        bucket, version, FBL_TASK="regression", FBL_LABEL_COLUMN="target",
+        FBL_ESTIMATOR_CLASS="sklearn.linear_model.Ridge", FBL_ESTIMATOR_PARAMS="{}",
+    )  # fmt: skip

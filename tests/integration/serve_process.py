@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 
 import harness
+from operator_process import start_module
 
 
 class ServerProcess:
@@ -39,16 +39,7 @@ class ServerProcess:
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self) -> ServerProcess:
-        handle = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "feedbackloop_serve"],
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        handle.close()
+        self.popen = start_module("feedbackloop_serve", self.env, self.log_path)
         if not harness.wait_until(self._alive, bool, timeout=30):
             raise RuntimeError(f"server did not answer /healthz:\n{self.log()}")
         return self

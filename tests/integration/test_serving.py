@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from model_helpers import churn_frame, put_parquet, run_trainer, train_champion, version_env
+from model_helpers import churn_frame, put_parquet, regression_env, run_trainer, train_champion, version_env
 from prometheus_api_client import PrometheusConnect
 from serve_process import ServerProcess, TcpProxy
 
@@ -403,10 +403,7 @@ def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     frame = pd.DataFrame({"a": rng.normal(size=500), "kind": rng.choice(["x", "y"], 500)})
     frame["target"] = 3 * frame["a"] + (frame["kind"] == "x") * 1.5
     put_parquet(store.client, bucket, "data/train/all.parquet", frame)
-    env = version_env(
-        bucket, "v1", FBL_TASK="regression", FBL_LABEL_COLUMN="target",
-        FBL_ESTIMATOR_CLASS="sklearn.linear_model.Ridge", FBL_ESTIMATOR_PARAMS="{}",
-    )  # fmt: skip
+    env = regression_env(bucket)
     code, message, stderr = run_trainer(endpoints, tmp_path, **env)
     assert code == 0, message + stderr[-2000:]
     uri = f"s3://{bucket}/models/ml/churn/v1/"

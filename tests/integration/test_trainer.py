@@ -20,6 +20,7 @@ from model_helpers import (
     job_environment,
     put_csv,
     put_parquet,
+    regression_env,
     run_trainer,
     train_champion,
     version_env,
@@ -90,10 +91,7 @@ def test_regression_on_parquet(endpoints: harness.Endpoints, s3: Any, bucket: st
         3 * frame["a"] - 2 * frame["b"] + (frame["kind"] == "x") * 1.5 + rng.normal(0, 0.1, 2000)
     )
     put_parquet(s3, bucket, "data/train/all.parquet", frame)
-    env = version_env(
-        bucket, "v1", FBL_TASK="regression", FBL_LABEL_COLUMN="target",
-        FBL_ESTIMATOR_CLASS="sklearn.linear_model.Ridge", FBL_ESTIMATOR_PARAMS="{}",
-    )  # fmt: skip
+    env = regression_env(bucket)
     code, message, stderr = run_trainer(endpoints, tmp_path, **env)
     assert code == 0, message + stderr[-2000:]
     metrics = json.loads(s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/metrics.json")["Body"].read())

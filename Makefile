@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
 STAMP := $(VENV)/.installed
+include tests/cluster/versions.env
+HELM = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/helm-$(HELM_VERSION)
 
-.PHONY: help demo venv cluster-build lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
+.PHONY: help demo venv cluster-build manifests lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,12 +26,15 @@ demo: $(STAMP) cluster-build  ## the whole loop on one machine: drift, retrain, 
 
 venv: $(STAMP)  ## create the virtualenv with runtime and dev dependencies
 
-cluster-build:  ## build or install the control plane, etcd, kwok, versitygw and Prometheus (cached)
+cluster-build:  ## build or install the control plane, etcd, kwok, versitygw, Prometheus and helm (cached)
 	tests/cluster/build.sh
 
+manifests: $(STAMP) cluster-build  ## regenerate manifests/ and the chart's CRD copy from helm/ and crds/
+	$(BIN)/python helm/render_manifests.py --helm $(HELM)
+
 lint: $(STAMP)  ## ruff, mypy strict, import-linter, hadolint
-	$(BIN)/ruff check operator jobs serving tests bench
-	$(BIN)/ruff format --check operator jobs serving tests bench
+	$(BIN)/ruff check operator jobs serving tests bench helm
+	$(BIN)/ruff format --check operator jobs serving tests bench helm
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile

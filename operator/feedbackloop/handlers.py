@@ -46,6 +46,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.posting.enabled = False  # events are ours: one per condition transition
+    # Our resources are known at start: no CRD or namespace watching, so RBAC needs no cluster-wide reads.
+    settings.scanning.disabled = True
     settings.execution.max_workers = 8
 
     load_kube_config()

@@ -30,9 +30,9 @@ build() {
   note "$name $version: built in $((SECONDS - start))s ($(du -h "$out" | cut -f1))"
 }
 
-# install_module <name> <version> <module/cmd path>: for tools whose go.mod has no local replaces.
+# install_module <name> <version> <module/cmd path> [ldflags]: for tools whose go.mod has no local replaces.
 install_module() {
-  local name="$1" version="$2" pkg="$3"
+  local name="$1" version="$2" pkg="$3" ldflags="${4:-}"
   local out="$bin/$name-$version"
   if [[ -x "$out" ]]; then
     note "$name $version: cached ($out)"
@@ -41,7 +41,7 @@ install_module() {
   note "$name $version: building $pkg@$version"
   local start=$SECONDS tmp
   tmp="$(mktemp -d)"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
   mv "$tmp/$(basename "$pkg")" "$out"
   rmdir "$tmp"
   built=$((built + 1))
@@ -70,7 +70,9 @@ kwok_stages() {
   note "kwok stages $KWOK_VERSION: written from $dir ($out)"
 }
 
-want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus}"
+helm_k8s_stamp() { echo "-X helm.sh/helm/v3/pkg/$1.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$1.k8sVersionMinor=37"; }
+
+want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus helm}"
 for component in $want; do
   case "$component" in
     etcd) build etcd "$ETCD_VERSION" "$here/etcd" . ;;
@@ -81,6 +83,10 @@ for component in $want; do
     versitygw) install_module versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
     # Debian's package is built without kubernetes_sd_configs, which pod discovery needs.
     prometheus) install_module prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
+    # The stamps helm's Makefile sets: its version, and the Kubernetes version `helm template` and `helm lint`
+    # assume offline (1.37: helm v3.22 is built on client-go v0.37); unstamped they are v3.22 and 1.20.
+    helm) install_module helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+      "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_k8s_stamp chartutil) $(helm_k8s_stamp lint/rules)" ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done

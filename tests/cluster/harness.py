@@ -131,6 +131,7 @@ def binary_paths() -> dict[str, Path]:
     }
     paths["kwok-stages"] = bins.parent / f"kwok-stages-{v['KWOK_VERSION']}.yaml"
     paths["prometheus"] = bins / f"prometheus-{v['PROMETHEUS_VERSION']}"
+    paths["helm"] = bins / f"helm-{v['HELM_VERSION']}"
     return paths
 
 
@@ -310,7 +311,7 @@ class Cluster:
         d = self.directory
         for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("kubectl",):
+        for name in ("kubectl", "helm"):
             link = d / "bin" / name
             if not link.exists():
                 link.symlink_to(bins[name])
@@ -376,8 +377,8 @@ class Cluster:
 
         kubeconfig = d / "admin.kubeconfig"
         limited = d / "user.kubeconfig"
-        _write_kubeconfig(kubeconfig, api_url, pki / "ca.crt", ADMIN_USER, admin_token)
-        _write_kubeconfig(limited, api_url, pki / "ca.crt", PLAIN_USER, user_token)
+        write_kubeconfig(kubeconfig, api_url, pki / "ca.crt", ADMIN_USER, admin_token)
+        write_kubeconfig(limited, api_url, pki / "ca.crt", PLAIN_USER, user_token)
 
         cm_port = free_port()
         self._spawn(
@@ -741,7 +742,7 @@ def _http_answers(url: str) -> bool:
     return True
 
 
-def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
+def write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -1,0 +1,69 @@
+{{/* The chart name, overridable. */}}
+{{- define "feedbackloop-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name: <release>-<chart>, or the release name when it already contains the chart name. */}}
+{{- define "feedbackloop-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "feedbackloop-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "feedbackloop-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "feedbackloop-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "feedbackloop-operator.labels" -}}
+helm.sh/chart: {{ include "feedbackloop-operator.chart" . }}
+{{ include "feedbackloop-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "feedbackloop-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "feedbackloop-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "feedbackloop-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The operator's whole API surface; docs/install.md and the RBAC test list the same verbs. */}}
+{{- define "feedbackloop-operator.rules" -}}
+- apiGroups: [feedbackloop.dev]
+  resources: [feedbackloops]
+  verbs: [get, list, watch, patch]
+- apiGroups: [feedbackloop.dev]
+  resources: [feedbackloops/status]
+  verbs: [patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, get, list, watch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, patch]
+# Pods only to read a failed retrain Job's termination message.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

@@ -14,6 +14,7 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
 import harness
+from install_helpers import install_chart  # noqa: F401 - shared fixture
 from loop_scenario import exporter, scenario, start_operator, store  # noqa: F401 - shared fixtures
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +21,14 @@ GITOPS_MANAGER = "gitops"
 BUCKET = "models"
 PREFIX = "loops/"
 WAIT = 60
+
+
+FAST_ROLLOUT = {
+    "progressDeadline": "60s",
+    "analysis": {"interval": "10s", "count": 2, "failureLimit": 0, "inconclusiveLimit": 1},
+    "rollbackOnFailure": True,
+}
+GATES = [{"metric": "accuracy", "min": 0.85}, {"metric": "accuracy", "minDeltaVsCurrent": 0.0}]
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -236,3 +245,29 @@ def write_candidate(store: ArtifactStore, namespace: str, version: str, accuracy
         {"job": {"name": f"{LOOP}-retrain-{version[1:]}"}},
     )
     return uri
+
+
+def spec_for(scenario: Scenario, **changes: Any) -> dict[str, Any]:
+    rollout = copy.deepcopy(FAST_ROLLOUT)  # dotted changes below edit it in place
+    return loop_spec(scenario.model, rollout=rollout, **{"validation.gates": GATES, **changes})
+
+
+def deployment(scenario: Scenario) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(
+        scenario.kubectl("get", "deployment", "churn-server", "-o", "json", "--show-managed-fields").stdout
+    )
+    return loaded
+
+
+def served(scenario: Scenario) -> tuple[dict[str, str], str | None]:
+    template = deployment(scenario)["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0].get("env", [])}
+    return env, (template["metadata"].get("annotations") or {}).get("feedbackloop.dev/model-version")
+
+
+def wait_status(
+    scenario: Scenario, done: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> dict[str, Any]:
+    status = wait_until(lambda: scenario.loop().get("status", {}), done, timeout=timeout, interval=0.5)
+    assert done(status), json.dumps(status, indent=1)[:3000]
+    return status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import urllib.request
@@ -12,41 +11,19 @@ from typing import Any
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from harness import wait_until
-from loop_scenario import BUCKET, GITOPS_MANAGER, LOOP, PREFIX, Scenario, loop_spec, write_candidate
+from loop_scenario import (
+    BUCKET,
+    GITOPS_MANAGER,
+    LOOP,
+    PREFIX,
+    Scenario,
+    deployment,
+    served,
+    spec_for,
+    wait_status,
+    write_candidate,
+)
 from operator_process import ModelExporter, OperatorProcess
-
-FAST_ROLLOUT = {
-    "progressDeadline": "60s",
-    "analysis": {"interval": "10s", "count": 2, "failureLimit": 0, "inconclusiveLimit": 1},
-    "rollbackOnFailure": True,
-}
-GATES = [{"metric": "accuracy", "min": 0.85}, {"metric": "accuracy", "minDeltaVsCurrent": 0.0}]
-
-
-def spec_for(scenario: Scenario, **changes: Any) -> dict[str, Any]:
-    rollout = copy.deepcopy(FAST_ROLLOUT)  # dotted changes below edit it in place
-    return loop_spec(scenario.model, rollout=rollout, **{"validation.gates": GATES, **changes})
-
-
-def deployment(scenario: Scenario) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(
-        scenario.kubectl("get", "deployment", "churn-server", "-o", "json", "--show-managed-fields").stdout
-    )
-    return loaded
-
-
-def served(scenario: Scenario) -> tuple[dict[str, str], str | None]:
-    template = deployment(scenario)["spec"]["template"]
-    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0].get("env", [])}
-    return env, (template["metadata"].get("annotations") or {}).get("feedbackloop.dev/model-version")
-
-
-def wait_status(
-    scenario: Scenario, done: Callable[[dict[str, Any]], bool], timeout: float = 120
-) -> dict[str, Any]:
-    status = wait_until(lambda: scenario.loop().get("status", {}), done, timeout=timeout, interval=0.5)
-    assert done(status), json.dumps(status, indent=1)[:3000]
-    return status
 
 
 def write_version(

@@ -1,0 +1,130 @@
+"""The chart's RBAC on the real API server (RBAC on): the operator runs with a token of the chart's
+ServiceAccount and retrains and rolls out with zero 403s; a removed rule surfaces as a Forbidden condition."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import harness
+from feedbackloop.adapters.artifacts import ArtifactStore
+from install_helpers import Release, create_namespace, granted, service_account_kubeconfig
+from loop_scenario import Scenario, served, spec_for, wait_status, write_candidate
+from operator_process import OperatorProcess
+
+# What any authenticated user may do (system:basic-user); everything else must come from the chart.
+SELF_REVIEWS = {
+    "selfsubjectreviews.authentication.k8s.io": {"create"},
+    "selfsubjectaccessreviews.authorization.k8s.io": {"create"},
+    "selfsubjectrulesreviews.authorization.k8s.io": {"create"},
+}
+OPERATOR_RULES = {
+    "feedbackloops.feedbackloop.dev": {"get", "list", "watch", "patch"},
+    "feedbackloops.feedbackloop.dev/status": {"patch"},
+    "jobs.batch": {"create", "get", "list", "watch", "delete"},
+    "deployments.apps": {"get", "list", "watch", "patch"},
+    "pods": {"get", "list"},
+    "events": {"create"},
+}
+FORBIDDEN_IN_LOG = re.compile(r"\b403\b|Forbidden|forbidden")
+
+
+def test_cluster_wide_install_grants_exactly_the_listed_verbs_and_no_secrets(
+    cluster: harness.Cluster, install_chart: Callable[..., Release], namespace: str, tmp_path: Path
+) -> None:
+    release = install_chart("--set", "crds.enabled=false")
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
+    assert granted(cluster, kubeconfig, namespace) == {**SELF_REVIEWS, **OPERATOR_RULES}
+    for verb, resource in (("get", "secrets"), ("list", "configmaps"), ("create", "deployments")):
+        answer = cluster.kubectl(
+            "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
+        )
+        assert answer.stdout.strip() == "no", (verb, resource)
+
+
+def test_namespaced_install_grants_the_watched_namespaces_only(
+    cluster: harness.Cluster, install_chart: Callable[..., Release], tmp_path: Path
+) -> None:
+    watched = create_namespace(cluster, "fbl-watched")
+    release = install_chart("--set", "crds.enabled=false", "--set", f"watchNamespaces={{{watched}}}")
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
+    assert granted(cluster, kubeconfig, watched) == {**SELF_REVIEWS, **OPERATOR_RULES}
+    assert granted(cluster, kubeconfig, release.namespace) == SELF_REVIEWS
+    roles = cluster.kubectl("get", "clusterrole", release.service_account, check=False)
+    assert "NotFound" in roles.stderr
+
+
+def run_with_chart_identity(
+    cluster: harness.Cluster,
+    scenario: Scenario,
+    install_chart: Callable[..., Release],
+    start_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+    drop_rule_for: str | None = None,
+) -> OperatorProcess:
+    release = install_chart(
+        "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{scenario.namespace}}}"
+    )
+    if drop_rule_for is not None:
+        role = json.loads(scenario.kubectl("get", "role", release.service_account, "-o", "json").stdout)
+        index = next(i for i, rule in enumerate(role["rules"]) if drop_rule_for in rule["resources"])
+        scenario.kubectl(
+            "patch", "role", release.service_account, "--type=json",
+            "-p", json.dumps([{"op": "remove", "path": f"/rules/{index}"}]),
+        )  # fmt: skip
+    kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
+    return start_operator(KUBECONFIG=str(kubeconfig))
+
+
+def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_403(
+    cluster: harness.Cluster,
+    scenario: Scenario,
+    install_chart: Callable[..., Release],
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    tmp_path: Path,
+) -> None:
+    candidate_uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    operator = run_with_chart_identity(cluster, scenario, install_chart, start_operator, tmp_path)
+    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "rbac"})
+
+    status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
+    env, version = served(scenario)
+    assert (env["MODEL_URI"], version) == (candidate_uri, "v2")
+    assert scenario.condition("RolledOut")["reason"] == "AnalysisSuccessful"
+    assert scenario.condition("Ready")["status"] == "True"
+    assert [e["outcome"] for e in status["history"]] == ["RolledOut"]
+    assert len(scenario.jobs()) == 1
+    reasons = {e["reason"] for e in scenario.events()}
+    assert {"RetrainStarted", "GatesPassed", "AnalysisSuccessful"} <= reasons  # events create is allowed too
+    log = operator.log()
+    assert "feedbackloop operator configured" in log  # the log is the operator's, not an empty file
+    assert FORBIDDEN_IN_LOG.findall(log) == []
+
+
+def test_a_removed_rule_fails_the_scenario_with_a_forbidden_condition(
+    cluster: harness.Cluster,
+    scenario: Scenario,
+    install_chart: Callable[..., Release],
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    tmp_path: Path,
+) -> None:
+    write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    operator = run_with_chart_identity(
+        cluster, scenario, install_chart, start_operator, tmp_path, drop_rule_for="deployments"
+    )
+    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "rbac"})
+
+    ready = scenario.wait_condition("Ready", "False", reason="Forbidden")
+    assert "deployments" in ready["message"]
+    assert "churn-server" in ready["message"]
+    _env, version = served(scenario)
+    assert version == "v1"  # nothing was rolled out
+    assert (
+        "currentModel" not in scenario.loop()["status"]
+        or scenario.loop()["status"]["currentModel"].get("version") != "v2"
+    )
+    assert FORBIDDEN_IN_LOG.search(operator.log())

@@ -106,7 +106,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         contract.MODEL_FILE: buffer.getvalue(),
         contract.METRICS_FILE: json.dumps(metrics, indent=2, default=_json_default).encode(),
         contract.REPORT_FILE: json.dumps(analyses, indent=2, default=_json_default).encode(),
-        "report.html": report.render_html(settings.version, metrics, analyses, images),
+        contract.REPORT_HTML_FILE: report.render_html(settings.version, metrics, analyses, images),
         contract.REFERENCE_FILE: json.dumps(
             reference.build_reference(dataset.train, dataset.features, settings.seed)
         ).encode(),

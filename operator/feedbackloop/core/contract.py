@@ -47,6 +47,7 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MODEL_FILE = "model.joblib"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.json"
+REPORT_HTML_FILE = "report.html"  # the human-readable error analysis `kubectl feedbackloop report` opens
 REFERENCE_FILE = "reference.json"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = (MODEL_FILE, METRICS_FILE)

@@ -1,0 +1,262 @@
+"""The command line: argparse, one function per subcommand; errors are one `error: ...` line, exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import webbrowser
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from feedbackloop.core.promotion import PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.core.spec import KIND, ArtifactsSpec, Mode
+from feedbackloop.core.status import FeedbackLoopStatus, parse_status
+from feedbackloop.core.triggers import RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.kubectl_plugin import render, reports, versions
+from feedbackloop.kubectl_plugin.cluster import Connection, LoopApi, connect
+from feedbackloop.kubectl_plugin.errors import PluginError
+
+PROG = "kubectl feedbackloop"
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass(frozen=True)
+class Session:
+    loops: LoopApi
+    namespace: str  # -n, else the kubeconfig context's namespace, else "default"
+
+    def loop(self, name: str) -> tuple[dict[str, Any], FeedbackLoopStatus]:
+        body = self.loops.get(self.namespace, name)
+        return body, parse_status(body.get("status"))
+
+    def loop_label(self, name: str) -> str:
+        return f'{KIND} "{name}" in namespace "{self.namespace}"'
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def retrain_request_id(at: datetime, nonce: str) -> str:
+    """A fresh annotation value: the operator starts one retrain per distinct value."""
+    return f"{at:%Y%m%dT%H%M%SZ}-{nonce}"
+
+
+def busy_with(status: FeedbackLoopStatus) -> str | None:
+    """What in-flight work makes the operator hold manual promote and rollback requests."""
+    if status.active_retrain is not None:
+        return f"retrain of {status.active_retrain.version}"
+    if status.rollout is not None:
+        return f"rollout of {status.rollout.version}"
+    return None
+
+
+# ---------------------------------------------------------------- read-only commands
+
+
+def run_status(session: Session, args: argparse.Namespace) -> int:
+    namespace = None if args.all_namespaces else session.namespace
+    loops = session.loops.list(namespace)
+    if not loops:
+        where = "any namespace" if namespace is None else f'namespace "{namespace}"'
+        print(f"No {KIND}s found in {where}.", file=sys.stderr)
+        return EXIT_OK
+    print(render.status_table(loops, now(), with_namespace=namespace is None))
+    return EXIT_OK
+
+
+def run_describe(session: Session, args: argparse.Namespace) -> int:
+    body, _ = session.loop(args.name)
+    print(render.describe_text(body, now()))
+    return EXIT_OK
+
+
+def run_history(session: Session, args: argparse.Namespace) -> int:
+    _, status = session.loop(args.name)
+    if not status.history:
+        print(f"{session.loop_label(args.name)} has no history yet.", file=sys.stderr)
+        return EXIT_OK
+    print(render.history_table(status.history, now()))
+    return EXIT_OK
+
+
+def _artifacts_spec(body: dict[str, Any]) -> ArtifactsSpec | None:
+    raw = (body.get("spec") or {}).get("artifacts")
+    try:
+        return ArtifactsSpec.model_validate(raw) if raw else None
+    except ValidationError:
+        return None  # an invalid spec.artifacts locates nothing; status-recorded URIs still work
+
+
+def run_report(session: Session, args: argparse.Namespace) -> int:
+    body, status = session.loop(args.name)
+    version = versions.report_version(status, args.name, args.version)
+    uri = versions.version_uri(status, _artifacts_spec(body), session.namespace, args.name, version)
+    directory = (
+        Path(args.output).expanduser().absolute()
+        if args.output
+        else reports.default_report_dir(os.environ, Path.home(), session.namespace, args.name, version)
+    )
+    endpoint = reports.s3_endpoint(args.s3_endpoint, os.environ)
+    store = reports.open_store(endpoint, reports.s3_region(os.environ))
+    path = reports.download_report(store, uri, version, directory, endpoint)
+    print(path, flush=True)  # the path first, so a browser warning follows it
+    if args.open and not webbrowser.open(path.resolve().as_uri()):
+        warn(f"no browser could be started; open {path} yourself")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- commands that change the loop
+
+
+def _annotate(session: Session, name: str, annotation: str, value: str) -> None:
+    session.loops.merge_patch(session.namespace, name, {"metadata": {"annotations": {annotation: value}}})
+
+
+def run_retrain(session: Session, args: argparse.Namespace) -> int:
+    body, status = session.loop(args.name)
+    request_id = retrain_request_id(now(), secrets.token_hex(4))
+    _annotate(session, args.name, RETRAIN_REQUEST_ANNOTATION, request_id)
+    print(f"{session.loop_label(args.name)}: retrain requested ({RETRAIN_REQUEST_ANNOTATION}={request_id})")
+    spec = body.get("spec") or {}
+    if spec.get("suspend"):
+        warn(f"the loop is suspended: the retrain waits until `{PROG} resume {args.name}`")
+    elif spec.get("mode") == Mode.OBSERVE:
+        warn("mode is Observe: the operator reports that it would retrain but starts no Job")
+    elif status.active_retrain is not None:
+        warn(f"retrain of {status.active_retrain.version} is running: this request waits until it ends")
+    return EXIT_OK
+
+
+def run_promote(session: Session, args: argparse.Namespace) -> int:
+    _, status = session.loop(args.name)
+    versions.check_promote(status, args.name, args.version)
+    versions.check_not_handled(status.handled_promote_request, PROMOTE_ANNOTATION, args.version)
+    _annotate(session, args.name, PROMOTE_ANNOTATION, args.version)
+    request = f"{PROMOTE_ANNOTATION}={args.version}"
+    print(f"{session.loop_label(args.name)}: promotion of {args.version} requested ({request})")
+    if busy := busy_with(status):
+        warn(f"{busy} is in flight: the promotion waits until it ends")
+    return EXIT_OK
+
+
+def run_rollback(session: Session, args: argparse.Namespace) -> int:
+    _, status = session.loop(args.name)
+    versions.check_version_name(args.version)
+    if not args.force:
+        versions.check_rollback(status, args.name, args.version)
+    versions.check_not_handled(status.handled_rollback_request, ROLLBACK_ANNOTATION, args.version)
+    _annotate(session, args.name, ROLLBACK_ANNOTATION, args.version)
+    request = f"{ROLLBACK_ANNOTATION}={args.version}"
+    print(f"{session.loop_label(args.name)}: rollback to {args.version} requested ({request})")
+    if busy := busy_with(status):
+        warn(f"{busy} is in flight: the rollback waits until it ends")
+    return EXIT_OK
+
+
+def _set_suspend(session: Session, name: str, suspend: bool) -> int:
+    session.loops.get(session.namespace, name)  # a clear "not found" before patching
+    session.loops.merge_patch(session.namespace, name, {"spec": {"suspend": suspend}})
+    done = "suspended" if suspend else "resumed"
+    print(f"{session.loop_label(name)} {done} (spec.suspend={str(suspend).lower()})")
+    return EXIT_OK
+
+
+def run_suspend(session: Session, args: argparse.Namespace) -> int:
+    return _set_suspend(session, args.name, suspend=True)
+
+
+def run_resume(session: Session, args: argparse.Namespace) -> int:
+    return _set_suspend(session, args.name, suspend=False)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+Command = Callable[[Session, argparse.Namespace], int]
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    # SUPPRESS defaults let the options stand before or after the subcommand without one erasing the other.
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file (default: $KUBECONFIG)"
+    )
+    options.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context to use")
+    options.add_argument(
+        "-n",
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="namespace (default: the context's namespace, else default)",
+    )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    options = _connection_options()
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[options], description="Inspect and steer FeedbackLoops (feedbackloop.dev)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Command, help_text: str, *positionals: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[options], help=help_text, description=help_text)
+        sub.set_defaults(run=run)
+        for positional in positionals:
+            sub.add_argument(positional.lower(), metavar=positional)
+        return sub
+
+    status = command("status", run_status, "a table of the loops in the namespace")
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="loops of every namespace")
+    command("describe", run_describe, "conditions, last evaluation, models and gates of one loop", "NAME")
+    command("history", run_history, "one row per version in status.history", "NAME")
+    report = command("report", run_report, "download a version's error-analysis report (report.html)", "NAME")
+    report.add_argument("version", metavar="VERSION", nargs="?", help="default: the version being served")
+    report.add_argument("--open", action="store_true", help="open the report in a browser")
+    report.add_argument("--output", metavar="DIR", help="directory to save it in (default: a cache dir)")
+    report.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default: $FBL_S3_ENDPOINT_URL)")
+    command("retrain", run_retrain, f"request a retrain ({RETRAIN_REQUEST_ANNOTATION})", "NAME")
+    command(
+        "promote", run_promote, f"roll out the validated candidate ({PROMOTE_ANNOTATION})", "NAME", "VERSION"
+    )
+    rollback = command(
+        "rollback", run_rollback, f"roll back to a stored version ({ROLLBACK_ANNOTATION})", "NAME", "VERSION"
+    )
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="skip the check against status (for a version the status no longer names); "
+        "the operator still verifies its artifacts",
+    )
+    command("suspend", run_suspend, "set spec.suspend=true: the loop launches nothing", "NAME")
+    command("resume", run_resume, "set spec.suspend=false", "NAME")
+    return parser
+
+
+def open_session(args: argparse.Namespace) -> Session:
+    connection: Connection = connect(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    namespace = getattr(args, "namespace", None) or connection.default_namespace
+    return Session(loops=LoopApi(connection.api_client), namespace=namespace)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors exit with 2, as argparse does
+    run: Command = args.run
+    try:
+        return run(open_session(args), args)
+    except PluginError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
 OTHER_LOOP = "fraud"
 ALL_VERSIONS = "v1, v2, v3, v4, v5"
-FIELD_MANAGER = "kubectl-feedbackloop"
+FIELD_MANAGER = "feedbackloop-cli"
 
 
 def ago(seconds: float) -> str:

@@ -16,7 +16,8 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 from feedbackloop.core.spec import GROUP, KIND, PLURAL, VERSION
 from feedbackloop.kubectl_plugin.errors import PluginError
 
-FIELD_MANAGER = "kubectl-feedbackloop"
+# Not "kubectl-…": Flux takes over and prunes fields of managers whose names start with "kubectl".
+FIELD_MANAGER = "feedbackloop-cli"
 RESOURCE = f"{PLURAL}.{GROUP}"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_NAMESPACE = "default"

@@ -52,7 +52,26 @@ def namespace(cluster: harness.Cluster, core_v1: client.CoreV1Api) -> Iterator[s
     try:
         yield name
     finally:
+        release_loops(client.CustomObjectsApi(core_v1.api_client), name)
         core_v1.delete_namespace(name)
+
+
+def release_loops(custom: client.CustomObjectsApi, namespace: str) -> None:
+    """Drops the operator's finalizer from a finished test's loops: its operator has stopped, and a namespace
+    stuck in Terminating would leave loops behind for a later cluster-wide operator."""
+    try:
+        loops = custom.list_namespaced_custom_object(
+            "feedbackloop.dev", "v1alpha1", namespace, "feedbackloops"
+        )
+    except client.ApiException as err:
+        if err.status == 404:  # the CRD is not installed in this session
+            return
+        raise
+    for loop in loops["items"]:
+        custom.patch_namespaced_custom_object(
+            "feedbackloop.dev", "v1alpha1", namespace, "feedbackloops", loop["metadata"]["name"],
+            {"metadata": {"finalizers": None}},
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

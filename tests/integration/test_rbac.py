@@ -8,8 +8,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from harness import wait_until
 from install_helpers import Release, create_namespace, granted, service_account_kubeconfig
 from loop_scenario import Scenario, served, spec_for, wait_status, write_candidate
 from operator_process import OperatorProcess
@@ -56,28 +59,47 @@ def test_namespaced_install_grants_the_watched_namespaces_only(
     assert "NotFound" in roles.stderr
 
 
+def foreign_loops(cluster: harness.Cluster, namespace: str) -> list[str]:
+    items = json.loads(cluster.kubectl("get", "fbl", "-A", "-o", "json").stdout)["items"]
+    return [
+        f"{i['metadata']['namespace']}/{i['metadata']['name']}"
+        for i in items
+        if i["metadata"]["namespace"] != namespace
+    ]
+
+
 def run_with_chart_identity(
     cluster: harness.Cluster,
     scenario: Scenario,
     install_chart: Callable[..., Release],
     start_operator: Callable[..., OperatorProcess],
     tmp_path: Path,
+    cluster_wide: bool = False,
     drop_rule_for: str | None = None,
 ) -> OperatorProcess:
-    release = install_chart(
-        "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{scenario.namespace}}}"
-    )
+    """Installs the chart, then runs the operator on its ServiceAccount's token, as the chart would."""
+    watch = [] if cluster_wide else ["--set", f"watchNamespaces={{{scenario.namespace}}}"]
+    release = install_chart("--set", "crds.enabled=false", *watch)
+    if cluster_wide:
+        # Earlier tests' namespaces finish deleting first: their loops are not this scenario's to reconcile.
+        left = wait_until(
+            lambda: foreign_loops(cluster, scenario.namespace), lambda got: got == [], timeout=90
+        )
+        assert left == []
     if drop_rule_for is not None:
-        role = json.loads(scenario.kubectl("get", "role", release.service_account, "-o", "json").stdout)
+        kind = "clusterrole" if cluster_wide else "role"
+        role = json.loads(scenario.kubectl("get", kind, release.service_account, "-o", "json").stdout)
         index = next(i for i, rule in enumerate(role["rules"]) if drop_rule_for in rule["resources"])
         scenario.kubectl(
-            "patch", "role", release.service_account, "--type=json",
+            "patch", kind, release.service_account, "--type=json",
             "-p", json.dumps([{"op": "remove", "path": f"/rules/{index}"}]),
         )  # fmt: skip
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
-    return start_operator(KUBECONFIG=str(kubeconfig))
+    env = {"FBL_WATCH_NAMESPACES": ""} if cluster_wide else {}
+    return start_operator(KUBECONFIG=str(kubeconfig), **env)
 
 
+@pytest.mark.parametrize("cluster_wide", [False, True], ids=["namespaced", "cluster-wide"])
 def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_403(
     cluster: harness.Cluster,
     scenario: Scenario,
@@ -85,9 +107,12 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     start_operator: Callable[..., OperatorProcess],
     store: ArtifactStore,
     tmp_path: Path,
+    cluster_wide: bool,
 ) -> None:
     candidate_uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
-    operator = run_with_chart_identity(cluster, scenario, install_chart, start_operator, tmp_path)
+    operator = run_with_chart_identity(
+        cluster, scenario, install_chart, start_operator, tmp_path, cluster_wide
+    )
     scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "rbac"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")

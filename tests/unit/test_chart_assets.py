@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,12 @@ def test_kustomization_lists_the_generated_files() -> None:
     namespace = yaml.safe_load((REPO / "manifests" / "namespace.yaml").read_text())
     assert namespace["metadata"]["name"] == kustomization["namespace"]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_chart_runs_a_console_script_the_package_installs() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    command = re.search(r"command: \[(?P<exe>[\w-]+)\]", deployment)
+    assert command is not None
+    assert command["exe"] in scripts
+    assert scripts["kubectl-feedbackloop"] == "feedbackloop.kubectl_plugin:main"  # `kubectl feedbackloop`

@@ -9,6 +9,8 @@ from typing import Any
 from feedbackloop.core.builders import LoopRef
 from feedbackloop.core.decide import LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
+    DeployedModel,
+    DeploymentProgress,
     MetricObservation,
     Observations,
     Probe,
@@ -103,3 +105,20 @@ def healthy_dependencies(**changes: Any) -> Observations:
         target=TargetObservation(deployment_found=True, container_found=True, containers=("server",)),
     )
     return Observations(**{**base.__dict__, **changes})
+
+
+def rolling_deployment(
+    uri: str | None, complete: bool, deadline_exceeded: bool = False, **changes: Any
+) -> Observations:
+    """A two-replica Deployment serving `uri`, mid-rollout unless complete."""
+    progress = DeploymentProgress(
+        generation=2,
+        observed_generation=2,
+        replicas=2,
+        updated=2 if complete else 1,
+        available=2 if complete else 1,
+        total=2 if complete else 3,
+        progress_deadline_exceeded=deadline_exceeded,
+    )
+    target = TargetObservation(True, True, ("server",), DeployedModel(uri, None, None), progress)
+    return healthy_dependencies(target=target, **changes)

@@ -13,13 +13,11 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
+from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, rolling_deployment, spec_dict
 from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter
 from feedbackloop.core.conditions import Reason
 from feedbackloop.core.decide import decide
 from feedbackloop.core.observations import (
-    DeployedModel,
-    DeploymentProgress,
     JobObservation,
     JobState,
     Observations,
@@ -155,17 +153,7 @@ def rolling() -> FeedbackLoopStatus:
 
 
 def deployment(uri: str, complete: bool, deadline_exceeded: bool = False) -> Observations:
-    progress = DeploymentProgress(
-        generation=2,
-        observed_generation=2,
-        replicas=2,
-        updated=2 if complete else 1,
-        available=2 if complete else 1,
-        total=2 if complete else 3,
-        progress_deadline_exceeded=deadline_exceeded,
-    )
-    target = TargetObservation(True, True, ("server",), DeployedModel(uri, None, None), progress)
-    return healthy_dependencies(target=target, metrics=(accuracy(0.93),))
+    return rolling_deployment(uri, complete, deadline_exceeded, metrics=(accuracy(0.93),))
 
 
 class OneLoopCluster:

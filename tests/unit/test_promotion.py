@@ -7,15 +7,13 @@ from typing import Any
 
 import pytest
 
-from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
+from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, rolling_deployment, spec_dict
 from feedbackloop.core.decide import Decision, decide
 from feedbackloop.core.draft import ApplyModel
 from feedbackloop.core.gates import Comparison, evaluate_gates
 from feedbackloop.core.observations import (
     ArtifactCheck,
     ArtifactObservation,
-    DeployedModel,
-    DeploymentProgress,
     JobObservation,
     JobState,
     Observations,
@@ -272,22 +270,8 @@ def rolling(phase: str = "Progressing", previous: ModelRef | None = V1, **change
     )
 
 
-def deployment(uri: str | None, complete: bool, deadline_exceeded: bool = False) -> Observations:
-    progress = DeploymentProgress(
-        generation=2,
-        observed_generation=2,
-        replicas=2,
-        updated=2 if complete else 1,
-        available=2 if complete else 1,
-        total=2 if complete else 3,
-        progress_deadline_exceeded=deadline_exceeded,
-    )
-    target = TargetObservation(True, True, ("server",), DeployedModel(uri, None, None), progress)
-    return healthy_dependencies(target=target)
-
-
 def test_rollout_waits_for_every_replica() -> None:
-    decision = run(spec_dict(), rolling(), deployment(V2_URI, complete=False), minutes=1)
+    decision = run(spec_dict(), rolling(), rolling_deployment(V2_URI, complete=False), minutes=1)
     assert decision.actions == ()
     assert condition(decision, "RolledOut") == (
         "Unknown",
@@ -297,12 +281,12 @@ def test_rollout_waits_for_every_replica() -> None:
 
 
 def test_rollout_reapplies_when_the_deployment_does_not_carry_the_version() -> None:
-    decision = run(spec_dict(), rolling(), deployment(V1.uri, complete=True), minutes=1)
+    decision = run(spec_dict(), rolling(), rolling_deployment(V1.uri, complete=True), minutes=1)
     assert [a.model.version for a in decision.actions if isinstance(a, ApplyModel) and a.model] == ["v2"]
 
 
 def test_available_rollout_moves_to_analysis() -> None:
-    decision = run(spec_dict(), rolling(), deployment(V2_URI, complete=True), minutes=1)
+    decision = run(spec_dict(), rolling(), rolling_deployment(V2_URI, complete=True), minutes=1)
     rollout = decision.status.rollout
     assert rollout is not None and rollout.phase == "Analyzing"
     assert rollout.next_measurement_at == T0 + timedelta(minutes=2)
@@ -313,8 +297,8 @@ def test_available_rollout_moves_to_analysis() -> None:
 @pytest.mark.parametrize(
     ("observed", "minutes"),
     [
-        (deployment(V2_URI, complete=False, deadline_exceeded=True), 1),
-        (deployment(V2_URI, complete=False), 11),
+        (rolling_deployment(V2_URI, complete=False, deadline_exceeded=True), 1),
+        (rolling_deployment(V2_URI, complete=False), 11),
     ],
 )
 def test_progress_deadline_rolls_back_to_the_exact_previous_model(
@@ -333,14 +317,16 @@ def test_progress_deadline_rolls_back_to_the_exact_previous_model(
 
 
 def test_first_rollout_rollback_releases_our_fields() -> None:
-    decision = run(spec_dict(), rolling(previous=None), deployment(V2_URI, complete=False), minutes=11)
+    decision = run(
+        spec_dict(), rolling(previous=None), rolling_deployment(V2_URI, complete=False), minutes=11
+    )
     assert decision.actions == (ApplyModel("ml", "churn-server", "server", None),)
     assert "no previous model" in condition(decision, "RolledOut")[2]
 
 
 def test_completed_rollback_is_degraded_and_never_success() -> None:
     status = rolling(phase="RollingBack")
-    decision = run(spec_dict(), status, deployment(V1.uri, complete=True), minutes=2)
+    decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=True), minutes=2)
     assert decision.status.rollout is None
     assert condition(decision, "RolledOut")[:2] == ("False", "RolledBack")
     assert decision.status.current_model == V1
@@ -351,7 +337,7 @@ def test_completed_rollback_is_degraded_and_never_success() -> None:
 
 def test_a_rollback_that_cannot_complete_says_so() -> None:
     status = rolling(phase="RollingBack")
-    decision = run(spec_dict(), status, deployment(V1.uri, complete=False), minutes=12)
+    decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=False), minutes=12)
     assert condition(decision, "Degraded")[:2] == ("True", "RollbackFailed")
     assert condition(decision, "RolledOut")[:2] == ("False", "RollbackFailed")
     assert decision.status.history[-1].outcome == "RollbackFailed"
@@ -436,7 +422,7 @@ def test_without_rollback_on_failure_the_version_keeps_serving_marked_degraded()
 
 
 def test_no_retrain_starts_while_a_rollout_is_in_flight() -> None:
-    observed = deployment(V2_URI, complete=False)
+    observed = rolling_deployment(V2_URI, complete=False)
     observed = Observations(**{**observed.__dict__, "retrain_request": "now"})
     decision = run(spec_dict(), rolling(), observed, minutes=1)
     assert decision.status.active_retrain is None
@@ -499,7 +485,7 @@ def test_manual_rollback_to_a_verified_version() -> None:
     rollout = decision.status.rollout
     assert rollout is not None and (rollout.kind, rollout.previous) == ("Rollback", current)
 
-    done = run(spec_dict(), decision.status, deployment(V1.uri, complete=True), minutes=1)
+    done = run(spec_dict(), decision.status, rolling_deployment(V1.uri, complete=True), minutes=1)
     assert done.status.rollout is None
     assert done.status.current_model is not None and done.status.current_model.version == "v1"
 

@@ -142,13 +142,10 @@ def run_retrain(session: Session, args: argparse.Namespace) -> int:
 def run_promote(session: Session, args: argparse.Namespace) -> int:
     _, status = session.loop(args.name)
     versions.check_promote(status, args.name, args.version)
-    versions.check_not_handled(status.handled_promote_request, PROMOTE_ANNOTATION, args.version)
-    _annotate(session, args.name, PROMOTE_ANNOTATION, args.version)
-    request = f"{PROMOTE_ANNOTATION}={args.version}"
-    print(f"{session.loop_label(args.name)}: promotion of {args.version} requested ({request})")
-    if busy := busy_with(status):
-        warn(f"{busy} is in flight: the promotion waits until it ends")
-    return EXIT_OK
+    handled = status.handled_promote_request
+    return _request_version(
+        session, args.name, PROMOTE_ANNOTATION, args.version, handled, status, "promotion of"
+    )
 
 
 def run_rollback(session: Session, args: argparse.Namespace) -> int:
@@ -156,12 +153,27 @@ def run_rollback(session: Session, args: argparse.Namespace) -> int:
     versions.check_version_name(args.version)
     if not args.force:
         versions.check_rollback(status, args.name, args.version)
-    versions.check_not_handled(status.handled_rollback_request, ROLLBACK_ANNOTATION, args.version)
-    _annotate(session, args.name, ROLLBACK_ANNOTATION, args.version)
-    request = f"{ROLLBACK_ANNOTATION}={args.version}"
-    print(f"{session.loop_label(args.name)}: rollback to {args.version} requested ({request})")
+    handled = status.handled_rollback_request
+    return _request_version(
+        session, args.name, ROLLBACK_ANNOTATION, args.version, handled, status, "rollback to"
+    )
+
+
+def _request_version(
+    session: Session,
+    name: str,
+    annotation: str,
+    version: str,
+    handled: str | None,
+    status: FeedbackLoopStatus,
+    what: str,
+) -> int:
+    """Sets a promote or rollback annotation the operator has not handled yet, and says what happens next."""
+    versions.check_not_handled(handled, annotation, version)
+    _annotate(session, name, annotation, version)
+    print(f"{session.loop_label(name)}: {what} {version} requested ({annotation}={version})")
     if busy := busy_with(status):
-        warn(f"{busy} is in flight: the rollback waits until it ends")
+        warn(f"{busy} is in flight: the {what.split()[0]} waits until it ends")
     return EXIT_OK
 
 

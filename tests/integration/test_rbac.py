@@ -7,13 +7,14 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from harness import wait_until
-from install_helpers import Release, create_namespace, granted, service_account_kubeconfig
+from install_helpers import RESTRICTED, Release, create_namespace, granted, service_account_kubeconfig
 from loop_scenario import Scenario, served, spec_for, wait_status, write_candidate
 from operator_process import OperatorProcess
 
@@ -57,6 +58,32 @@ def test_namespaced_install_grants_the_watched_namespaces_only(
     assert granted(cluster, kubeconfig, release.namespace) == SELF_REVIEWS
     roles = cluster.kubectl("get", "clusterrole", release.service_account, check=False)
     assert "NotFound" in roles.stderr
+
+
+def assert_admitted_under_restricted(cluster: harness.Cluster, job: dict[str, Any]) -> None:
+    """The operator's retrain Job, re-created (server dry run) where Pod Security "restricted" is enforced."""
+    namespace = create_namespace(
+        cluster, "fbl-psa", {**RESTRICTED, "pod-security.kubernetes.io/warn": "restricted"}
+    )
+    template = job["spec"]["template"]
+    generated = (
+        "controller-uid",
+        "job-name",
+        "batch.kubernetes.io/controller-uid",
+        "batch.kubernetes.io/job-name",
+    )
+    labels = {k: v for k, v in template["metadata"]["labels"].items() if k not in generated}
+    copy = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job["metadata"]["name"], "namespace": namespace},
+        "spec": {**{k: v for k, v in job["spec"].items() if k != "selector"},
+                 "template": {**template, "metadata": {**template["metadata"], "labels": labels}}},
+    }  # fmt: skip
+    done = cluster.kubectl("create", "--dry-run=server", "-f", "-", input_text=json.dumps(copy))
+    assert "created (server dry run)" in done.stdout
+    assert "violate" not in done.stderr, done.stderr  # the warn label reports what enforce would refuse
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def foreign_loops(cluster: harness.Cluster, namespace: str) -> list[str]:
@@ -121,7 +148,9 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     assert scenario.condition("RolledOut")["reason"] == "AnalysisSuccessful"
     assert scenario.condition("Ready")["status"] == "True"
     assert [e["outcome"] for e in status["history"]] == ["RolledOut"]
-    assert len(scenario.jobs()) == 1
+    jobs = scenario.jobs()
+    assert len(jobs) == 1
+    assert_admitted_under_restricted(cluster, jobs[0])
     reasons = {e["reason"] for e in scenario.events()}
     assert {"RetrainStarted", "GatesPassed", "AnalysisSuccessful"} <= reasons  # events create is allowed too
     log = operator.log()

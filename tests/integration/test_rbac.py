@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import harness
+from argocd_health import argo_health_everywhere
 from feedbackloop.adapters.artifacts import ArtifactStore
 from harness import wait_until
 from install_helpers import RESTRICTED, Release, create_namespace, granted, service_account_kubeconfig
@@ -148,6 +149,8 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     assert scenario.condition("RolledOut")["reason"] == "AnalysisSuccessful"
     assert scenario.condition("Ready")["status"] == "True"
     assert [e["outcome"] for e in status["history"]] == ["RolledOut"]
+    health, message = argo_health_everywhere(scenario.loop())
+    assert (health, message.split(";")[0]) == ("Healthy", "serving model version v2")
     jobs = scenario.jobs()
     assert len(jobs) == 1
     assert_admitted_under_restricted(cluster, jobs[0])
@@ -177,6 +180,8 @@ def test_a_removed_rule_fails_the_scenario_with_a_forbidden_condition(
     assert "churn-server" in ready["message"]
     _env, version = served(scenario)
     assert version == "v1"  # nothing was rolled out
+    health, message = argo_health_everywhere(scenario.loop())  # what Argo CD would show for this object
+    assert (health, message.split(":")[0]) == ("Degraded", "Forbidden")
     assert (
         "currentModel" not in scenario.loop()["status"]
         or scenario.loop()["status"]["currentModel"].get("version") != "v2"

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient
 
+from argocd_health import ARGO_HEALTH, HEALTH_LUA, LUA_MODULES, argo_health
 from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, rolling_deployment, spec_dict
-from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter
-from feedbackloop.core.conditions import Reason
+from feedbackloop.adapters.kube import ApiFailureError
+from feedbackloop.core.builders import MANAGED_BY
+from feedbackloop.core.conditions import FALSE, Reason, set_condition
 from feedbackloop.core.decide import decide
 from feedbackloop.core.observations import (
     JobObservation,
@@ -33,56 +34,23 @@ from feedbackloop.core.status import (
     RolloutState,
     to_status_dict,
 )
-from feedbackloop.reconcile import Reconciler
 
 REPO = Path(__file__).resolve().parents[2]
 GITOPS = REPO / "manifests" / "gitops"
-HEALTH_LUA = GITOPS / "argocd" / "health.lua"
 CM_PATCH = GITOPS / "argocd" / "argocd-cm-patch.yaml"
 APPLICATION = GITOPS / "argocd" / "application.yaml"
 HEALTH_KEY = "resource.customizations.health.feedbackloop.dev_FeedbackLoop"
 IGNORE_KEY = "resource.customizations.ignoreDifferences.apps_Deployment"
-OPERATOR_FIELD_MANAGER = "feedbackloop-operator"
-ARGO_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+OPERATOR_FIELD_MANAGER = MANAGED_BY  # the field manager of the operator's server-side apply
 
 V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
 V3 = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64, metrics={"accuracy": 0.9})
 V2_URI = "s3://models/churn/ml/churn/v2/"
 
-# ---------------------------------------------------------------- running the health check like Argo CD
 
-
-# gopher-lua, Argo CD's interpreter, implements Lua 5.1; 5.4 too, so the script leans on neither's quirks.
-@pytest.fixture(params=["lupa.lua51", "lupa.lua54"])
+@pytest.fixture(params=LUA_MODULES)
 def lua_module(request: pytest.FixtureRequest) -> Any:
     return importlib.import_module(request.param)
-
-
-def to_lua(lua: Any, value: Any) -> Any:
-    """JSON-like Python values as Lua values, the way Argo CD decodes an object: tables all the way down,
-    lists 1-indexed, nulls absent."""
-    if isinstance(value, dict):
-        return lua.table_from({key: to_lua(lua, item) for key, item in value.items() if item is not None})
-    if isinstance(value, list | tuple):
-        return lua.table_from([to_lua(lua, item) for item in value])
-    return value
-
-
-def argo_health(lua_module: Any, obj: dict[str, Any]) -> tuple[str, str]:
-    lua = lua_module.LuaRuntime()
-    # Scripts from argocd-cm run without the string, math, io and debug libraries (util/lua/lua.go opens
-    # only package, base, table and a safe os), so strings have no methods either: take all that away so a
-    # script that needs any of it fails here too.
-    lua.execute(
-        'debug.setmetatable("", nil)\n'
-        "string, math, io, debug, utf8, coroutine, os = nil, nil, nil, nil, nil, nil, nil"
-    )
-    lua.globals().obj = to_lua(lua, obj)
-    hs = lua.execute(HEALTH_LUA.read_text())
-    status, message = hs["status"], hs["message"]
-    assert status in ARGO_HEALTH
-    assert isinstance(message, str) and message
-    return status, message
 
 
 def feedback_loop(
@@ -156,45 +124,13 @@ def deployment(uri: str, complete: bool, deadline_exceeded: bool = False) -> Obs
     return rolling_deployment(uri, complete, deadline_exceeded, metrics=(accuracy(0.93),))
 
 
-class OneLoopCluster:
-    """Just enough of the Cluster protocol for Reconciler.report_failure: one stored body, status patches."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.body
-
-    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.body["status"] = _merge(self.body.get("status") or {}, patch)
-
-
-def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def reported_failure(failure: Exception, status: FeedbackLoopStatus, generation: int) -> dict[str, Any]:
-    """The FeedbackLoop after the operator's own report_failure, as a failed reconcile leaves it."""
-    body = feedback_loop(status, generation=generation)
-    body["metadata"]["creationTimestamp"] = "2026-11-27T12:00:00Z"
-    reconciler = Reconciler(
-        cluster=OneLoopCluster(body),  # type: ignore[arg-type]
-        prometheus=None,  # type: ignore[arg-type]
-        artifacts=None,  # type: ignore[arg-type]
-        policy=POLICY,
-        max_concurrent_retrains=2,
-        clock=lambda: T0,
-    )
-    reconciler.report_failure("ml", "churn", failure)
-    return body
+def failed_reconcile(
+    reason: str, message: str, status: FeedbackLoopStatus, generation: int
+) -> dict[str, Any]:
+    """The loop as Reconciler.report_failure leaves it: Ready=False with the reason at the failed generation,
+    nothing else touched (tests/integration/test_rbac.py checks one the real operator wrote)."""
+    conditions = set_condition(status.conditions, ConditionType.READY, FALSE, reason, message, T0, generation)
+    return feedback_loop(status.model_copy(update={"conditions": conditions}), generation=generation)
 
 
 # ---------------------------------------------------------------- the health mapping
@@ -248,7 +184,7 @@ def test_a_failed_reconcile_is_degraded_with_its_reason(
 ) -> None:
     failure = ApiFailureError("patch deployments.apps churn-server", http_status, "denied")
     # A spec change (generation 2) whose reconcile failed: only Ready carries the new generation.
-    body = reported_failure(failure, serving(), generation=2)
+    body = failed_reconcile(reason, str(failure), serving(), generation=2)
     assert body["status"]["observedGeneration"] == 1
     health, message = argo_health(lua_module, body)
     assert health == "Degraded"
@@ -407,28 +343,6 @@ def test_the_configmap_ignores_what_the_operator_manages_on_deployments() -> Non
     (configmap,) = load_yaml_documents(CM_PATCH)
     rule = yaml.safe_load(configmap["data"][IGNORE_KEY])
     assert rule == {"managedFieldsManagers": [OPERATOR_FIELD_MANAGER]}
-
-
-class RecordingAppsApi:
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-    def patch_namespaced_deployment(self, *args: Any, **kwargs: Any) -> None:
-        self.calls.append((args, kwargs))
-
-
-def test_the_operator_applies_models_under_the_ignored_field_manager() -> None:
-    adapter = KubeAdapter(ApiClient())
-    apps = RecordingAppsApi()
-    adapter.apps = apps  # type: ignore[assignment]
-    adapter.apply_model("ml", "churn-server", "server", V3)
-    ((args, kwargs),) = apps.calls
-    assert kwargs["field_manager"] == OPERATOR_FIELD_MANAGER
-    assert kwargs["_content_type"] == "application/apply-patch+yaml"
-    template = args[2]["spec"]["template"]
-    assert set(template["metadata"]["annotations"]) == {"feedbackloop.dev/model-version"}
-    (container,) = template["spec"]["containers"]
-    assert {e["name"] for e in container["env"]} == {"MODEL_URI", "MODEL_SHA256"}
 
 
 def test_the_application_ignores_the_operator_fields_and_respects_that_in_syncs() -> None:

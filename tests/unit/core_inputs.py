@@ -19,7 +19,7 @@ from feedbackloop.core.observations import (
     TargetObservation,
 )
 from feedbackloop.core.spec import SpecError, parse_spec
-from feedbackloop.core.status import FeedbackLoopStatus
+from feedbackloop.core.status import CandidateModel, FeedbackLoopStatus, HistoryEntry, ModelRef, RolloutState
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 IMAGE = "registry.example/feedbackloop-trainer:0.1.0"
@@ -122,3 +122,44 @@ def rolling_deployment(
     )
     target = TargetObservation(True, True, ("server",), DeployedModel(uri, None, None), progress)
     return healthy_dependencies(target=target, **changes)
+
+
+V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
+V2_URI = "s3://models/churn/ml/churn/v2/"
+
+
+def rolling_status(
+    phase: str = "Progressing", previous: ModelRef | None = V1, **changes: Any
+) -> FeedbackLoopStatus:
+    """Mid-promotion of v2 over `previous`, as decide() leaves a loop after its gates passed."""
+    rollout = RolloutState(
+        version="v2",
+        uri=V2_URI,
+        sha256="2" * 64,
+        kind=changes.pop("kind", "Promotion"),
+        phase=phase,
+        previous=previous,
+        metrics={"accuracy": 0.9},
+        trigger="Breach",
+        started_at=T0,
+        phase_started_at=T0,
+        next_measurement_at=changes.pop("next_measurement_at", None),
+        measurements=changes.pop("measurements", ()),
+    )
+    candidate = CandidateModel(
+        version="v2",
+        job="churn-retrain-2",
+        uri=V2_URI,
+        sha256="2" * 64,
+        trigger="Breach",
+        validation="Passed",
+    )
+    history = (HistoryEntry(version="v2", trigger="Breach", outcome="RollingOut", started_at=T0),)
+    return FeedbackLoopStatus(
+        current_model=previous,
+        rollout=rollout,
+        candidate_model=candidate,
+        retrain_count=2,
+        history=history,
+        **changes,
+    )

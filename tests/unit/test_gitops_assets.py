@@ -13,7 +13,18 @@ import pytest
 import yaml
 
 from argocd_health import ARGO_HEALTH, HEALTH_LUA, LUA_MODULES, argo_health
-from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, rolling_deployment, spec_dict
+from core_inputs import (
+    POLICY,
+    T0,
+    V1,
+    V2_URI,
+    accuracy,
+    healthy_dependencies,
+    loop_state,
+    rolling_deployment,
+    rolling_status,
+    spec_dict,
+)
 from feedbackloop.adapters.kube import ApiFailureError
 from feedbackloop.core.builders import MANAGED_BY
 from feedbackloop.core.conditions import FALSE, Reason, set_condition
@@ -27,11 +38,9 @@ from feedbackloop.core.observations import (
 from feedbackloop.core.promotion import ROLLBACK
 from feedbackloop.core.spec import Mode
 from feedbackloop.core.status import (
-    CandidateModel,
     ConditionType,
     FeedbackLoopStatus,
     ModelRef,
-    RolloutState,
     to_status_dict,
 )
 
@@ -43,9 +52,7 @@ HEALTH_KEY = "resource.customizations.health.feedbackloop.dev_FeedbackLoop"
 IGNORE_KEY = "resource.customizations.ignoreDifferences.apps_Deployment"
 OPERATOR_FIELD_MANAGER = MANAGED_BY  # the field manager of the operator's server-side apply
 
-V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
 V3 = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64, metrics={"accuracy": 0.9})
-V2_URI = "s3://models/churn/ml/churn/v2/"
 
 
 @pytest.fixture(params=LUA_MODULES)
@@ -94,30 +101,6 @@ def condition(status: FeedbackLoopStatus, kind: ConditionType) -> tuple[str, str
     found = status.condition(kind)
     assert found is not None
     return found.status, found.reason
-
-
-def rolling() -> FeedbackLoopStatus:
-    rollout = RolloutState(
-        version="v2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        kind="Promotion",
-        phase="Progressing",
-        previous=V1,
-        metrics={"accuracy": 0.9},
-        trigger="Breach",
-        started_at=T0,
-        phase_started_at=T0,
-    )
-    candidate = CandidateModel(
-        version="v2",
-        job="churn-retrain-2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        trigger="Breach",
-        validation="Passed",
-    )
-    return FeedbackLoopStatus(current_model=V1, rollout=rollout, candidate_model=candidate, retrain_count=2)
 
 
 def deployment(uri: str, complete: bool, deadline_exceeded: bool = False) -> Observations:
@@ -202,7 +185,9 @@ def test_an_unreachable_dependency_is_degraded(lua_module: Any) -> None:
 
 def test_a_rollback_in_flight_and_after_it_is_degraded(lua_module: Any) -> None:
     # The new version misses its progress deadline: the operator rolls back to v1 ...
-    rolling_back = decided(rolling(), deployment(V2_URI, complete=False, deadline_exceeded=True), minutes=1)
+    rolling_back = decided(
+        rolling_status(), deployment(V2_URI, complete=False, deadline_exceeded=True), minutes=1
+    )
     assert condition(rolling_back, ConditionType.DEGRADED) == ("True", Reason.PROGRESS_DEADLINE_EXCEEDED)
     assert rolling_back.rollout is not None and rolling_back.rollout.phase == "RollingBack"
     health, message = argo_health(lua_module, feedback_loop(rolling_back))
@@ -233,21 +218,21 @@ def test_a_running_retrain_is_progressing(lua_module: Any) -> None:
 
 
 def test_a_rollout_in_progress_is_progressing(lua_module: Any) -> None:
-    progressing = decided(rolling(), deployment(V2_URI, complete=False), minutes=1)
+    progressing = decided(rolling_status(), deployment(V2_URI, complete=False), minutes=1)
     assert condition(progressing, ConditionType.ROLLED_OUT) == ("Unknown", Reason.ROLLOUT_PROGRESSING)
     assert argo_health(lua_module, feedback_loop(progressing)) == (
         "Progressing",
         f"rolling out v2 (Progressing): {Reason.ROLLOUT_PROGRESSING}: v2: 1/2 updated, 1 available",
     )
-    analysing = decided(rolling(), deployment(V2_URI, complete=True), minutes=1)
+    analysing = decided(rolling_status(), deployment(V2_URI, complete=True), minutes=1)
     health, message = argo_health(lua_module, feedback_loop(analysing))
     assert health == "Progressing"
     assert message.startswith(f"rolling out v2 (Analyzing): {Reason.ROLLOUT_COMPLETE}")
 
 
 def test_a_requested_rollback_is_progressing(lua_module: Any) -> None:
-    status = rolling().model_copy(
-        update={"rollout": rolling().rollout.model_copy(update={"kind": ROLLBACK})}  # type: ignore[union-attr]
+    status = rolling_status().model_copy(
+        update={"rollout": rolling_status().rollout.model_copy(update={"kind": ROLLBACK})}  # type: ignore[union-attr]
     )
     progressing = decided(status, deployment(V2_URI, complete=False), minutes=1)
     health, message = argo_health(lua_module, feedback_loop(progressing))

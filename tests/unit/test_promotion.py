@@ -7,7 +7,18 @@ from typing import Any
 
 import pytest
 
-from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, rolling_deployment, spec_dict
+from core_inputs import (
+    POLICY,
+    T0,
+    V1,
+    V2_URI,
+    accuracy,
+    healthy_dependencies,
+    loop_state,
+    rolling_deployment,
+    rolling_status,
+    spec_dict,
+)
 from feedbackloop.core.decide import Decision, decide
 from feedbackloop.core.draft import ApplyModel
 from feedbackloop.core.gates import Comparison, evaluate_gates
@@ -25,13 +36,9 @@ from feedbackloop.core.status import (
     CandidateModel,
     ConditionType,
     FeedbackLoopStatus,
-    HistoryEntry,
     ModelRef,
-    RolloutState,
 )
 
-V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
-V2_URI = "s3://models/churn/ml/churn/v2/"
 GATES = [{"metric": "accuracy", "min": 0.85}, {"metric": "accuracy", "minDeltaVsCurrent": 0.0}]
 
 # ---------------------------------------------------------------- gates
@@ -236,42 +243,8 @@ def test_recommend_mode_stops_at_validated() -> None:
     assert decision.status.rollout is None
 
 
-def rolling(phase: str = "Progressing", previous: ModelRef | None = V1, **changes: Any) -> FeedbackLoopStatus:
-    rollout = RolloutState(
-        version="v2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        kind=changes.pop("kind", "Promotion"),
-        phase=phase,
-        previous=previous,
-        metrics={"accuracy": 0.9},
-        trigger="Breach",
-        started_at=T0,
-        phase_started_at=T0,
-        next_measurement_at=changes.pop("next_measurement_at", None),
-        measurements=changes.pop("measurements", ()),
-    )
-    candidate = CandidateModel(
-        version="v2",
-        job="churn-retrain-2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        trigger="Breach",
-        validation="Passed",
-    )
-    history = (HistoryEntry(version="v2", trigger="Breach", outcome="RollingOut", started_at=T0),)
-    return FeedbackLoopStatus(
-        current_model=previous,
-        rollout=rollout,
-        candidate_model=candidate,
-        retrain_count=2,
-        history=history,
-        **changes,
-    )
-
-
 def test_rollout_waits_for_every_replica() -> None:
-    decision = run(spec_dict(), rolling(), rolling_deployment(V2_URI, complete=False), minutes=1)
+    decision = run(spec_dict(), rolling_status(), rolling_deployment(V2_URI, complete=False), minutes=1)
     assert decision.actions == ()
     assert condition(decision, "RolledOut") == (
         "Unknown",
@@ -281,12 +254,12 @@ def test_rollout_waits_for_every_replica() -> None:
 
 
 def test_rollout_reapplies_when_the_deployment_does_not_carry_the_version() -> None:
-    decision = run(spec_dict(), rolling(), rolling_deployment(V1.uri, complete=True), minutes=1)
+    decision = run(spec_dict(), rolling_status(), rolling_deployment(V1.uri, complete=True), minutes=1)
     assert [a.model.version for a in decision.actions if isinstance(a, ApplyModel) and a.model] == ["v2"]
 
 
 def test_available_rollout_moves_to_analysis() -> None:
-    decision = run(spec_dict(), rolling(), rolling_deployment(V2_URI, complete=True), minutes=1)
+    decision = run(spec_dict(), rolling_status(), rolling_deployment(V2_URI, complete=True), minutes=1)
     rollout = decision.status.rollout
     assert rollout is not None and rollout.phase == "Analyzing"
     assert rollout.next_measurement_at == T0 + timedelta(minutes=2)
@@ -304,7 +277,7 @@ def test_available_rollout_moves_to_analysis() -> None:
 def test_progress_deadline_rolls_back_to_the_exact_previous_model(
     observed: Observations, minutes: float
 ) -> None:
-    decision = run(spec_dict(), rolling(), observed, minutes=minutes)
+    decision = run(spec_dict(), rolling_status(), observed, minutes=minutes)
     assert decision.actions == (ApplyModel("ml", "churn-server", "server", V1),)
     rollout = decision.status.rollout
     assert rollout is not None and (rollout.phase, rollout.reason) == (
@@ -318,14 +291,14 @@ def test_progress_deadline_rolls_back_to_the_exact_previous_model(
 
 def test_first_rollout_rollback_releases_our_fields() -> None:
     decision = run(
-        spec_dict(), rolling(previous=None), rolling_deployment(V2_URI, complete=False), minutes=11
+        spec_dict(), rolling_status(previous=None), rolling_deployment(V2_URI, complete=False), minutes=11
     )
     assert decision.actions == (ApplyModel("ml", "churn-server", "server", None),)
     assert "no previous model" in condition(decision, "RolledOut")[2]
 
 
 def test_completed_rollback_is_degraded_and_never_success() -> None:
-    status = rolling(phase="RollingBack")
+    status = rolling_status(phase="RollingBack")
     decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=True), minutes=2)
     assert decision.status.rollout is None
     assert condition(decision, "RolledOut")[:2] == ("False", "RolledBack")
@@ -336,7 +309,7 @@ def test_completed_rollback_is_degraded_and_never_success() -> None:
 
 
 def test_a_rollback_that_cannot_complete_says_so() -> None:
-    status = rolling(phase="RollingBack")
+    status = rolling_status(phase="RollingBack")
     decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=False), minutes=12)
     assert condition(decision, "Degraded")[:2] == ("True", "RollbackFailed")
     assert condition(decision, "RolledOut")[:2] == ("False", "RollbackFailed")
@@ -347,7 +320,7 @@ def analyzing(*verdicts: str) -> FeedbackLoopStatus:
     from feedbackloop.core.status import Measurement
 
     measurements = tuple(Measurement(time=T0, verdict=v) for v in verdicts)
-    return rolling(phase="Analyzing", next_measurement_at=T0, measurements=measurements)
+    return rolling_status(phase="Analyzing", next_measurement_at=T0, measurements=measurements)
 
 
 def measure(status: FeedbackLoopStatus, value: float | None, spec: dict[str, Any] | None = None) -> Decision:
@@ -424,7 +397,7 @@ def test_without_rollback_on_failure_the_version_keeps_serving_marked_degraded()
 def test_no_retrain_starts_while_a_rollout_is_in_flight() -> None:
     observed = rolling_deployment(V2_URI, complete=False)
     observed = Observations(**{**observed.__dict__, "retrain_request": "now"})
-    decision = run(spec_dict(), rolling(), observed, minutes=1)
+    decision = run(spec_dict(), rolling_status(), observed, minutes=1)
     assert decision.status.active_retrain is None
     assert decision.status.handled_retrain_request is None
 
@@ -529,7 +502,7 @@ def test_analysis_queries_are_scoped_to_the_version_under_analysis() -> None:
 
 def test_a_rollout_whose_deployment_vanished_stops_without_applying() -> None:
     observed = healthy_dependencies(target=TargetObservation(deployment_found=False, container_found=False))
-    decision = run(spec_dict(), rolling(), observed, minutes=1)
+    decision = run(spec_dict(), rolling_status(), observed, minutes=1)
     assert decision.actions == ()
     assert decision.status.rollout is None
     assert condition(decision, "RolledOut")[:2] == ("False", "TargetNotFound")

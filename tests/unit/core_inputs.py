@@ -126,6 +126,10 @@ def rolling_deployment(
 
 V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 64, metrics={"accuracy": 0.8})
 V2_URI = "s3://models/churn/ml/churn/v2/"
+# v2 trained on a breach and passed its gates: the candidate of a rollout or a recommendation.
+PASSED_V2 = CandidateModel(
+    version="v2", job="churn-retrain-2", uri=V2_URI, sha256="2" * 64, trigger="Breach", validation="Passed"
+)
 
 
 def rolling_status(
@@ -146,19 +150,11 @@ def rolling_status(
         next_measurement_at=changes.pop("next_measurement_at", None),
         measurements=changes.pop("measurements", ()),
     )
-    candidate = CandidateModel(
-        version="v2",
-        job="churn-retrain-2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        trigger="Breach",
-        validation="Passed",
-    )
     history = (HistoryEntry(version="v2", trigger="Breach", outcome="RollingOut", started_at=T0),)
     return FeedbackLoopStatus(
         current_model=previous,
         rollout=rollout,
-        candidate_model=candidate,
+        candidate_model=PASSED_V2,
         retrain_count=2,
         history=history,
         **changes,

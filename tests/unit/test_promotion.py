@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from core_inputs import (
+    PASSED_V2,
     POLICY,
     T0,
     V1,
@@ -33,7 +34,6 @@ from feedbackloop.core.observations import (
 from feedbackloop.core.spec import Gate
 from feedbackloop.core.status import (
     ActiveRetrain,
-    CandidateModel,
     ConditionType,
     FeedbackLoopStatus,
     ModelRef,
@@ -406,16 +406,8 @@ def test_no_retrain_starts_while_a_rollout_is_in_flight() -> None:
 
 
 def recommended() -> FeedbackLoopStatus:
-    candidate = CandidateModel(
-        version="v2",
-        job="churn-retrain-2",
-        uri=V2_URI,
-        sha256="2" * 64,
-        trigger="Breach",
-        validation="Passed",
-    )
     return FeedbackLoopStatus(
-        current_model=V1, candidate_model=candidate, recommended_version="v2", retrain_count=2
+        current_model=V1, candidate_model=PASSED_V2, recommended_version="v2", retrain_count=2
     )
 
 

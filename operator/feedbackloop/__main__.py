@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import kopf
 
-import feedbackloop.handlers  # noqa: F401 - registers the handlers
 from feedbackloop.config import ConfigError, load_config
 
 
@@ -20,6 +20,7 @@ def main() -> int:
     except ConfigError as err:
         print(f"feedbackloop: invalid configuration: {err}", file=sys.stderr)
         return 2
+    importlib.import_module("feedbackloop.handlers")  # registers the handlers, once the settings are valid
     kopf.run(
         standalone=True,
         clusterwide=not config.namespaces,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from feedbackloop import __version__
-from feedbackloop.core.decide import OperatorPolicy
+from feedbackloop.core.loop import OperatorPolicy
 
 DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
@@ -62,6 +62,19 @@ def _list(env: Mapping[str, str], name: str, default: str = "") -> tuple[str, ..
     return tuple(item.strip() for item in env.get(name, default).split(",") if item.strip())
 
 
+def tick_seconds(env: Mapping[str, str] | None = None) -> float:
+    """FBL_TICK_SECONDS alone: kopf fixes a timer's interval when the handlers module is imported."""
+    env = os.environ if env is None else env
+    raw = env.get("FBL_TICK_SECONDS", "5")
+    try:
+        tick = float(raw)
+    except ValueError:
+        raise ConfigError(f"FBL_TICK_SECONDS={raw!r} is not a number") from None
+    if not 0.5 <= tick <= 300:
+        raise ConfigError(f"FBL_TICK_SECONDS={tick:g} must be between 0.5 and 300")
+    return tick
+
+
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if env is None else env
     images = _list(env, "FBL_TRAINER_IMAGES", DEFAULT_TRAINER_IMAGE)
@@ -77,19 +90,13 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     endpoint = env.get("FBL_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None
     if endpoint is not None and not re.match(r"^https?://", endpoint):
         raise ConfigError(f"FBL_S3_ENDPOINT_URL={endpoint!r} must be an http(s) URL")
-    try:
-        tick = float(env.get("FBL_TICK_SECONDS", "5"))
-    except ValueError:
-        raise ConfigError("FBL_TICK_SECONDS must be a number") from None
-    if not 0.5 <= tick <= 300:
-        raise ConfigError("FBL_TICK_SECONDS must be between 0.5 and 300")
     return OperatorConfig(
         trainer_images=images,
         max_concurrent_retrains=_int(env, "FBL_MAX_CONCURRENT_RETRAINS", 2, 1, 1000),
         s3_endpoint_url=endpoint,
         s3_region=env.get("FBL_S3_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         namespaces=namespaces,
-        tick_seconds=tick,
+        tick_seconds=tick_seconds(env),
         metrics_port=_int(env, "FBL_METRICS_PORT", 8080, 0, 65535),
         health_endpoint=env.get("FBL_HEALTH_ENDPOINT", "http://0.0.0.0:8081/healthz"),
         failpoint=env.get("FBL_FAILPOINT") or None,

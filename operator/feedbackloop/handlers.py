@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -12,20 +11,26 @@ import kopf
 from prometheus_client import start_http_server
 
 from feedbackloop.adapters.artifacts import ArtifactStore, s3_client
-from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter, load_kube_config
+from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter, job_finished, load_kube_config
 from feedbackloop.adapters.prometheus import PrometheusAdapter
-from feedbackloop.config import load_config
-from feedbackloop.core.builders import COMPONENT_RETRAIN, LABEL_COMPONENT, LABEL_LOOP
-from feedbackloop.core.spec import GROUP, PLURAL, VERSION
-from feedbackloop.core.triggers import RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.api import (
+    ANNOTATION_PREFIX,
+    COMPONENT_RETRAIN,
+    FINALIZER,
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_LOOP,
+    PLURAL,
+    RETRAIN_REQUEST_ANNOTATION,
+    VERSION,
+)
+from feedbackloop.config import load_config, tick_seconds
 from feedbackloop.metrics import RECONCILE_ERRORS
 from feedbackloop.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
-ANNOTATION_PREFIX = "feedbackloop.dev"
-FINALIZER = "feedbackloop.dev/finalizer"
 # kopf fixes a timer's interval at import; the per-loop cadence is spec.monitoring.interval, checked in core.
-TICK_SECONDS = float(os.environ.get("FBL_TICK_SECONDS", "5"))
+TICK_SECONDS = tick_seconds()
 _RETRY_DELAY = 15
 
 
@@ -112,8 +117,7 @@ def retrain_job_changed(
     status: kopf.Status, labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
 ) -> None:
     """Fast path: a retrain Job finished, so its loop need not wait for the next tick."""
-    conditions = status.get("conditions") or []
-    finished = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+    finished = job_finished((c.get("type"), c.get("status")) for c in status.get("conditions") or [])
     loop = labels.get(LABEL_LOOP)
     if finished and loop and memo.get("reconciler") is not None:
         _reconcile(memo, namespace, loop)

@@ -51,3 +51,6 @@ ROLLOUTS_FINISHED = Counter(
 ROLLBACKS = Counter(
     "feedbackloop_rollbacks_total", "Automatic rollbacks started, by reason.", ["namespace", "loop", "reason"]
 )
+EVENTS_LOST = Counter(
+    "feedbackloop_events_lost_total", "Kubernetes Events the operator could not post (best effort)."
+)

@@ -1,7 +1,8 @@
 """observe → decide → act for one FeedbackLoop.
 
 Reads go through the adapters, `core.decide` chooses, and writes go back through the adapters in a fixed
-order: status first (it names what the actions create), then the actions, then the events.
+order: status first (it names what the actions create), then the actions, then the Events. The transitions
+a decision reports are counted in the operator's metrics once its status is written.
 """
 
 from __future__ import annotations
@@ -17,10 +18,23 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from feedbackloop import metrics
-from feedbackloop.core.builders import LoopRef
-from feedbackloop.core.conditions import FALSE, Reason, set_condition
-from feedbackloop.core.decide import LoopState, ObservationPlan, OperatorPolicy, decide, plan
-from feedbackloop.core.draft import ApplyModel, Decision
+from feedbackloop.api import PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.core.decide import decide
+from feedbackloop.core.decision import (
+    ApplyModel,
+    CreateJob,
+    Decision,
+    Event,
+    GateChecked,
+    MetricEvaluated,
+    RetrainFinished,
+    RetrainStarted,
+    RollbackStarted,
+    RolloutFinished,
+    RolloutStarted,
+    Transition,
+)
+from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     ArtifactObservation,
     JobObservation,
@@ -33,10 +47,11 @@ from feedbackloop.core.observations import (
     TargetObservation,
 )
 from feedbackloop.core.patch import merge_patch
-from feedbackloop.core.promotion import PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.core.plan import ObservationPlan, plan
+from feedbackloop.core.readiness import dependency_failed
+from feedbackloop.core.retrain import job_create_failed, mark_job_created
 from feedbackloop.core.spec import FeedbackLoopSpec, SpecError, parse_spec
-from feedbackloop.core.status import ConditionType, FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
-from feedbackloop.core.triggers import RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
 
 log = logging.getLogger(__name__)
 # Fault injection for tests (FBL_FAILPOINT): die exactly where a crash would hurt most.
@@ -49,6 +64,8 @@ class MetricsSource(Protocol):
 
 
 class Cluster(Protocol):
+    """Every method raises on an API failure (the Kubernetes adapter's ApiFailureError)."""
+
     def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation: ...
@@ -109,20 +126,9 @@ class Reconciler:
             if body is None:
                 return
             loop, _annotations = loop_state_from_body(body)
-            forbidden = getattr(failure, "forbidden", False)
-            reason = Reason.FORBIDDEN if forbidden else Reason.KUBERNETES_API_ERROR
-            conditions = set_condition(
-                loop.status.conditions,
-                ConditionType.READY,
-                FALSE,
-                reason,
-                str(failure),
-                self.clock(),
-                loop.generation,
-            )
-            self._write_status(
-                loop.ref, loop.status, loop.status.model_copy(update={"conditions": conditions})
-            )
+            forbidden = bool(getattr(failure, "forbidden", False))
+            failed = dependency_failed(loop.status, forbidden, str(failure), self.clock(), loop.generation)
+            self._write_status(loop.ref, loop.status, failed)
         except Exception:
             log.exception("cannot report failure on %s/%s", namespace, name)
 
@@ -133,18 +139,16 @@ class Reconciler:
             return None
         loop, annotations = loop_state_from_body(body)
         now = self.clock()
-        observation_plan = plan(loop, self.policy, now)
-        observed = self._observe(loop, observation_plan, annotations)
+        observed = self._observe(loop, plan(loop, self.policy, now), annotations)
         decision = decide(loop, observed, self.policy, now)
-        if decision.needs_capacity:
-            with self._launch_lock:
-                running = self.cluster.count_active_retrains(self.namespaces)
-                observed = replace(observed, capacity=RetrainCapacity(running, self.max_concurrent_retrains))
-                decision = decide(loop, observed, self.policy, now)
-                self._act(loop, decision, now)
-        else:
+        if not decision.needs_capacity:
             self._act(loop, decision, now)
-        self._record_metrics(loop, decision)
+            return decision
+        with self._launch_lock:
+            running = self.cluster.count_active_retrains(self.namespaces)
+            observed = replace(observed, capacity=RetrainCapacity(running, self.max_concurrent_retrains))
+            decision = decide(loop, observed, self.policy, now)
+            self._act(loop, decision, now)
         return decision
 
     def _observe(self, loop: LoopState, how: ObservationPlan, annotations: dict[str, str]) -> Observations:
@@ -156,127 +160,111 @@ class Reconciler:
         )
         if spec is None:
             return observed
-        timeout = spec.prometheus.timeout.total_seconds()
         if how.queries is not None:
-            results = []
-            for query in how.queries:
-                value = self.prometheus.query(spec.prometheus.url, query.query, timeout)
-                samples = (
-                    self.prometheus.query(spec.prometheus.url, query.samples_query, timeout)
-                    if query.samples_query
-                    else None
-                )
-                results.append(MetricObservation(query.name, query.query, value, samples))
-            observed = replace(observed, metrics=tuple(results))
+            observed = replace(observed, metrics=self._query_metrics(spec, how))
         if how.probe_dependencies:
             observed = replace(
                 observed,
-                prometheus=self.prometheus.probe(spec.prometheus.url, timeout),
+                prometheus=self.prometheus.probe(
+                    spec.prometheus.url, spec.prometheus.timeout.total_seconds()
+                ),
                 artifact_store=self.artifacts.probe_bucket(spec.artifacts.bucket) if spec.artifacts else None,
-                target=self.cluster.observe_target(
-                    ref.namespace, spec.target.deployment, spec.target.container
-                ),
             )
-        elif how.observe_target:
-            observed = replace(
-                observed,
-                target=self.cluster.observe_target(
-                    ref.namespace, spec.target.deployment, spec.target.container
-                ),
-            )
+        if how.probe_dependencies or how.observe_target:
+            target = self.cluster.observe_target(ref.namespace, spec.target.deployment, spec.target.container)
+            observed = replace(observed, target=target)
         if how.rollback_uri and how.rollback_version:
-            observed = replace(
-                observed,
-                rollback_artifacts=self.artifacts.verify_version(how.rollback_uri, how.rollback_version),
-            )
+            verified = self.artifacts.verify_version(how.rollback_uri, how.rollback_version)
+            observed = replace(observed, rollback_artifacts=verified)
         if how.job_name is not None:
             job = self.cluster.observe_job(ref.namespace, how.job_name)
             observed = replace(observed, job=job)
             if job.state is JobState.SUCCEEDED and how.candidate_uri and how.candidate_version:
-                observed = replace(
-                    observed,
-                    artifacts=self.artifacts.verify_version(how.candidate_uri, how.candidate_version),
-                )
+                verified = self.artifacts.verify_version(how.candidate_uri, how.candidate_version)
+                observed = replace(observed, artifacts=verified)
         return observed
+
+    def _query_metrics(self, spec: FeedbackLoopSpec, how: ObservationPlan) -> tuple[MetricObservation, ...]:
+        url, timeout = spec.prometheus.url, spec.prometheus.timeout.total_seconds()
+        results = []
+        for query in how.queries or ():
+            value = self.prometheus.query(url, query.query, timeout)
+            samples = (
+                self.prometheus.query(url, query.samples_query, timeout) if query.samples_query else None
+            )
+            results.append(MetricObservation(query.name, query.query, value, samples, query.samples_query))
+        return tuple(results)
 
     def _act(self, loop: LoopState, decision: Decision, now: datetime) -> None:
         ref = loop.ref
         status = decision.status
         self._write_status(ref, loop.status, status)
+        _count(ref, decision.transitions)
         for action in decision.actions:
-            if isinstance(action, ApplyModel):
-                self.cluster.apply_model(action.namespace, action.deployment, action.container, action.model)
-                continue
-            if self.failpoint == CRASH_BEFORE_JOB_CREATE:
-                log.error(
-                    "failpoint %s: exiting after the status write, before creating the Job", self.failpoint
-                )
-                os._exit(137)
-            try:
-                created = self.cluster.create_job(action.manifest)
-            except Exception as err:
-                # The counter is durable, so the next reconcile retries the same Job name; say why it waits.
-                failed = _job_create_failed(status, str(err), now, loop.generation)
-                self._write_status(ref, status, failed)
-                self.cluster.post_event(ref.namespace, ref.name, ref.uid, "Warning", Reason.BLOCKED, str(err))
-                raise
-            log.info(
-                "%s Job %s for %s/%s",
-                "created" if created else "found existing",
-                action.manifest["metadata"]["name"],
-                ref.namespace,
-                ref.name,
-            )
-            before, status = status, _mark_job_created(status)
-            self._write_status(ref, before, status)
+            match action:
+                case ApplyModel():
+                    self.cluster.apply_model(
+                        action.namespace, action.deployment, action.container, action.model
+                    )
+                case CreateJob():
+                    status = self._create_job(loop, status, action, now)
         for event in decision.events:
-            self.cluster.post_event(ref.namespace, ref.name, ref.uid, event.type, event.reason, event.message)
+            self._post(ref, event)
+
+    def _create_job(
+        self, loop: LoopState, status: FeedbackLoopStatus, action: CreateJob, now: datetime
+    ) -> FeedbackLoopStatus:
+        ref, name = loop.ref, action.manifest["metadata"]["name"]
+        if self.failpoint == CRASH_BEFORE_JOB_CREATE:
+            log.error("failpoint %s: exiting after the status write, before creating the Job", self.failpoint)
+            os._exit(137)
+        try:
+            created = self.cluster.create_job(action.manifest)
+        except Exception as err:
+            blocked, event = job_create_failed(status, str(err), now, loop.generation)
+            self._write_status(ref, status, blocked)
+            self._post(ref, event)
+            raise
+        log.info(
+            "%s Job %s for %s/%s", "created" if created else "found existing", name, ref.namespace, ref.name
+        )
+        marked = mark_job_created(status)
+        self._write_status(ref, status, marked)
+        return marked
 
     def _write_status(self, ref: LoopRef, before: FeedbackLoopStatus, after: FeedbackLoopStatus) -> None:
         patch = merge_patch(to_status_dict(before), to_status_dict(after))
         if patch:
             self.cluster.patch_loop_status(ref.namespace, ref.name, patch)
 
-    def _record_metrics(self, loop: LoopState, decision: Decision) -> None:
-        ref = loop.ref
-        evaluation = decision.status.last_evaluation
-        if evaluation is not None and evaluation != loop.status.last_evaluation:
-            for result in evaluation.metrics:
-                metrics.EVALUATIONS.labels(ref.namespace, ref.name, result.name, result.verdict).inc()
-                value = result.value if result.value is not None else math.nan
-                metrics.METRIC_VALUE.labels(ref.namespace, ref.name, result.name).set(value)
-        started = decision.status.active_retrain
-        if started is not None and loop.status.active_retrain is None:
-            metrics.RETRAINS_STARTED.labels(ref.namespace, ref.name, started.trigger).inc()
-        before_candidate, candidate = loop.status.candidate_model, decision.status.candidate_model
-        if (
-            candidate is not None
-            and candidate.validation
-            and (before_candidate is None or not before_candidate.validation)
-        ):
-            for gate in candidate.gates:
-                metrics.GATE_VERDICTS.labels(ref.namespace, ref.name, gate.metric, gate.verdict).inc()
-        before_rollout, rollout = loop.status.rollout, decision.status.rollout
-        if rollout is not None and (before_rollout is None or before_rollout.version != rollout.version):
-            metrics.ROLLOUTS_STARTED.labels(ref.namespace, ref.name, rollout.kind).inc()
-        if (
-            rollout is not None
-            and rollout.phase == "RollingBack"
-            and (before_rollout is None or before_rollout.phase != "RollingBack")
-        ):
-            metrics.ROLLBACKS.labels(ref.namespace, ref.name, rollout.reason).inc()
-        if before_rollout is not None and rollout is None:
-            finished = next(
-                (e for e in reversed(decision.status.history) if e.version == before_rollout.version), None
-            )
-            metrics.ROLLOUTS_FINISHED.labels(
-                ref.namespace, ref.name, finished.outcome if finished else "Unknown"
-            ).inc()
-        if len(decision.status.history) > len(loop.status.history) or (
-            decision.status.history and decision.status.history[-1:] != loop.status.history[-1:]
-        ):
-            last = decision.status.history[-1]
-            metrics.RETRAINS_FINISHED.labels(ref.namespace, ref.name, last.outcome, last.reason).inc()
+    def _post(self, ref: LoopRef, event: Event) -> None:
+        try:
+            self.cluster.post_event(ref.namespace, ref.name, ref.uid, event.type, event.reason, event.message)
+        except Exception as err:
+            # An Event is best effort: losing one must not fail the reconcile, whose status is written.
+            log.warning("cannot post event %s for %s/%s: %s", event.reason, ref.namespace, ref.name, err)
+            metrics.EVENTS_LOST.inc()
+
+
+def _count(ref: LoopRef, transitions: tuple[Transition, ...]) -> None:
+    namespace, loop = ref.namespace, ref.name
+    for transition in transitions:
+        match transition:
+            case MetricEvaluated(metric=metric, verdict=verdict, value=value):
+                metrics.EVALUATIONS.labels(namespace, loop, metric, verdict).inc()
+                metrics.METRIC_VALUE.labels(namespace, loop, metric).set(math.nan if value is None else value)
+            case RetrainStarted(trigger=trigger):
+                metrics.RETRAINS_STARTED.labels(namespace, loop, trigger).inc()
+            case RetrainFinished(outcome=outcome, reason=reason):
+                metrics.RETRAINS_FINISHED.labels(namespace, loop, outcome, reason).inc()
+            case GateChecked(metric=metric, verdict=gate_verdict):
+                metrics.GATE_VERDICTS.labels(namespace, loop, metric, gate_verdict).inc()
+            case RolloutStarted(kind=kind):
+                metrics.ROLLOUTS_STARTED.labels(namespace, loop, kind).inc()
+            case RollbackStarted(reason=reason):
+                metrics.ROLLBACKS.labels(namespace, loop, reason).inc()
+            case RolloutFinished(outcome=outcome):
+                metrics.ROLLOUTS_FINISHED.labels(namespace, loop, outcome).inc()
 
 
 def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, dict[str, str]]:
@@ -298,25 +286,3 @@ def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, dict[str, str
         rollback_request=annotations.get(ROLLBACK_ANNOTATION),
     )
     return loop, annotations
-
-
-def _mark_job_created(status: FeedbackLoopStatus) -> FeedbackLoopStatus:
-    active = status.active_retrain
-    if active is None or active.job_created:
-        return status
-    return status.model_copy(update={"active_retrain": active.model_copy(update={"job_created": True})})
-
-
-def _job_create_failed(
-    status: FeedbackLoopStatus, message: str, now: datetime, generation: int
-) -> FeedbackLoopStatus:
-    conditions = set_condition(
-        status.conditions,
-        ConditionType.RETRAINING,
-        FALSE,
-        Reason.BLOCKED,
-        f"cannot create the retrain Job: {message}",
-        now,
-        generation,
-    )
-    return status.model_copy(update={"conditions": conditions})

@@ -13,6 +13,19 @@ from typing import Any
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.api import (
+    ConditionStatus,
+    ConditionType,
+    GateReason,
+    GateVerdict,
+    LoopPhase,
+    MeasurementVerdict,
+    MetricVerdict,
+    Outcome,
+    RolloutKind,
+    RolloutPhase,
+    Trigger,
+)
 from feedbackloop.core.status import (
     ActiveRetrain,
     CandidateModel,
@@ -21,12 +34,12 @@ from feedbackloop.core.status import (
     FeedbackLoopStatus,
     GateResult,
     HistoryEntry,
+    MeasuredMetric,
     Measurement,
     MetricEvaluation,
     ModelRef,
     RolloutState,
     ThresholdStatus,
-    Verdict,
     parse_status,
     to_status_dict,
 )
@@ -335,11 +348,11 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
     threshold = ThresholdStatus(min=0.85, max=0.99)
     status = FeedbackLoopStatus(
         observed_generation=3,
-        phase="Retraining",
+        phase=LoopPhase.RETRAINING,
         conditions=(
             Condition(
-                type="Ready",
-                status="True",
+                type=ConditionType.READY,
+                status=ConditionStatus.TRUE,
                 reason="Ready",
                 message="ok",
                 last_transition_time=at,
@@ -351,10 +364,12 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
             metrics=(
                 MetricEvaluation(
                     name="accuracy",
+                    query='sum(rate(fbl_feedback_correct_total{model="churn"}[5m]))',
+                    samples_query='sum(increase(fbl_feedback_total{model="churn"}[5m]))',
                     value=0.7,
                     threshold=threshold,
                     samples=500,
-                    verdict=Verdict.BREACHING,
+                    verdict=MetricVerdict.BREACHING,
                     reason="ThresholdBreached",
                     message="0.7 < min 0.85",
                     breaching_since=at,
@@ -369,22 +384,28 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
             job="churn-retrain-2",
             uri="s3://m/v2/",
             sha256="b" * 64,
-            trigger="Breach",
+            trigger=Trigger.BREACH,
             metrics={"accuracy": 0.9},
             current_metrics={"accuracy": 0.8},
             comparison={"accuracy": {"ciLow": 0.01, "ciHigh": 0.09, "mcnemarPValue": 0.02}},
-            validation="Passed",
+            validation=GateVerdict.PASSED,
             validated_at=at,
             created_at=at,
             gates=(
-                GateResult(metric="accuracy", value=0.9, threshold="min 0.85", verdict="Passed", reason="ok"),
+                GateResult(
+                    metric="accuracy",
+                    value=0.9,
+                    threshold="min 0.85",
+                    verdict=GateVerdict.PASSED,
+                    reason=GateReason.WITHIN_BOUND,
+                ),
             ),
         ),
         active_retrain=ActiveRetrain(
             job="churn-retrain-3",
             version="v3",
             number=3,
-            trigger="Manual",
+            trigger=Trigger.MANUAL,
             reason="r",
             started_at=at,
             job_created=True,
@@ -400,35 +421,47 @@ def test_every_status_field_the_operator_writes_survives_the_crd_schema(scenario
             version="v2",
             uri="s3://m/v2/",
             sha256="b" * 64,
-            kind="Promotion",
-            phase="Analyzing",
+            kind=RolloutKind.PROMOTION,
+            phase=RolloutPhase.ANALYZING,
             previous=ModelRef(
                 version="v1", uri="s3://m/v1/", sha256="a" * 64, metrics={"accuracy": 0.8}, deployed_at=at
             ),
             metrics={"accuracy": 0.9},
-            trigger="Breach",
+            trigger=Trigger.BREACH,
             reason="AnalysisFailed",
             started_at=at,
             phase_started_at=at,
             next_measurement_at=at,
-            measurements=(Measurement(time=at, verdict="Successful", message="ok"),),
+            measurements=(
+                Measurement(time=at, verdict=MeasurementVerdict.SUCCESSFUL, message="ok"),
+                Measurement(
+                    time=at,
+                    verdict=MeasurementVerdict.FAILED,
+                    message="accuracy 0.7 < min 0.85",
+                    metrics=(
+                        MeasuredMetric(
+                            name="accuracy", verdict=MetricVerdict.BREACHING, value=0.7, threshold=threshold
+                        ),
+                    ),
+                ),
+            ),
         ),
         waiting_reason="cooldown",
         rejected_versions=("v0",),
         history=(
             HistoryEntry(
                 version="v2",
-                trigger="Breach",
-                outcome="RolledOut",
+                trigger=Trigger.BREACH,
+                outcome=Outcome.ROLLED_OUT,
                 reason="RetrainSucceeded",
                 message="m",
                 started_at=at,
                 retrained_at=at,
-                gates="Passed",
+                gates=GateVerdict.PASSED,
                 validated_at=at,
                 rollout_started_at=at,
                 rolled_out_at=at,
-                analysis="Successful",
+                analysis=MeasurementVerdict.SUCCESSFUL,
                 finished_at=at,
             ),
         ),

@@ -6,8 +6,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from feedbackloop.core.builders import LoopRef
-from feedbackloop.core.decide import LoopState, OperatorPolicy
+from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,

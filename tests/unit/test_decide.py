@@ -8,16 +8,10 @@ from typing import Any
 import pytest
 
 from core_inputs import IMAGE, POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.core.decide import (
-    CreateJob,
-    Decision,
-    LoopState,
-    OperatorPolicy,
-    decide,
-    plan,
-    render_queries,
-    runtime_spec_errors,
-)
+from feedbackloop.api import ConditionType, Trigger
+from feedbackloop.core.decide import decide
+from feedbackloop.core.decision import CreateJob, Decision, RetrainStarted
+from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     ArtifactCheck,
     ArtifactObservation,
@@ -29,7 +23,10 @@ from feedbackloop.core.observations import (
     RetrainCapacity,
     TargetObservation,
 )
-from feedbackloop.core.status import ActiveRetrain, ConditionType, FeedbackLoopStatus, ModelRef
+from feedbackloop.core.plan import plan
+from feedbackloop.core.promql import render_queries
+from feedbackloop.core.readiness import runtime_spec_errors
+from feedbackloop.core.status import ActiveRetrain, FeedbackLoopStatus, ModelRef
 
 ALL_CONDITIONS = {"Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded"}
 
@@ -88,7 +85,7 @@ def test_sustained_breach_starts_exactly_one_named_job_after_persisting_the_coun
     job = decision.actions[0]
     assert isinstance(job, CreateJob)
     assert job.manifest["metadata"]["name"] == "churn-retrain-1"
-    assert decision.persist_status_first is True
+    assert decision.transitions.count(RetrainStarted(Trigger.BREACH)) == 1
     assert decision.status.retrain_count == 1
     active = decision.status.active_retrain
     assert active is not None
@@ -149,7 +146,7 @@ def test_a_durable_counter_without_its_job_recreates_the_same_job() -> None:
     decision = run(loop, healthy_dependencies(job=JobObservation("churn-retrain-1", JobState.MISSING)))
     assert [a.manifest["metadata"]["name"] for a in decision.actions] == ["churn-retrain-1"]
     assert decision.status.retrain_count == 1
-    assert decision.persist_status_first is False
+    assert not any(isinstance(t, RetrainStarted) for t in decision.transitions)  # the same retrain
 
 
 def test_a_job_deleted_after_creation_ends_the_retrain_instead_of_coming_back() -> None:

@@ -3,6 +3,7 @@ argocd-cm patch and Application that carry it, and every YAML file under manifes
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from datetime import timedelta
@@ -26,8 +27,15 @@ from core_inputs import (
     spec_dict,
 )
 from feedbackloop.adapters.kube import ApiFailureError
-from feedbackloop.core.builders import MANAGED_BY
-from feedbackloop.core.conditions import FALSE, Reason, set_condition
+from feedbackloop.api import (
+    FIELD_MANAGER,
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ConditionType,
+    Reason,
+    RolloutKind,
+)
 from feedbackloop.core.decide import decide
 from feedbackloop.core.observations import (
     JobObservation,
@@ -35,10 +43,9 @@ from feedbackloop.core.observations import (
     Observations,
     TargetObservation,
 )
-from feedbackloop.core.promotion import ROLLBACK
+from feedbackloop.core.readiness import dependency_failed
 from feedbackloop.core.spec import Mode
 from feedbackloop.core.status import (
-    ConditionType,
     FeedbackLoopStatus,
     ModelRef,
     to_status_dict,
@@ -50,7 +57,7 @@ CM_PATCH = GITOPS / "argocd" / "argocd-cm-patch.yaml"
 APPLICATION = GITOPS / "argocd" / "application.yaml"
 HEALTH_KEY = "resource.customizations.health.feedbackloop.dev_FeedbackLoop"
 IGNORE_KEY = "resource.customizations.ignoreDifferences.apps_Deployment"
-OPERATOR_FIELD_MANAGER = MANAGED_BY  # the field manager of the operator's server-side apply
+OPERATOR_FIELD_MANAGER = FIELD_MANAGER  # the field manager of the operator's server-side apply
 
 V3 = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64, metrics={"accuracy": 0.9})
 
@@ -108,12 +115,11 @@ def deployment(uri: str, complete: bool, deadline_exceeded: bool = False) -> Obs
 
 
 def failed_reconcile(
-    reason: str, message: str, status: FeedbackLoopStatus, generation: int
+    forbidden: bool, message: str, status: FeedbackLoopStatus, generation: int
 ) -> dict[str, Any]:
     """The loop as Reconciler.report_failure leaves it: Ready=False with the reason at the failed generation,
     nothing else touched (tests/integration/test_rbac.py checks one the real operator wrote)."""
-    conditions = set_condition(status.conditions, ConditionType.READY, FALSE, reason, message, T0, generation)
-    return feedback_loop(status.model_copy(update={"conditions": conditions}), generation=generation)
+    return feedback_loop(dependency_failed(status, forbidden, message, T0, generation), generation=generation)
 
 
 # ---------------------------------------------------------------- the health mapping
@@ -167,7 +173,7 @@ def test_a_failed_reconcile_is_degraded_with_its_reason(
 ) -> None:
     failure = ApiFailureError("patch deployments.apps churn-server", http_status, "denied")
     # A spec change (generation 2) whose reconcile failed: only Ready carries the new generation.
-    body = failed_reconcile(reason, str(failure), serving(), generation=2)
+    body = failed_reconcile(failure.forbidden, str(failure), serving(), generation=2)
     assert body["status"]["observedGeneration"] == 1
     health, message = argo_health(lua_module, body)
     assert health == "Degraded"
@@ -231,8 +237,10 @@ def test_a_rollout_in_progress_is_progressing(lua_module: Any) -> None:
 
 
 def test_a_requested_rollback_is_progressing(lua_module: Any) -> None:
+    rollout = rolling_status().rollout
+    assert rollout is not None
     status = rolling_status().model_copy(
-        update={"rollout": rolling_status().rollout.model_copy(update={"kind": ROLLBACK})}  # type: ignore[union-attr]
+        update={"rollout": dataclasses.replace(rollout, kind=RolloutKind.ROLLBACK)}
     )
     progressing = decided(status, deployment(V2_URI, complete=False), minutes=1)
     health, message = argo_health(lua_module, feedback_loop(progressing))
@@ -300,10 +308,10 @@ def test_malformed_objects_never_break_the_script(lua_module: Any, obj: dict[str
 
 def test_the_lua_names_only_reasons_and_types_the_operator_has() -> None:
     known = (
-        {v for k, v in vars(Reason).items() if not k.startswith("_")}
+        {reason.value for reason in Reason}
         | {c.value for c in ConditionType}
         | ARGO_HEALTH
-        | {"True", "False", ROLLBACK}
+        | {"True", "False", RolloutKind.ROLLBACK.value}
     )
     literals = set(re.findall(r'"([A-Z][A-Za-z]+)"', HEALTH_LUA.read_text()))
     literals |= set(re.findall(r"^\s+([A-Z][A-Za-z]+) = true,$", HEALTH_LUA.read_text(), re.MULTILINE))
@@ -347,11 +355,7 @@ def test_the_application_ignores_exactly_the_request_annotations() -> None:
     (application,) = load_yaml_documents(APPLICATION)
     (rule,) = [r for r in application["spec"]["ignoreDifferences"] if r["kind"] == "FeedbackLoop"]
     annotations = {pointer.split("/")[-1].replace("~1", "/") for pointer in rule["jsonPointers"]}
-    sources = "".join(
-        (REPO / "operator" / "feedbackloop" / "core" / name).read_text()
-        for name in ("triggers.py", "promotion.py")
-    )
-    declared = set(re.findall(r'"(feedbackloop\.dev/[a-z-]+)"', sources))
+    declared = {RETRAIN_REQUEST_ANNOTATION, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION}
     assert (
         annotations
         == declared

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 
 from core_inputs import T0, accuracy, spec_dict
+from feedbackloop.api import MetricVerdict
 from feedbackloop.core.monitoring import evaluate, evaluate_metric, healthy_condition, sustained_breaches
 from feedbackloop.core.observations import MetricObservation, QueryOutcome, QueryResult
 from feedbackloop.core.spec import NoDataPolicy, parse_spec
-from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus, Verdict
+from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus
 
 SPEC = parse_spec(spec_dict())
 METRIC = SPEC.monitoring.metrics[0]
@@ -26,21 +27,31 @@ def observed(result: QueryResult, samples: QueryResult | None = ENOUGH_SAMPLES) 
 @pytest.mark.parametrize(
     ("result", "samples", "verdict", "reason"),
     [
-        (QueryResult.of(0.9), QueryResult.of(500), Verdict.HEALTHY, "WithinThresholds"),
-        (QueryResult.of(0.85), QueryResult.of(500), Verdict.HEALTHY, "WithinThresholds"),
-        (QueryResult.of(0.7), QueryResult.of(500), Verdict.BREACHING, "ThresholdBreached"),
-        (QueryResult.of(0.7), QueryResult.of(99), Verdict.INSUFFICIENT_SAMPLES, "InsufficientSamples"),
-        (QueryResult.of(0.7), QueryResult(QueryOutcome.EMPTY), Verdict.NO_DATA, "SamplesEmpty"),
-        (QueryResult(QueryOutcome.EMPTY), QueryResult.of(500), Verdict.NO_DATA, "Empty"),
-        (QueryResult.of(float("nan")), QueryResult.of(500), Verdict.NO_DATA, "NaN"),
-        (QueryResult.of(float("inf")), QueryResult.of(500), Verdict.NO_DATA, "Infinite"),
-        (QueryResult(QueryOutcome.ERROR, message="bad_data"), QueryResult.of(500), Verdict.NO_DATA, "Error"),
-        (QueryResult(QueryOutcome.TIMEOUT), QueryResult.of(500), Verdict.NO_DATA, "Timeout"),
-        (QueryResult(QueryOutcome.MULTIPLE_SERIES), QueryResult.of(500), Verdict.NO_DATA, "MultipleSeries"),
+        (QueryResult.of(0.9), QueryResult.of(500), MetricVerdict.HEALTHY, "WithinThresholds"),
+        (QueryResult.of(0.85), QueryResult.of(500), MetricVerdict.HEALTHY, "WithinThresholds"),
+        (QueryResult.of(0.7), QueryResult.of(500), MetricVerdict.BREACHING, "ThresholdBreached"),
+        (QueryResult.of(0.7), QueryResult.of(99), MetricVerdict.INSUFFICIENT_SAMPLES, "InsufficientSamples"),
+        (QueryResult.of(0.7), QueryResult(QueryOutcome.EMPTY), MetricVerdict.NO_DATA, "SamplesEmpty"),
+        (QueryResult(QueryOutcome.EMPTY), QueryResult.of(500), MetricVerdict.NO_DATA, "Empty"),
+        (QueryResult.of(float("nan")), QueryResult.of(500), MetricVerdict.NO_DATA, "NaN"),
+        (QueryResult.of(float("inf")), QueryResult.of(500), MetricVerdict.NO_DATA, "Infinite"),
+        (
+            QueryResult(QueryOutcome.ERROR, message="bad_data"),
+            QueryResult.of(500),
+            MetricVerdict.NO_DATA,
+            "Error",
+        ),
+        (QueryResult(QueryOutcome.TIMEOUT), QueryResult.of(500), MetricVerdict.NO_DATA, "Timeout"),
+        (
+            QueryResult(QueryOutcome.MULTIPLE_SERIES),
+            QueryResult.of(500),
+            MetricVerdict.NO_DATA,
+            "MultipleSeries",
+        ),
     ],
 )
 def test_first_evaluation_verdicts(
-    result: QueryResult, samples: QueryResult, verdict: Verdict, reason: str
+    result: QueryResult, samples: QueryResult, verdict: MetricVerdict, reason: str
 ) -> None:
     evaluation = evaluate_metric(METRIC, observed(result, samples), None, NoDataPolicy.HOLD, T0)
     assert (evaluation.verdict, evaluation.reason) == (verdict, reason)
@@ -51,9 +62,9 @@ def test_breach_must_last_for_before_it_counts() -> None:
     later = evaluate_metric(METRIC, accuracy(0.7), first, NoDataPolicy.HOLD, T0 + timedelta(minutes=9))
     sustained = evaluate_metric(METRIC, accuracy(0.7), later, NoDataPolicy.HOLD, T0 + timedelta(minutes=10))
 
-    assert first.breaching_since == T0 and first.verdict is Verdict.BREACHING
-    assert later.breaching_since == T0 and later.verdict is Verdict.BREACHING
-    assert sustained.breaching_since == T0 and sustained.verdict is Verdict.BREACHED
+    assert first.breaching_since == T0 and first.verdict is MetricVerdict.BREACHING
+    assert later.breaching_since == T0 and later.verdict is MetricVerdict.BREACHING
+    assert sustained.breaching_since == T0 and sustained.verdict is MetricVerdict.BREACHED
     assert sustained.message == "0.7 < min 0.85"
 
 
@@ -76,7 +87,7 @@ def test_no_data_counts_as_a_breach_only_under_retrain(policy: NoDataPolicy, sin
     no_data = evaluate_metric(
         METRIC, observed(QueryResult(QueryOutcome.EMPTY)), breaching, policy, T0 + timedelta(minutes=1)
     )
-    assert no_data.verdict is Verdict.NO_DATA
+    assert no_data.verdict is MetricVerdict.NO_DATA
     assert no_data.breaching_since == since
 
 
@@ -97,7 +108,7 @@ def test_max_threshold_breach_message() -> None:
         NoDataPolicy.HOLD,
         T0,
     )
-    assert result.verdict is Verdict.BREACHED
+    assert result.verdict is MetricVerdict.BREACHED
     assert result.message == "0.4 > max 0.25"
     assert sustained_breaches(spec, Evaluation(time=T0, metrics=(result,)), T0) == []
 
@@ -106,7 +117,7 @@ def _evaluation(*results: MetricEvaluation) -> Evaluation:
     return Evaluation(time=T0, metrics=results)
 
 
-def _result(verdict: Verdict, message: str = "") -> MetricEvaluation:
+def _result(verdict: MetricVerdict, message: str = "") -> MetricEvaluation:
     return MetricEvaluation(
         name="accuracy",
         threshold=ThresholdStatus(min=0.85),
@@ -119,15 +130,15 @@ def _result(verdict: Verdict, message: str = "") -> MetricEvaluation:
 @pytest.mark.parametrize(
     ("policy", "verdict", "expected"),
     [
-        ("Hold", Verdict.HEALTHY, ("True", "WithinThresholds")),
-        ("Hold", Verdict.BREACHING, ("False", "ThresholdBreached")),
-        ("Hold", Verdict.NO_DATA, ("Unknown", "NoData")),
-        ("Retrain", Verdict.NO_DATA, ("Unknown", "NoData")),
-        ("Fail", Verdict.NO_DATA, ("False", "NoData")),
-        ("Hold", Verdict.INSUFFICIENT_SAMPLES, ("Unknown", "InsufficientSamples")),
+        ("Hold", MetricVerdict.HEALTHY, ("True", "WithinThresholds")),
+        ("Hold", MetricVerdict.BREACHING, ("False", "ThresholdBreached")),
+        ("Hold", MetricVerdict.NO_DATA, ("Unknown", "NoData")),
+        ("Retrain", MetricVerdict.NO_DATA, ("Unknown", "NoData")),
+        ("Fail", MetricVerdict.NO_DATA, ("False", "NoData")),
+        ("Hold", MetricVerdict.INSUFFICIENT_SAMPLES, ("Unknown", "InsufficientSamples")),
     ],
 )
-def test_healthy_condition(policy: str, verdict: Verdict, expected: tuple[str, str]) -> None:
+def test_healthy_condition(policy: str, verdict: MetricVerdict, expected: tuple[str, str]) -> None:
     spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
     status, reason, _ = healthy_condition(spec, _evaluation(_result(verdict)))
     assert (status, reason) == expected

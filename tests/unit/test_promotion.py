@@ -20,8 +20,9 @@ from core_inputs import (
     rolling_status,
     spec_dict,
 )
-from feedbackloop.core.decide import Decision, decide
-from feedbackloop.core.draft import ApplyModel
+from feedbackloop.api import ConditionType
+from feedbackloop.core.decide import decide
+from feedbackloop.core.decision import ApplyModel, Decision
 from feedbackloop.core.gates import Comparison, evaluate_gates
 from feedbackloop.core.observations import (
     ArtifactCheck,
@@ -34,7 +35,6 @@ from feedbackloop.core.observations import (
 from feedbackloop.core.spec import Gate
 from feedbackloop.core.status import (
     ActiveRetrain,
-    ConditionType,
     FeedbackLoopStatus,
     ModelRef,
 )
@@ -477,7 +477,7 @@ def test_manual_rollback_refusals(
 
 
 def test_analysis_queries_are_scoped_to_the_version_under_analysis() -> None:
-    from feedbackloop.core.decide import plan
+    from feedbackloop.core.plan import plan
 
     spec = spec_dict(
         **{

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,20 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from feedbackloop.core.builders import COMPONENT_RETRAIN, LABEL_COMPONENT, MANAGED_BY
+from feedbackloop.api import (
+    API_VERSION,
+    COMPONENT_RETRAIN,
+    ENV_MODEL_SHA256,
+    ENV_MODEL_URI,
+    FIELD_MANAGER,
+    GROUP,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MODEL_VERSION_ANNOTATION,
+    PLURAL,
+    VERSION,
+)
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,
@@ -23,13 +37,9 @@ from feedbackloop.core.observations import (
     JobState,
     TargetObservation,
 )
-from feedbackloop.core.spec import GROUP, KIND, PLURAL, VERSION
 from feedbackloop.core.status import ModelRef
 
 log = logging.getLogger(__name__)
-MODEL_VERSION_ANNOTATION = "feedbackloop.dev/model-version"
-ENV_MODEL_URI = "MODEL_URI"
-ENV_MODEL_SHA256 = "MODEL_SHA256"
 _REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for every API call
 _MAX_MESSAGE = 1024
 
@@ -141,7 +151,7 @@ class KubeAdapter:
                 deployment,
                 namespace,
                 body,
-                field_manager=MANAGED_BY,
+                field_manager=FIELD_MANAGER,
                 force=True,  # take over exactly these fields, even if a manifest set them first
                 _content_type="application/apply-patch+yaml",
                 _request_timeout=_REQUEST_TIMEOUT,
@@ -203,7 +213,7 @@ class KubeAdapter:
 
     def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
         """Unfinished retrain Jobs of this operator, cluster-wide or across the watched namespaces."""
-        selector = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},app.kubernetes.io/managed-by={MANAGED_BY}"
+        selector = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},{LABEL_MANAGED_BY}={FIELD_MANAGER}"
         try:
             if namespaces:
                 jobs = [
@@ -227,7 +237,7 @@ class KubeAdapter:
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}", namespace=namespace),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace, uid=uid
+                api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
             ),
             reason=reason,
             message=message[:_MAX_MESSAGE],
@@ -235,15 +245,14 @@ class KubeAdapter:
             first_timestamp=now,
             last_timestamp=now,
             count=1,
-            source=client.V1EventSource(component=MANAGED_BY),
-            reporting_component=MANAGED_BY,
-            reporting_instance=MANAGED_BY,
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+            reporting_instance=FIELD_MANAGER,
         )
         try:
             self.core.create_namespaced_event(namespace, event, _request_timeout=_REQUEST_TIMEOUT)
         except ApiException as err:
-            # An event is best effort: losing one must not fail the reconcile.
-            log.warning("cannot post event %s for %s/%s: %s", reason, namespace, name, err.reason)
+            raise _failure(f"create events for {PLURAL}/{name}", err) from None
 
 
 def _progress(deployment: client.V1Deployment) -> DeploymentProgress:
@@ -262,7 +271,12 @@ def _progress(deployment: client.V1Deployment) -> DeploymentProgress:
     )
 
 
+def job_finished(conditions: Iterable[tuple[str | None, str | None]]) -> bool:
+    """From a Job's (type, status) conditions: it finished once Complete or Failed is True."""
+    return any(kind in ("Complete", "Failed") and status == "True" for kind, status in conditions)
+
+
 def _finished(job: client.V1Job) -> bool:
     if job.metadata.deletion_timestamp is not None:
         return True  # on its way out: it no longer holds a slot
-    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in (job.status.conditions or []))
+    return job_finished((c.type, c.status) for c in job.status.conditions or [])

@@ -7,26 +7,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from feedbackloop.api import (
+    API_VERSION,
+    COMPONENT_RETRAIN,
+    FIELD_MANAGER,
+    KIND,
+    LABEL_APP_NAME,
+    LABEL_COMPONENT,
+    LABEL_LOOP,
+    LABEL_MANAGED_BY,
+    LABEL_TRIGGER,
+    LABEL_VERSION,
+    TRAINER_APP_NAME,
+    TRIGGER_REASON_ANNOTATION,
+)
 from feedbackloop.core import contract
-from feedbackloop.core.spec import API_VERSION, KIND, FeedbackLoopSpec
+from feedbackloop.core.loop import LoopRef
+from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import ActiveRetrain, ModelRef
 
-MANAGED_BY = "feedbackloop-operator"
-LABEL_LOOP = "feedbackloop.dev/loop"
-LABEL_VERSION = "feedbackloop.dev/version"
-LABEL_COMPONENT = "feedbackloop.dev/component"
-LABEL_TRIGGER = "feedbackloop.dev/trigger"
-COMPONENT_RETRAIN = "retrain"
 TRAINER_CONTAINER = "trainer"
 TRAINER_COMMAND = ("feedbackloop-train",)
 NONROOT_UID = 65532
-
-
-@dataclass(frozen=True)
-class LoopRef:
-    name: str
-    namespace: str
-    uid: str
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,8 @@ def build_retrain_job(
         env.append(_env(contract.ENV_S3_ENDPOINT, settings.s3_endpoint_url))
 
     labels = {
-        "app.kubernetes.io/name": "feedbackloop-trainer",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_APP_NAME: TRAINER_APP_NAME,
+        LABEL_MANAGED_BY: FIELD_MANAGER,
         LABEL_COMPONENT: COMPONENT_RETRAIN,
         LABEL_LOOP: loop.name,
         LABEL_VERSION: retrain.version,
@@ -154,7 +156,7 @@ def build_retrain_job(
             "name": retrain.job,
             "namespace": loop.namespace,
             "labels": labels,
-            "annotations": {"feedbackloop.dev/trigger-reason": retrain.reason[:1024]},
+            "annotations": {TRIGGER_REASON_ANNOTATION: retrain.reason[:1024]},
             "ownerReferences": [owner_reference(loop)],
         },
         "spec": {

@@ -1,86 +1,33 @@
-"""Conditions by the Kubernetes API conventions; every reason the operator uses is a constant here."""
+"""Conditions by the Kubernetes API conventions: lastTransitionTime moves only when the status flips."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from feedbackloop.core.status import Condition, ConditionType
+from feedbackloop.api import ConditionStatus, ConditionType, EventType, Reason
+from feedbackloop.core.status import Condition
 
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-
-
-class Reason:
-    # Ready
-    READY = "Ready"
-    INVALID_SPEC = "InvalidSpec"
-    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
-    ARTIFACT_STORE_UNREACHABLE = "ArtifactStoreUnreachable"
-    TARGET_NOT_FOUND = "TargetNotFound"
-    CONTAINER_NOT_FOUND = "ContainerNotFound"
-    FORBIDDEN = "Forbidden"
-    KUBERNETES_API_ERROR = "KubernetesAPIError"
-    # shared
-    INITIALIZING = "Initializing"
-    SUSPENDED = "Suspended"
-    # Healthy
-    WITHIN_THRESHOLDS = "WithinThresholds"
-    THRESHOLD_BREACHED = "ThresholdBreached"
-    NO_DATA = "NoData"
-    INSUFFICIENT_SAMPLES = "InsufficientSamples"
-    # Retraining
-    IDLE = "Idle"
-    RETRAIN_STARTED = "RetrainStarted"
-    RETRAIN_RUNNING = "RetrainRunning"
-    RETRAIN_SUCCEEDED = "RetrainSucceeded"
-    RETRAIN_JOB_FAILED = "RetrainJobFailed"
-    RETRAIN_JOB_DEADLINE_EXCEEDED = "RetrainJobDeadlineExceeded"
-    RETRAIN_JOB_MISSING = "RetrainJobMissing"
-    MANIFEST_MISSING = "ManifestMissing"
-    ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
-    ARTIFACTS_INVALID = "ArtifactsInvalid"
-    VERIFYING_ARTIFACTS = "VerifyingArtifacts"
-    COOLDOWN = "CooldownActive"
-    QUEUED = "Queued"
-    OBSERVE_ONLY = "ObserveOnly"
-    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
-    BLOCKED = "Blocked"
-    # Validated
-    NO_CANDIDATE = "NoCandidate"
-    AWAITING_VALIDATION = "AwaitingValidation"
-    GATES_PASSED = "GatesPassed"
-    GATES_FAILED = "GatesFailed"
-    # RolledOut
-    NOT_ROLLED_OUT = "NotRolledOut"
-    ROLLOUT_PROGRESSING = "RolloutProgressing"
-    ROLLOUT_COMPLETE = "RolloutComplete"
-    ANALYZING = "Analyzing"
-    ANALYSIS_SUCCESSFUL = "AnalysisSuccessful"
-    ROLLING_BACK = "RollingBack"
-    ROLLED_BACK = "RolledBack"
-    PROMOTION_REFUSED = "PromotionRefused"
-    ROLLBACK_REFUSED = "RollbackRefused"
-    # Degraded (also on RolledOut when there is no rollback)
-    NOT_DEGRADED = "NotDegraded"
-    ANALYSIS_FAILED = "AnalysisFailed"
-    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
-    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-    ROLLBACK_FAILED = "RollbackFailed"
-
-
-# Event type for a condition entering a status: True is good for all but Degraded.
-_BAD_WHEN_TRUE = {ConditionType.DEGRADED}
+# Every condition exists from the first visit, Unknown until something is known.
+INITIAL_CONDITIONS: dict[ConditionType, tuple[ConditionStatus, Reason]] = {
+    ConditionType.READY: (ConditionStatus.UNKNOWN, Reason.INITIALIZING),
+    ConditionType.HEALTHY: (ConditionStatus.UNKNOWN, Reason.INITIALIZING),
+    ConditionType.RETRAINING: (ConditionStatus.FALSE, Reason.IDLE),
+    ConditionType.VALIDATED: (ConditionStatus.UNKNOWN, Reason.NO_CANDIDATE),
+    ConditionType.ROLLED_OUT: (ConditionStatus.UNKNOWN, Reason.NOT_ROLLED_OUT),
+    ConditionType.DEGRADED: (ConditionStatus.FALSE, Reason.NOT_DEGRADED),
+}
 
 
 def set_condition(
     conditions: tuple[Condition, ...],
     kind: ConditionType,
-    status: str,
-    reason: str,
+    status: ConditionStatus,
+    reason: Reason,
     message: str,
     now: datetime,
     generation: int | None,
 ) -> tuple[Condition, ...]:
-    """Replace or add one condition; lastTransitionTime moves only when the status flips."""
+    """Replace or add one condition."""
     previous = next((c for c in conditions if c.type == kind), None)
     transition = previous.last_transition_time if previous and previous.status == status else now
     updated = Condition(
@@ -96,7 +43,7 @@ def set_condition(
     return tuple(updated if c.type == kind else c for c in conditions)
 
 
-def is_warning(kind: str, status: str) -> bool:
-    if kind in _BAD_WHEN_TRUE:
-        return status == TRUE
-    return status == FALSE
+def transition_event_type(kind: ConditionType, status: ConditionStatus) -> EventType:
+    """True is good for every condition but Degraded."""
+    bad = ConditionStatus.TRUE if kind is ConditionType.DEGRADED else ConditionStatus.FALSE
+    return EventType.WARNING if status == bad else EventType.NORMAL

@@ -142,3 +142,10 @@ def numeric_metrics(section: Any) -> dict[str, float]:
         for name, value in section.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
+
+
+def comparisons(raw: Any) -> dict[str, dict[str, float]]:
+    """metrics.json's `comparison` section: per metric, the numeric statistics of (candidate - current)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(name): numeric_metrics(stats) for name, stats in raw.items() if isinstance(stats, dict)}

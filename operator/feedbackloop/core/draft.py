@@ -1,81 +1,103 @@
-"""The working state of one decision, shared by the stages of `decide`: status updates, conditions,
-actions and events, frozen into a Decision at the end."""
+"""The working state of one decision, shared by the lifecycle stages: a status whose every assignment is
+type-checked and validated, plus the actions, Events and transitions so far. Frozen into a Decision."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from feedbackloop.core.conditions import set_condition
-from feedbackloop.core.status import Condition, ConditionType, FeedbackLoopStatus, ModelRef
+from pydantic import ConfigDict
 
-
-@dataclass(frozen=True)
-class CreateJob:
-    manifest: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ApplyModel:
-    """Server-side apply of the model env and version annotation; model None releases our fields."""
-
-    namespace: str
-    deployment: str
-    container: str
-    model: ModelRef | None
+from feedbackloop.api import ConditionStatus, ConditionType, EventType, Reason
+from feedbackloop.core.conditions import set_condition, transition_event_type
+from feedbackloop.core.decision import Action, Decision, Event, Transition
+from feedbackloop.core.status import (
+    REJECTED_LIMIT,
+    FeedbackLoopStatus,
+    HistoryEntry,
+    append_history,
+    update_history,
+)
 
 
-Action = CreateJob | ApplyModel
+class WorkingStatus(FeedbackLoopStatus):
+    """FeedbackLoopStatus, mutable: mypy checks each assignment's field and type, pydantic validates it."""
 
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: FeedbackLoopStatus
-    actions: tuple[Action, ...] = ()
-    events: tuple[Event, ...] = ()
-    # The status names what the actions create (the retrain counter): it must be durable first.
-    persist_status_first: bool = False
-    # A retrain would start, but the operator-wide count is unknown: count, then decide again.
-    needs_capacity: bool = False
+    model_config = ConfigDict(frozen=False, validate_assignment=True)
 
 
 @dataclass
 class Draft:
-    """Mutable working copy for one decision; frozen into a FeedbackLoopStatus at the end."""
-
-    status: FeedbackLoopStatus
+    before: FeedbackLoopStatus
+    status: WorkingStatus
     now: datetime
     generation: int
-    updates: dict[str, Any] = field(default_factory=dict)
-    conditions: tuple[Condition, ...] = ()
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    persist_first: bool = False
+    transitions: list[Transition] = field(default_factory=list)
     needs_capacity: bool = False
 
-    def get(self, key: str) -> Any:
-        return self.updates[key] if key in self.updates else getattr(self.status, key)
-
-    def set(self, key: str, value: Any) -> None:
-        self.updates[key] = value
-
-    def condition(self, kind: ConditionType, status: str, reason: str, message: str = "") -> None:
-        self.conditions = set_condition(
-            self.conditions, kind, status, reason, message, self.now, self.generation
+    @classmethod
+    def start(cls, status: FeedbackLoopStatus, now: datetime, generation: int) -> Draft:
+        return cls(
+            before=status, status=WorkingStatus.model_validate(dict(status)), now=now, generation=generation
         )
 
-    def event(self, kind: str, reason: str, message: str) -> None:
+    def condition(
+        self, kind: ConditionType, status: ConditionStatus, reason: Reason, message: str = ""
+    ) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, kind, status, reason, message, self.now, self.generation
+        )
+
+    def condition_is(self, kind: ConditionType, status: ConditionStatus) -> bool:
+        return self.status.condition_is(kind, status)
+
+    def event(self, kind: EventType, reason: Reason, message: str) -> None:
         self.events.append(Event(kind, reason, message))
 
+    def record(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+
     def reject(self, version: str) -> None:
-        rejected = self.get("rejected_versions")
-        if version not in rejected:
-            self.set("rejected_versions", (*rejected, version)[-50:])
+        if version not in self.status.rejected_versions:
+            self.status.rejected_versions = (*self.status.rejected_versions, version)[-REJECTED_LIMIT:]
+
+    def add_history(self, entry: HistoryEntry) -> None:
+        self.status.history = append_history(self.status.history, entry)
+
+    def update_history(self, version: str, change: Callable[[HistoryEntry], HistoryEntry]) -> None:
+        self.status.history = update_history(self.status.history, version, change)
+
+    def freeze(self) -> Decision:
+        status = FeedbackLoopStatus.model_validate(dict(self.status))
+        return Decision(
+            status=status,
+            actions=tuple(self.actions),
+            events=(*self.events, *self._condition_events(status)),
+            transitions=tuple(self.transitions),
+            needs_capacity=self.needs_capacity,
+        )
+
+    def _condition_events(self, status: FeedbackLoopStatus) -> list[Event]:
+        """One Event per condition whose status or reason changed; a first Unknown is not news."""
+        before = {c.type: c for c in self.before.conditions}
+        events = []
+        for condition in status.conditions:
+            old = before.get(condition.type)
+            if old is not None and (old.status, old.reason) == (condition.status, condition.reason):
+                continue
+            if old is None and condition.status == ConditionStatus.UNKNOWN:
+                continue
+            message = f"{condition.type}={condition.status}: {condition.message}".rstrip(": ")
+            kind = transition_event_type(condition.type, condition.status)
+            events.append(Event(kind, Reason(condition.reason), message))
+        return events
+
+
+def edit_status(status: FeedbackLoopStatus, change: Callable[[WorkingStatus], None]) -> FeedbackLoopStatus:
+    """A copy of `status` with `change` applied to a working copy, validated like a decision's status."""
+    working = WorkingStatus.model_validate(dict(status))
+    change(working)
+    return FeedbackLoopStatus.model_validate(dict(working))

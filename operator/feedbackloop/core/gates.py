@@ -7,32 +7,27 @@ Deltas are read as improvements: for error metrics (lower is better) an improvem
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from feedbackloop.core.spec import Gate
-from feedbackloop.core.status import GateResult
+from feedbackloop.api import (
+    ConditionStatus,
+    ConditionType,
+    EventType,
+    GateReason,
+    GateVerdict,
+    Outcome,
+    Reason,
+    RolloutKind,
+)
+from feedbackloop.core.decision import GateChecked
+from feedbackloop.core.draft import Draft
+from feedbackloop.core.rollout import start_rollout
+from feedbackloop.core.spec import FeedbackLoopSpec, Gate, Mode
+from feedbackloop.core.status import GateResult, ModelRef
 
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 SIGNIFICANCE_ALPHA = 0.05
-
-
-class GateVerdict(enum.StrEnum):
-    PASSED = "Passed"
-    FAILED = "Failed"
-
-
-class GateReason:
-    WITHIN_BOUND = "WithinBound"
-    BELOW_MIN = "BelowMin"
-    ABOVE_MAX = "AboveMax"
-    METRIC_MISSING = "MetricMissing"
-    DELTA_TOO_SMALL = "DeltaTooSmall"
-    NO_CURRENT_MODEL = "NoCurrentModel"
-    NOT_SIGNIFICANT = "NotSignificant"
-    SIGNIFICANT = "Significant"
-    SIGNIFICANCE_UNAVAILABLE = "SignificanceUnavailable"
 
 
 @dataclass(frozen=True)
@@ -209,3 +204,46 @@ def gates_message(results: tuple[GateResult, ...]) -> str:
     if failed:
         return "; ".join(failed)
     return "; ".join(r.message for r in results) or "no gates configured"
+
+
+def validate_candidate(draft: Draft, spec: FeedbackLoopSpec, namespace: str) -> None:
+    """Run the gates once on the new candidate; in Auto a pass starts the rollout, in Recommend it waits."""
+    candidate = draft.status.candidate_model
+    assert candidate is not None
+    current = draft.status.current_model
+    results = evaluate_gates(
+        spec.validation.gates,
+        candidate.metrics,
+        candidate.current_metrics,
+        {name: Comparison.from_json(raw) for name, raw in candidate.comparison.items()},
+        current.version if current else None,
+    )
+    verdict = GateVerdict.PASSED if gates_passed(results) else GateVerdict.FAILED
+    message = gates_message(results)
+    draft.status.candidate_model = replace(
+        candidate, gates=results, validation=verdict, validated_at=draft.now
+    )
+    draft.update_history(candidate.version, lambda e: replace(e, gates=verdict, validated_at=draft.now))
+    for result in results:
+        draft.record(GateChecked(result.metric, result.verdict))
+    if verdict is GateVerdict.FAILED:
+        draft.reject(candidate.version)
+        failed = f"{candidate.version}: {message}"
+        draft.condition(ConditionType.VALIDATED, ConditionStatus.FALSE, Reason.GATES_FAILED, failed)
+        draft.update_history(
+            candidate.version,
+            lambda e: replace(e, outcome=Outcome.REJECTED, reason=Reason.GATES_FAILED, message=message),
+        )
+        return
+    passed = f"{candidate.version}: {message}"
+    draft.condition(ConditionType.VALIDATED, ConditionStatus.TRUE, Reason.GATES_PASSED, passed)
+    if spec.mode is Mode.AUTO:
+        model = ModelRef(
+            version=candidate.version, uri=candidate.uri, sha256=candidate.sha256, metrics=candidate.metrics
+        )
+        start_rollout(draft, spec, namespace, model, RolloutKind.PROMOTION, candidate.trigger)
+        return
+    draft.status.recommended_version = candidate.version
+    draft.update_history(candidate.version, lambda e: replace(e, outcome=Outcome.RECOMMENDED))
+    recommended = f"{candidate.version} passed its gates; promote it by hand"
+    draft.event(EventType.NORMAL, Reason.RECOMMENDED, recommended)

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from feedbackloop.core.conditions import FALSE, TRUE, UNKNOWN, Reason
+from feedbackloop.api import ConditionStatus, MetricVerdict, Reason
 from feedbackloop.core.observations import MetricObservation
 from feedbackloop.core.spec import FeedbackLoopSpec, MetricAction, MetricSpec, NoDataPolicy
-from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus, Verdict
+from feedbackloop.core.status import QUERY_TEXT_LIMIT, Evaluation, MetricEvaluation, ThresholdStatus
 
-NO_DATA_VERDICTS = frozenset({Verdict.NO_DATA, Verdict.INSUFFICIENT_SAMPLES})
+NO_DATA_VERDICTS = frozenset({MetricVerdict.NO_DATA, MetricVerdict.INSUFFICIENT_SAMPLES})
+OUTSIDE_VERDICTS = frozenset({MetricVerdict.BREACHING, MetricVerdict.BREACHED})
 
 
 def evaluation_due(
@@ -40,29 +41,35 @@ def evaluate_metric(
     samples = observed.samples.value if observed.samples and observed.samples.has_value else None
 
     if observed.samples is not None and not observed.samples.has_value:
-        verdict, reason = Verdict.NO_DATA, f"Samples{observed.samples.outcome}"
+        verdict, reason = MetricVerdict.NO_DATA, f"Samples{observed.samples.outcome}"
         message = f"samples query: {observed.samples.message or observed.samples.outcome}"
     elif metric.min_samples and (samples is None or samples < metric.min_samples):
-        verdict, reason = Verdict.INSUFFICIENT_SAMPLES, Reason.INSUFFICIENT_SAMPLES
+        verdict, reason = MetricVerdict.INSUFFICIENT_SAMPLES, Reason.INSUFFICIENT_SAMPLES
         message = f"{_fmt(samples)} samples < minSamples {metric.min_samples}"
     elif not observed.result.has_value or value is None:
-        verdict, reason = Verdict.NO_DATA, str(observed.result.outcome)
+        verdict, reason = MetricVerdict.NO_DATA, str(observed.result.outcome)
         message = observed.result.message or f"query outcome {observed.result.outcome}"
     elif _outside(value, metric):
-        verdict, reason, message = Verdict.BREACHING, Reason.THRESHOLD_BREACHED, _breach_text(metric, value)
+        verdict, reason, message = (
+            MetricVerdict.BREACHING,
+            Reason.THRESHOLD_BREACHED,
+            _breach_text(metric, value),
+        )
     else:
-        verdict, reason, message = Verdict.HEALTHY, Reason.WITHIN_THRESHOLDS, ""
+        verdict, reason, message = MetricVerdict.HEALTHY, Reason.WITHIN_THRESHOLDS, ""
 
-    counts_as_breach = verdict is Verdict.BREACHING or (
+    counts_as_breach = verdict is MetricVerdict.BREACHING or (
         verdict in NO_DATA_VERDICTS and policy is NoDataPolicy.RETRAIN
     )
     since = None
     if counts_as_breach:
         since = previous.breaching_since if previous and previous.breaching_since else now
-        if verdict is Verdict.BREACHING and now - since >= metric.for_:
-            verdict = Verdict.BREACHED
+        if verdict is MetricVerdict.BREACHING and now - since >= metric.for_:
+            verdict = MetricVerdict.BREACHED
     return MetricEvaluation(
         name=metric.name,
+        query=_shown(observed.query),
+        samples_query=_shown(observed.samples_query),
         value=value,
         threshold=threshold,
         samples=samples,
@@ -104,23 +111,33 @@ def sustained_breaches(
     return sustained
 
 
-def healthy_condition(spec: FeedbackLoopSpec, evaluation: Evaluation) -> tuple[str, str, str]:
+def healthy_condition(spec: FeedbackLoopSpec, evaluation: Evaluation) -> tuple[ConditionStatus, Reason, str]:
     """(status, reason, message) of the Healthy condition."""
-    breaching = [m for m in evaluation.metrics if m.verdict in (Verdict.BREACHING, Verdict.BREACHED)]
+    breaching = [m for m in evaluation.metrics if m.verdict in OUTSIDE_VERDICTS]
     if breaching:
-        return FALSE, Reason.THRESHOLD_BREACHED, "; ".join(_describe(spec, m) for m in breaching)
+        return (
+            ConditionStatus.FALSE,
+            Reason.THRESHOLD_BREACHED,
+            "; ".join(_describe(spec, m) for m in breaching),
+        )
     no_data = [m for m in evaluation.metrics if m.verdict in NO_DATA_VERDICTS]
     if no_data:
         reason = (
             Reason.INSUFFICIENT_SAMPLES
-            if all(m.verdict is Verdict.INSUFFICIENT_SAMPLES for m in no_data)
+            if all(m.verdict is MetricVerdict.INSUFFICIENT_SAMPLES for m in no_data)
             else Reason.NO_DATA
         )
         message = "; ".join(f"{m.name}: {m.message}" for m in no_data)
-        status = FALSE if spec.monitoring.no_data is NoDataPolicy.FAIL else UNKNOWN
+        status = (
+            ConditionStatus.FALSE if spec.monitoring.no_data is NoDataPolicy.FAIL else ConditionStatus.UNKNOWN
+        )
         return status, reason, message
     count = len(evaluation.metrics)
-    return TRUE, Reason.WITHIN_THRESHOLDS, f"{count} metric{'s' if count != 1 else ''} within thresholds"
+    return (
+        ConditionStatus.TRUE,
+        Reason.WITHIN_THRESHOLDS,
+        f"{count} metric{'s' if count != 1 else ''} within thresholds",
+    )
 
 
 def _outside(value: float, metric: MetricSpec) -> bool:
@@ -138,10 +155,16 @@ def _breach_text(metric: MetricSpec, value: float) -> str:
 def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:
     metric = next(m for m in spec.monitoring.metrics if m.name == result.name)
     text = f"{result.name} {result.message}"
-    if result.verdict is Verdict.BREACHING and metric.for_ > timedelta(0):
+    if result.verdict is MetricVerdict.BREACHING and metric.for_ > timedelta(0):
         text += f" (breaching, must last {metric.for_})"
     return text
 
 
 def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.4g}"
+
+
+def _shown(query: str | None) -> str | None:
+    if query is None or len(query) <= QUERY_TEXT_LIMIT:
+        return query
+    return query[: QUERY_TEXT_LIMIT - 1] + "\u2026"

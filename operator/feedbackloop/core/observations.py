@@ -40,9 +40,10 @@ class QueryResult:
 @dataclass(frozen=True)
 class MetricObservation:
     name: str
-    query: str
+    query: str  # as sent, after {{label}} substitution
     result: QueryResult
     samples: QueryResult | None = None
+    samples_query: str | None = None
 
 
 @dataclass(frozen=True)

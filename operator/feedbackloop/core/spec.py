@@ -22,12 +22,6 @@ from pydantic import (
 from feedbackloop.core.api_model import ApiModel
 from feedbackloop.core.durations import format_duration, parse_duration
 
-GROUP = "feedbackloop.dev"
-VERSION = "v1alpha1"
-PLURAL = "feedbackloops"
-KIND = "FeedbackLoop"
-API_VERSION = f"{GROUP}/{VERSION}"
-MAX_LOOP_NAME_LENGTH = 45
 BUILTIN_TRAINER_METRICS = frozenset(
     {"accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc", "rmse", "mae", "r2"}
 )

@@ -2,65 +2,71 @@
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from pydantic import Field, ValidationError
+from pydantic.dataclasses import dataclass
 
-from feedbackloop.core.api_model import ApiModel
+from feedbackloop.api import (
+    ConditionStatus,
+    ConditionType,
+    GateReason,
+    GateVerdict,
+    LoopPhase,
+    MeasurementVerdict,
+    MetricVerdict,
+    Outcome,
+    RolloutKind,
+    RolloutPhase,
+    Trigger,
+)
+from feedbackloop.core.api_model import API_CONFIG, ApiModel
 
 HISTORY_LIMIT = 20
+REJECTED_LIMIT = 50
+QUERY_TEXT_LIMIT = 4096  # a rendered query in status is for people; the CRD caps it at this length
 
 
-class ConditionType(enum.StrEnum):
-    READY = "Ready"
-    HEALTHY = "Healthy"
-    RETRAINING = "Retraining"
-    VALIDATED = "Validated"
-    ROLLED_OUT = "RolledOut"
-    DEGRADED = "Degraded"
-
-
-class Verdict(enum.StrEnum):
-    HEALTHY = "Healthy"
-    BREACHING = "Breaching"  # outside the threshold, not yet for `for`
-    BREACHED = "Breached"  # outside the threshold for at least `for`
-    NO_DATA = "NoData"
-    INSUFFICIENT_SAMPLES = "InsufficientSamples"
-
-
-class Condition(ApiModel):
-    type: str
-    status: str
-    reason: str
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class Condition:
+    type: ConditionType
+    status: ConditionStatus
+    reason: str  # a Reason when this operator wrote it; kept as text so a newer operator's reason survives
     message: str = ""
     last_transition_time: datetime
     observed_generation: int | None = None
 
 
-class ThresholdStatus(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class ThresholdStatus:
     min: float | None = None
     max: float | None = None
 
 
-class MetricEvaluation(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class MetricEvaluation:
     name: str
+    query: str | None = None  # the PromQL sent, after {{label}} substitution
+    samples_query: str | None = None
     value: float | None = None
     threshold: ThresholdStatus
     samples: float | None = None
-    verdict: Verdict
-    reason: str
+    verdict: MetricVerdict
+    reason: str  # ThresholdBreached, InsufficientSamples, or the query's outcome such as Empty or SamplesNaN
     message: str = ""
     breaching_since: datetime | None = None
 
 
-class Evaluation(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class Evaluation:
     time: datetime
     metrics: tuple[MetricEvaluation, ...] = ()
 
 
-class ModelRef(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class ModelRef:
     version: str
     uri: str
     sha256: str | None = None
@@ -68,86 +74,108 @@ class ModelRef(ApiModel):
     deployed_at: datetime | None = None
 
 
-class GateResult(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class GateResult:
     metric: str
     value: float | None = None
     threshold: str
-    verdict: str
-    reason: str = ""
+    verdict: GateVerdict
+    reason: GateReason
     message: str = ""
 
 
-class CandidateModel(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class CandidateModel:
     version: str
     job: str
     uri: str
     sha256: str
-    trigger: str
+    trigger: Trigger
     metrics: dict[str, float] = Field(default_factory=dict)
     current_metrics: dict[str, float] = Field(default_factory=dict)
     comparison: dict[str, dict[str, float]] = Field(default_factory=dict)
     created_at: datetime | None = None
-    validation: str | None = None  # Passed | Failed, once the gates ran
+    validation: GateVerdict | None = None  # once the gates ran
     validated_at: datetime | None = None
     gates: tuple[GateResult, ...] = ()
 
 
-class ActiveRetrain(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class ActiveRetrain:
     job: str
     version: str
     number: int
-    trigger: str
+    trigger: Trigger
     reason: str = ""
     started_at: datetime
     # False until the Job is known to exist: then a missing Job means "create it", not "it was deleted".
     job_created: bool = False
 
 
-class HistoryEntry(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class HistoryEntry:
     """One version's way through the loop: trigger → retrain → gates → rollout → analysis."""
 
     version: str
-    trigger: str
-    outcome: str
+    trigger: Trigger
+    outcome: Outcome
     reason: str = ""
     message: str = ""
     started_at: datetime | None = None
     retrained_at: datetime | None = None
-    gates: str | None = None
+    gates: GateVerdict | None = None
     validated_at: datetime | None = None
     rollout_started_at: datetime | None = None
     rolled_out_at: datetime | None = None
-    analysis: str | None = None
+    analysis: MeasurementVerdict | None = None
     finished_at: datetime | None = None
 
 
-class Measurement(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class MeasuredMetric:
+    """An analysis metric that was not within its threshold in one measurement."""
+
+    name: str
+    verdict: MetricVerdict
+    value: float | None = None
+    threshold: ThresholdStatus
+
+
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class Measurement:
     time: datetime
-    verdict: str  # Successful | Failed | Inconclusive
+    verdict: MeasurementVerdict
     message: str = ""
+    # Only the metrics that failed or had no data: which one, its value and its threshold.
+    metrics: tuple[MeasuredMetric, ...] = ()
 
 
-class RolloutState(ApiModel):
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class RolloutState:
     """A model version being rolled out to the Deployment, watched, or rolled back."""
 
     version: str
     uri: str
     sha256: str
-    kind: str  # Promotion | Rollback (a manual rollback-to)
-    phase: str  # Progressing | Analyzing | RollingBack
+    kind: RolloutKind
+    phase: RolloutPhase
     previous: ModelRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    trigger: str = ""
+    trigger: Trigger
     reason: str = ""
     started_at: datetime
     phase_started_at: datetime
     next_measurement_at: datetime | None = None
     measurements: tuple[Measurement, ...] = ()
 
+    @property
+    def model(self) -> ModelRef:
+        return ModelRef(version=self.version, uri=self.uri, sha256=self.sha256, metrics=self.metrics)
+
 
 class FeedbackLoopStatus(ApiModel):
     observed_generation: int | None = None
-    phase: str | None = None
+    phase: LoopPhase | None = None
     conditions: tuple[Condition, ...] = ()
     last_evaluation: Evaluation | None = None
     current_model: ModelRef | None = None
@@ -167,6 +195,10 @@ class FeedbackLoopStatus(ApiModel):
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
+
+    def condition_is(self, kind: ConditionType, status: ConditionStatus) -> bool:
+        found = self.condition(kind)
+        return found is not None and found.status == status
 
 
 def parse_status(raw: dict[str, Any] | None) -> FeedbackLoopStatus:
@@ -193,11 +225,10 @@ def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tu
 
 
 def update_history(
-    history: tuple[HistoryEntry, ...], version: str, **changes: Any
+    history: tuple[HistoryEntry, ...], version: str, change: Callable[[HistoryEntry], HistoryEntry]
 ) -> tuple[HistoryEntry, ...]:
-    """Update the newest entry for `version`; history records each version's whole way through the loop."""
+    """Change the newest entry for `version`; history records each version's whole way through the loop."""
     for index in range(len(history) - 1, -1, -1):
         if history[index].version == version:
-            updated = history[index].model_copy(update=changes)
-            return (*history[:index], updated, *history[index + 1 :])
+            return (*history[:index], change(history[index]), *history[index + 1 :])
     return history

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 
 from croniter import croniter
 
+from feedbackloop.api import Trigger
 from feedbackloop.core.durations import format_duration
 from feedbackloop.core.monitoring import sustained_breaches
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import Evaluation
-
-RETRAIN_REQUEST_ANNOTATION = "feedbackloop.dev/retrain-requested"
-
-
-class Trigger(enum.StrEnum):
-    MANUAL = "Manual"
-    BREACH = "Breach"
-    SCHEDULE = "Schedule"
 
 
 @dataclass(frozen=True)

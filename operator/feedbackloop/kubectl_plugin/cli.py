@@ -15,10 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from feedbackloop.core.promotion import PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION
-from feedbackloop.core.spec import KIND, ArtifactsSpec, Mode
+from feedbackloop.api import KIND, PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.core.spec import ArtifactsSpec, Mode
 from feedbackloop.core.status import FeedbackLoopStatus, parse_status
-from feedbackloop.core.triggers import RETRAIN_REQUEST_ANNOTATION
 from feedbackloop.kubectl_plugin import render, reports, versions
 from feedbackloop.kubectl_plugin.cluster import Connection, LoopApi, connect
 from feedbackloop.kubectl_plugin.errors import PluginError

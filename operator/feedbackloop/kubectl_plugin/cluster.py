@@ -13,12 +13,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError, MaxRetryError
 
-from feedbackloop.core.spec import GROUP, KIND, PLURAL, VERSION
+from feedbackloop.api import CRD_NAME, GROUP, KIND, PLURAL, VERSION
 from feedbackloop.kubectl_plugin.errors import PluginError
 
 # Not "kubectl-…": Flux takes over and prunes fields of managers whose names start with "kubectl".
 FIELD_MANAGER = "feedbackloop-cli"
-RESOURCE = f"{PLURAL}.{GROUP}"
+RESOURCE = CRD_NAME
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_NAMESPACE = "default"
 _REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds

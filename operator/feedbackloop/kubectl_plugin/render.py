@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from feedbackloop.core.conditions import TRUE
+from feedbackloop.api import ConditionStatus, ConditionType
 from feedbackloop.core.status import (
     CandidateModel,
-    ConditionType,
     Evaluation,
     FeedbackLoopStatus,
     HistoryEntry,
@@ -102,7 +101,11 @@ def condition_state(status: FeedbackLoopStatus, kind: ConditionType) -> str:
     condition = status.condition(kind)
     if condition is None:
         return NONE
-    return condition.status if condition.status == TRUE else f"{condition.status} ({condition.reason})"
+    return (
+        condition.status
+        if condition.status is ConditionStatus.TRUE
+        else f"{condition.status} ({condition.reason})"
+    )
 
 
 def condition_reason(status: FeedbackLoopStatus, kind: ConditionType) -> str:

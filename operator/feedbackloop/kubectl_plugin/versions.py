@@ -5,75 +5,40 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from feedbackloop.api import GateVerdict
 from feedbackloop.core import contract
-from feedbackloop.core.promotion import Outcome
+from feedbackloop.core.manual import (
+    Refusal,
+    failed_retrains,
+    known_versions,
+    promotable_versions,
+    promotion_refusal,
+    recorded_models,
+    rollback_refusal,
+    rollback_targets,
+)
 from feedbackloop.core.spec import ArtifactsSpec
-from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
+from feedbackloop.core.status import FeedbackLoopStatus
 from feedbackloop.kubectl_plugin.errors import PluginError
 
-VALIDATION_PASSED = "Passed"  # CandidateModel.validation once every gate passed
 # A version names a directory in S3 and in the local report cache: no separators, no "..".
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-
-def _ordered(versions: Iterable[str]) -> list[str]:
-    return sorted(set(versions), key=lambda version: (contract.version_number(version), version))
 
 
 def listing(versions: Iterable[str]) -> str:
     return ", ".join(versions) or "none"
 
 
-def _recorded_models(status: FeedbackLoopStatus) -> list[ModelRef]:
-    """Models whose S3 location the status records: current, rollout target and its predecessor."""
-    models = [status.current_model]
-    if status.rollout is not None:
-        rollout = status.rollout
-        models += [
-            ModelRef(version=rollout.version, uri=rollout.uri, sha256=rollout.sha256),
-            rollout.previous,
-        ]
-    return [model for model in models if model is not None]
-
-
-def known_versions(status: FeedbackLoopStatus) -> list[str]:
-    """Every version the status names (history, current, candidate, rollout), by version number."""
-    names = [entry.version for entry in status.history]
-    names += [model.version for model in _recorded_models(status)]
-    if status.candidate_model is not None:
-        names.append(status.candidate_model.version)
-    return _ordered(names)
-
-
-def promotable_versions(status: FeedbackLoopStatus) -> list[str]:
-    """The operator promotes only the validated candidate, and never a rejected version."""
-    candidate = status.candidate_model
-    if (
-        candidate is None
-        or candidate.validation != VALIDATION_PASSED
-        or candidate.version in status.rejected_versions
-    ):
-        return []
-    return [candidate.version]
-
-
-def rollback_targets(status: FeedbackLoopStatus) -> list[str]:
-    """Known versions the operator would roll back to: stored, not rejected, not already serving."""
-    current = status.current_model.version if status.current_model else None
-    # A failed retrain left no verified artifacts behind.
-    unfinished = {entry.version for entry in status.history if entry.outcome == Outcome.RETRAIN_FAILED}
-    excluded = {current, *status.rejected_versions, *unfinished}
-    return [version for version in known_versions(status) if version not in excluded]
-
-
 def check_promote(status: FeedbackLoopStatus, loop: str, version: str) -> None:
-    if version in promotable_versions(status):
+    """The operator's own rule (core.manual), explained for the person at the terminal."""
+    refusal = promotion_refusal(status, version)
+    if refusal is None:
         return
     candidate = status.candidate_model
-    if version in status.rejected_versions:
+    if refusal is Refusal.REJECTED:
         why = "the operator rejected it"
     elif candidate is not None and candidate.version == version:
-        why = f"its validation is {candidate.validation or 'not finished'}, not {VALIDATION_PASSED}"
+        why = f"its validation is {candidate.validation or 'not finished'}, not {GateVerdict.PASSED}"
     else:
         why = "it is not the validated candidate"
     raise PluginError(
@@ -86,11 +51,12 @@ def check_promote(status: FeedbackLoopStatus, loop: str, version: str) -> None:
 def check_rollback(status: FeedbackLoopStatus, loop: str, version: str) -> None:
     if version in rollback_targets(status):
         return
-    if status.current_model is not None and status.current_model.version == version:
+    refusal = rollback_refusal(status, version)
+    if refusal is Refusal.ALREADY_SERVING:
         why = "it is already serving"
-    elif version in status.rejected_versions:
+    elif refusal is Refusal.REJECTED:
         why = "the operator rejected it"
-    elif version in known_versions(status):
+    elif version in failed_retrains(status):
         why = "its retrain failed, so it has no verified artifacts"
     else:
         why = "the status does not know it (use --force for a version stored outside the status)"
@@ -137,7 +103,7 @@ def version_uri(
     status: FeedbackLoopStatus, artifacts: ArtifactsSpec | None, namespace: str, loop: str, version: str
 ) -> str:
     """Where the version's artifacts are: as status records it, else by the layout of spec.artifacts."""
-    recorded = {model.version: model.uri for model in _recorded_models(status)}
+    recorded = {model.version: model.uri for model in recorded_models(status)}
     if status.candidate_model is not None:
         recorded[status.candidate_model.version] = status.candidate_model.uri
     if version in recorded:

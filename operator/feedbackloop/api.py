@@ -1,0 +1,227 @@
+"""The FeedbackLoop API's names in one place: the resource, annotations, labels, condition types, reasons,
+phases, outcomes, verdicts, and the serving contract's environment.
+
+Every other module and every test imports these names from here; a string with meaning is an enum, so a typo
+is a type error rather than a silent mismatch. Pure: no imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+
+# ---- the resource
+GROUP = "feedbackloop.dev"
+VERSION = "v1alpha1"
+KIND = "FeedbackLoop"
+PLURAL = "feedbackloops"
+SHORT_NAME = "fbl"
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# ---- the operator's own bookkeeping on loops (kopf's progress and diff-base annotations use this prefix)
+ANNOTATION_PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+FIELD_MANAGER = "feedbackloop-operator"  # server-side apply owner of the serving fields; also managed-by
+
+# ---- annotations users write on a loop: each distinct value is one request, handled once
+RETRAIN_REQUEST_ANNOTATION = f"{GROUP}/retrain-requested"
+PROMOTE_ANNOTATION = f"{GROUP}/promote"
+ROLLBACK_ANNOTATION = f"{GROUP}/rollback-to"
+
+# ---- annotations the operator writes on objects it creates or owns fields of
+MODEL_VERSION_ANNOTATION = f"{GROUP}/model-version"  # on the serving Deployment's pod template
+TRIGGER_REASON_ANNOTATION = f"{GROUP}/trigger-reason"  # on a retrain Job
+
+# ---- labels on retrain Jobs and their pods
+LABEL_LOOP = f"{GROUP}/loop"
+LABEL_VERSION = f"{GROUP}/version"
+LABEL_COMPONENT = f"{GROUP}/component"
+LABEL_TRIGGER = f"{GROUP}/trigger"
+LABEL_APP_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT_RETRAIN = "retrain"
+TRAINER_APP_NAME = "feedbackloop-trainer"
+
+# ---- the serving contract: what the operator sets on the target container
+ENV_MODEL_URI = "MODEL_URI"
+ENV_MODEL_SHA256 = "MODEL_SHA256"
+
+
+@enum.unique
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    HEALTHY = "Healthy"
+    RETRAINING = "Retraining"
+    VALIDATED = "Validated"
+    ROLLED_OUT = "RolledOut"
+    DEGRADED = "Degraded"
+
+
+@enum.unique
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+@enum.unique
+class Reason(enum.StrEnum):
+    """Every reason a condition (and the Event of its transition) carries."""
+
+    # Ready
+    READY = "Ready"
+    INVALID_SPEC = "InvalidSpec"
+    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    ARTIFACT_STORE_UNREACHABLE = "ArtifactStoreUnreachable"
+    TARGET_NOT_FOUND = "TargetNotFound"
+    CONTAINER_NOT_FOUND = "ContainerNotFound"
+    FORBIDDEN = "Forbidden"
+    KUBERNETES_API_ERROR = "KubernetesAPIError"
+    # shared
+    INITIALIZING = "Initializing"
+    SUSPENDED = "Suspended"
+    # Healthy
+    WITHIN_THRESHOLDS = "WithinThresholds"
+    THRESHOLD_BREACHED = "ThresholdBreached"
+    NO_DATA = "NoData"
+    INSUFFICIENT_SAMPLES = "InsufficientSamples"
+    # Retraining
+    IDLE = "Idle"
+    RETRAIN_STARTED = "RetrainStarted"
+    RETRAIN_RUNNING = "RetrainRunning"
+    RETRAIN_SUCCEEDED = "RetrainSucceeded"
+    RETRAIN_JOB_FAILED = "RetrainJobFailed"
+    RETRAIN_JOB_DEADLINE_EXCEEDED = "RetrainJobDeadlineExceeded"
+    RETRAIN_JOB_MISSING = "RetrainJobMissing"
+    MANIFEST_MISSING = "ManifestMissing"
+    ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
+    ARTIFACTS_INVALID = "ArtifactsInvalid"
+    VERIFYING_ARTIFACTS = "VerifyingArtifacts"
+    COOLDOWN = "CooldownActive"
+    QUEUED = "Queued"
+    OBSERVE_ONLY = "ObserveOnly"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    BLOCKED = "Blocked"
+    # Validated
+    NO_CANDIDATE = "NoCandidate"
+    AWAITING_VALIDATION = "AwaitingValidation"
+    GATES_PASSED = "GatesPassed"
+    GATES_FAILED = "GatesFailed"
+    # RolledOut
+    NOT_ROLLED_OUT = "NotRolledOut"
+    ROLLOUT_PROGRESSING = "RolloutProgressing"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ANALYZING = "Analyzing"
+    ANALYSIS_SUCCESSFUL = "AnalysisSuccessful"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    PROMOTION_REFUSED = "PromotionRefused"
+    ROLLBACK_REFUSED = "RollbackRefused"
+    # Degraded (also on RolledOut when there is no rollback)
+    NOT_DEGRADED = "NotDegraded"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ROLLBACK_FAILED = "RollbackFailed"
+    # Events only
+    RECOMMENDED = "Recommended"
+    ROLLOUT_STARTED = "RolloutStarted"
+
+
+@enum.unique
+class EventType(enum.StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+@enum.unique
+class LoopPhase(enum.StrEnum):
+    """status.phase, for printer columns only: the conditions are the API."""
+
+    MONITORING = "Monitoring"
+    RETRAINING = "Retraining"
+    ROLLING_OUT = "RollingOut"
+    ANALYZING = "Analyzing"
+    ROLLING_BACK = "RollingBack"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+    INVALID = "Invalid"
+
+
+@enum.unique
+class MetricVerdict(enum.StrEnum):
+    """One monitoring metric's evaluation."""
+
+    HEALTHY = "Healthy"
+    BREACHING = "Breaching"  # outside the threshold, not yet for `for`
+    BREACHED = "Breached"  # outside the threshold for at least `for`
+    NO_DATA = "NoData"
+    INSUFFICIENT_SAMPLES = "InsufficientSamples"
+
+
+@enum.unique
+class Trigger(enum.StrEnum):
+    """What started a version's way through the loop."""
+
+    MANUAL = "Manual"  # the retrain-requested annotation
+    BREACH = "Breach"
+    SCHEDULE = "Schedule"
+    MANUAL_PROMOTE = "ManualPromote"
+    MANUAL_ROLLBACK = "ManualRollback"
+
+
+@enum.unique
+class GateVerdict(enum.StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+@enum.unique
+class GateReason(enum.StrEnum):
+    WITHIN_BOUND = "WithinBound"
+    BELOW_MIN = "BelowMin"
+    ABOVE_MAX = "AboveMax"
+    METRIC_MISSING = "MetricMissing"
+    DELTA_TOO_SMALL = "DeltaTooSmall"
+    NO_CURRENT_MODEL = "NoCurrentModel"
+    NOT_SIGNIFICANT = "NotSignificant"
+    SIGNIFICANT = "Significant"
+    SIGNIFICANCE_UNAVAILABLE = "SignificanceUnavailable"
+
+
+@enum.unique
+class RolloutKind(enum.StrEnum):
+    PROMOTION = "Promotion"  # a validated candidate
+    ROLLBACK = "Rollback"  # a manual rollback-to
+
+
+@enum.unique
+class RolloutPhase(enum.StrEnum):
+    PROGRESSING = "Progressing"
+    ANALYZING = "Analyzing"
+    ROLLING_BACK = "RollingBack"
+
+
+@enum.unique
+class MeasurementVerdict(enum.StrEnum):
+    """One post-rollout analysis measurement, as Argo Rollouts names them."""
+
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+@enum.unique
+class Outcome(enum.StrEnum):
+    """Where a version's way through the loop stands or ended (status.history[].outcome)."""
+
+    RETRAIN_FAILED = "RetrainFailed"
+    RETRAINED = "Retrained"
+    REJECTED = "Rejected"
+    RECOMMENDED = "Recommended"
+    ROLLING_OUT = "RollingOut"
+    ROLLED_OUT = "RolledOut"
+    ROLLED_BACK = "RolledBack"
+    ROLLBACK_FAILED = "RollbackFailed"
+    DEGRADED = "Degraded"
+    ABORTED = "Aborted"  # the target Deployment or container vanished mid-rollout

@@ -1,0 +1,110 @@
+"""What `decide` returns: the next status, the actions to take, the Events to post, and the transitions that
+happened, which the reconciler counts in the operator's metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from feedbackloop.api import (
+    EventType,
+    GateVerdict,
+    MetricVerdict,
+    Outcome,
+    Reason,
+    RolloutKind,
+    Trigger,
+)
+from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApplyModel:
+    """Server-side apply of the model env and version annotation; model None releases our fields."""
+
+    namespace: str
+    deployment: str
+    container: str
+    model: ModelRef | None
+
+
+Action = CreateJob | ApplyModel
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: Reason
+    message: str
+
+
+# ---- transitions: each one happened exactly once, in this decision
+
+
+@dataclass(frozen=True)
+class MetricEvaluated:
+    metric: str
+    verdict: MetricVerdict
+    value: float | None
+
+
+@dataclass(frozen=True)
+class RetrainStarted:
+    trigger: Trigger
+
+
+@dataclass(frozen=True)
+class RetrainFinished:
+    """The retrain Job's part is over: a candidate (Retrained) or none (RetrainFailed)."""
+
+    outcome: Outcome
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class GateChecked:
+    metric: str
+    verdict: GateVerdict
+
+
+@dataclass(frozen=True)
+class RolloutStarted:
+    kind: RolloutKind
+
+
+@dataclass(frozen=True)
+class RollbackStarted:
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class RolloutFinished:
+    outcome: Outcome
+
+
+Transition = (
+    MetricEvaluated
+    | RetrainStarted
+    | RetrainFinished
+    | GateChecked
+    | RolloutStarted
+    | RollbackStarted
+    | RolloutFinished
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Written in this order: the status (it names what the actions create), the actions, the Events."""
+
+    status: FeedbackLoopStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    transitions: tuple[Transition, ...] = ()
+    # A retrain would start, but the operator-wide count is unknown: count, then decide again.
+    needs_capacity: bool = False

@@ -1,0 +1,36 @@
+"""The inputs of a decision besides what was observed: the loop as read from the API, and operator policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.status import FeedbackLoopStatus
+
+
+@dataclass(frozen=True)
+class LoopRef:
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class OperatorPolicy:
+    """Operator-wide settings that shape decisions (from feedbackloop.config)."""
+
+    trainer_images: tuple[str, ...]
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class LoopState:
+    ref: LoopRef
+    generation: int
+    created: datetime
+    spec: FeedbackLoopSpec | None
+    spec_error: str | None
+    status: FeedbackLoopStatus
+    rollback_request: str | None = None  # planning needs it to fetch that version's manifest

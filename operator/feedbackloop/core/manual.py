@@ -1,0 +1,152 @@
+"""Manual operations: the promote and rollback-to annotations, and which versions each one accepts.
+
+The eligibility rules here are the operator's own; `kubectl feedbackloop` asks them too, so the plugin and the
+operator never disagree about what a request will do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from feedbackloop.api import (
+    ConditionStatus,
+    ConditionType,
+    EventType,
+    GateVerdict,
+    Outcome,
+    Reason,
+    RolloutKind,
+    Trigger,
+)
+from feedbackloop.core import contract
+from feedbackloop.core.draft import Draft
+from feedbackloop.core.observations import ArtifactCheck, Observations
+from feedbackloop.core.rollout import start_rollout
+from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
+
+
+class Refusal(enum.StrEnum):
+    """Why a promote or rollback-to request is refused, judged from the status alone."""
+
+    REJECTED = "the version was rejected"
+    NOT_VALIDATED = "it is not a validated candidate"
+    ALREADY_SERVING = "it is already serving"
+
+
+def promotion_refusal(status: FeedbackLoopStatus, version: str) -> Refusal | None:
+    """Why the operator would refuse to promote `version`, or None: only the validated candidate goes."""
+    if version in status.rejected_versions:
+        return Refusal.REJECTED
+    candidate = status.candidate_model
+    if candidate is None or candidate.version != version or candidate.validation is not GateVerdict.PASSED:
+        return Refusal.NOT_VALIDATED
+    return None
+
+
+def rollback_refusal(status: FeedbackLoopStatus, version: str) -> Refusal | None:
+    """Why the operator would refuse to roll back to `version` before reading its artifacts, or None."""
+    if version in status.rejected_versions:
+        return Refusal.REJECTED
+    if status.current_model is not None and status.current_model.version == version:
+        return Refusal.ALREADY_SERVING
+    return None
+
+
+def recorded_models(status: FeedbackLoopStatus) -> list[ModelRef]:
+    """Models whose S3 location the status records: current, rollout target and its predecessor."""
+    models = [status.current_model]
+    if status.rollout is not None:
+        models += [status.rollout.model, status.rollout.previous]
+    return [model for model in models if model is not None]
+
+
+def known_versions(status: FeedbackLoopStatus) -> list[str]:
+    """Every version the status names (history, current, candidate, rollout), by version number."""
+    names = [entry.version for entry in status.history]
+    names += [model.version for model in recorded_models(status)]
+    if status.candidate_model is not None:
+        names.append(status.candidate_model.version)
+    return _ordered(names)
+
+
+def failed_retrains(status: FeedbackLoopStatus) -> set[str]:
+    """Versions whose retrain failed: they left no verified artifacts behind."""
+    return {entry.version for entry in status.history if entry.outcome is Outcome.RETRAIN_FAILED}
+
+
+def promotable_versions(status: FeedbackLoopStatus) -> list[str]:
+    candidate = status.candidate_model
+    if candidate is None or promotion_refusal(status, candidate.version) is not None:
+        return []
+    return [candidate.version]
+
+
+def rollback_targets(status: FeedbackLoopStatus) -> list[str]:
+    """Known versions the operator would roll back to: stored, not rejected, not already serving."""
+    failed = failed_retrains(status)
+    return [
+        version
+        for version in known_versions(status)
+        if version not in failed and rollback_refusal(status, version) is None
+    ]
+
+
+def _ordered(versions: Iterable[str]) -> list[str]:
+    return sorted(set(versions), key=lambda version: (contract.version_number(version), version))
+
+
+# ---- the requests, as decide() handles them
+
+
+def handle_manual_requests(
+    draft: Draft, spec: FeedbackLoopSpec, namespace: str, observed: Observations
+) -> None:
+    """Promote and rollback-to requests, each value once; refusals are conditions, never silent."""
+    if draft.status.rollout is not None or draft.status.active_retrain is not None:
+        return  # busy: the request waits, unhandled
+    promote = observed.promote_request
+    if promote and promote != draft.status.handled_promote_request:
+        draft.status.handled_promote_request = promote
+        _promote(draft, spec, namespace, promote)
+        return
+    rollback = observed.rollback_request
+    if rollback and rollback != draft.status.handled_rollback_request:
+        artifacts = observed.rollback_artifacts
+        if artifacts is not None and artifacts.check is ArtifactCheck.UNREACHABLE:
+            return  # try again when the store answers
+        draft.status.handled_rollback_request = rollback
+        _rollback_to(draft, spec, namespace, rollback, observed)
+
+
+def _refuse(draft: Draft, reason: Reason, message: str) -> None:
+    draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, reason, message)
+    draft.event(EventType.WARNING, reason, message)
+
+
+def _promote(draft: Draft, spec: FeedbackLoopSpec, namespace: str, version: str) -> None:
+    refusal = promotion_refusal(draft.status, version)
+    candidate = draft.status.candidate_model
+    if refusal is not None or candidate is None:
+        _refuse(draft, Reason.PROMOTION_REFUSED, f"promote {version}: refused, {refusal}")
+        return
+    model = ModelRef(version=version, uri=candidate.uri, sha256=candidate.sha256, metrics=candidate.metrics)
+    start_rollout(draft, spec, namespace, model, RolloutKind.PROMOTION, Trigger.MANUAL_PROMOTE)
+
+
+def _rollback_to(
+    draft: Draft, spec: FeedbackLoopSpec, namespace: str, version: str, observed: Observations
+) -> None:
+    refusal = rollback_refusal(draft.status, version)
+    if refusal is not None:
+        _refuse(draft, Reason.ROLLBACK_REFUSED, f"rollback-to {version}: refused, {refusal}")
+        return
+    artifacts = observed.rollback_artifacts
+    if artifacts is None or artifacts.check is not ArtifactCheck.VERIFIED:
+        detail = artifacts.message if artifacts else "no artifacts were checked"
+        _refuse(draft, Reason.ROLLBACK_REFUSED, f"rollback-to {version}: refused, {detail}")
+        return
+    metrics = contract.numeric_metrics(artifacts.metrics.get("candidate"))
+    model = ModelRef(version=version, uri=artifacts.uri, sha256=artifacts.model_sha256, metrics=metrics)
+    start_rollout(draft, spec, namespace, model, RolloutKind.ROLLBACK, Trigger.MANUAL_ROLLBACK)

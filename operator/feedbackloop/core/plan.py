@@ -1,0 +1,64 @@
+"""plan(): what to observe for one loop now, so that the reconciler reads only what `decide` will use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from feedbackloop.core import contract
+from feedbackloop.core.loop import LoopState, OperatorPolicy
+from feedbackloop.core.monitoring import evaluation_due
+from feedbackloop.core.promql import SAFE_LABEL_VALUE, RenderedQuery, render_queries
+from feedbackloop.core.readiness import runtime_spec_errors
+
+
+@dataclass(frozen=True)
+class ObservationPlan:
+    queries: tuple[RenderedQuery, ...] | None  # None: no evaluation is due
+    probe_dependencies: bool
+    job_name: str | None
+    candidate_uri: str | None
+    candidate_version: str | None
+    observe_target: bool = False  # a rollout is in flight: watch the Deployment every tick
+    rollback_uri: str | None = None  # a rollback-to request: verify that version's artifacts
+    rollback_version: str | None = None
+
+
+def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationPlan:
+    active = loop.status.active_retrain
+    spec = loop.spec
+    candidate_uri = None
+    if active is not None and spec is not None and spec.artifacts is not None:
+        candidate_uri = contract.version_uri(
+            spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, active.version
+        )
+    if spec is None or runtime_spec_errors(loop, policy):
+        return ObservationPlan(None, False, active.job if active else None, candidate_uri, None)
+    due = evaluation_due(
+        spec, loop.status.last_evaluation, loop.generation, loop.status.observed_generation, now
+    )
+    rollout = loop.status.rollout
+    measurement_due = (
+        rollout is not None and rollout.next_measurement_at is not None and now >= rollout.next_measurement_at
+    )
+    rollback_version = loop.rollback_request
+    rollback_uri = None
+    if (
+        rollback_version
+        and rollback_version != loop.status.handled_rollback_request
+        and spec.artifacts is not None
+        and SAFE_LABEL_VALUE.match(rollback_version)
+    ):
+        rollback_uri = contract.version_uri(
+            spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, rollback_version
+        )
+    return ObservationPlan(
+        queries=render_queries(loop) if (due or measurement_due) and not spec.suspend else None,
+        probe_dependencies=due,
+        job_name=active.job if active else None,
+        candidate_uri=candidate_uri,
+        candidate_version=active.version if active else None,
+        observe_target=rollout is not None,
+        rollback_uri=rollback_uri,
+        rollback_version=rollback_version if rollback_uri else None,
+    )

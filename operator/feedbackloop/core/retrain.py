@@ -1,0 +1,288 @@
+"""From a trigger to a candidate: whether a retrain may start, the Job that trains it, and its outcome."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from feedbackloop.api import ConditionStatus, ConditionType, EventType, Outcome, Reason, Trigger
+from feedbackloop.core import contract
+from feedbackloop.core.builders import JobSettings, build_retrain_job, retrain_job_name
+from feedbackloop.core.conditions import set_condition
+from feedbackloop.core.decision import CreateJob, Event, RetrainFinished, RetrainStarted
+from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
+from feedbackloop.core.loop import LoopState, OperatorPolicy
+from feedbackloop.core.observations import (
+    ArtifactCheck,
+    ArtifactObservation,
+    JobObservation,
+    JobState,
+    Observations,
+)
+from feedbackloop.core.spec import FeedbackLoopSpec, Mode
+from feedbackloop.core.status import ActiveRetrain, CandidateModel, FeedbackLoopStatus, HistoryEntry
+from feedbackloop.core.triggers import PendingTrigger, pending_triggers
+
+# Reasons of a Retraining=False that waits on something; once nothing is pending it goes back to Idle.
+_WAITING_REASONS = frozenset(
+    {Reason.SUSPENDED, Reason.OBSERVE_ONLY, Reason.COOLDOWN, Reason.BLOCKED, Reason.QUEUED}
+)
+
+
+# ---- starting a retrain
+
+
+def consider_retrain(
+    draft: Draft,
+    loop: LoopState,
+    spec: FeedbackLoopSpec,
+    observed: Observations,
+    policy: OperatorPolicy,
+    preflight_ok: bool,
+) -> None:
+    status = loop.status
+    triggers = pending_triggers(
+        spec,
+        draft.status.last_evaluation,
+        observed.retrain_request,
+        status.handled_retrain_request,
+        status.last_schedule_time or loop.created,
+        draft.now,
+    )
+    if not triggers:
+        _nothing_pending(draft, spec)
+        return
+    wanted = "; ".join(f"{t.kind}: {t.reason}" for t in triggers)
+    if spec.suspend:
+        _wait(draft, Reason.SUSPENDED, f"suspended; pending {wanted}")
+        return
+    if spec.mode is Mode.OBSERVE:
+        # Observe reports what it would do; requests and fires are consumed so they do not pile up.
+        _consume(draft, triggers)
+        _wait(draft, Reason.OBSERVE_ONLY, f"mode Observe: would retrain ({wanted})")
+        return
+    cooldown_until = (
+        status.last_retrain_time + spec.retrain_spec().cooldown if status.last_retrain_time else None
+    )
+    if triggers[0].kind is not Trigger.MANUAL and cooldown_until is not None and draft.now < cooldown_until:
+        # Like a CronJob that may not overlap, a fire that lands in the cooldown is skipped, not queued.
+        _consume(draft, [t for t in triggers if t.kind is Trigger.SCHEDULE])
+        when = cooldown_until.isoformat().replace("+00:00", "Z")
+        _wait(draft, Reason.COOLDOWN, f"cooldown until {when}; pending {wanted}")
+        return
+    if not preflight_ok:
+        ready = draft.status.condition(ConditionType.READY)
+        why = f"{ready.reason}: {ready.message}" if ready else "unknown"
+        _wait(draft, Reason.BLOCKED, f"not ready ({why}); pending {wanted}")
+        return
+    if observed.capacity is None:
+        draft.needs_capacity = True
+        return
+    if not observed.capacity.available:
+        capacity = observed.capacity
+        _wait(
+            draft,
+            Reason.QUEUED,
+            f"waiting for a retrain slot: {capacity.running}/{capacity.limit} running operator-wide; "
+            f"pending {wanted}",
+        )
+        return
+    _start_retrain(draft, loop, triggers, policy)
+
+
+def _nothing_pending(draft: Draft, spec: FeedbackLoopSpec) -> None:
+    draft.status.waiting_reason = None
+    retraining = draft.status.condition(ConditionType.RETRAINING)
+    if spec.suspend:
+        draft.condition(
+            ConditionType.RETRAINING, ConditionStatus.FALSE, Reason.SUSPENDED, "spec.suspend is true"
+        )
+    elif retraining is not None and retraining.reason in _WAITING_REASONS:
+        message = "no retrain trigger is pending"
+        draft.condition(ConditionType.RETRAINING, ConditionStatus.FALSE, Reason.IDLE, message)
+
+
+def _wait(draft: Draft, reason: Reason, message: str) -> None:
+    draft.status.waiting_reason = message
+    draft.condition(ConditionType.RETRAINING, ConditionStatus.FALSE, reason, message)
+
+
+def _consume(draft: Draft, triggers: list[PendingTrigger]) -> None:
+    for trigger in triggers:
+        if trigger.kind is Trigger.MANUAL:
+            draft.status.handled_retrain_request = trigger.request_id
+        if trigger.kind is Trigger.SCHEDULE:
+            draft.status.last_schedule_time = trigger.fire_time
+
+
+def _start_retrain(
+    draft: Draft, loop: LoopState, triggers: list[PendingTrigger], policy: OperatorPolicy
+) -> None:
+    first = triggers[0]
+    current = draft.status.current_model
+    number = max(loop.status.retrain_count, contract.version_number(current.version if current else None)) + 1
+    active = ActiveRetrain(
+        job=retrain_job_name(loop.ref.name, number),
+        version=contract.version_name(number),
+        number=number,
+        trigger=first.kind,
+        reason=first.reason,
+        started_at=draft.now,
+    )
+    _consume(draft, triggers)
+    draft.status.retrain_count = number
+    draft.status.active_retrain = active
+    draft.status.last_retrain_time = draft.now
+    draft.status.waiting_reason = None
+    draft.record(RetrainStarted(first.kind))
+    _create_job(draft, loop, active, policy)
+
+
+def _create_job(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
+    assert loop.spec is not None
+    settings = JobSettings(
+        image=loop.spec.retrain_spec().image or policy.trainer_images[0],
+        s3_endpoint_url=policy.s3_endpoint_url,
+        s3_region=policy.s3_region,
+    )
+    current = draft.status.current_model
+    manifest = build_retrain_job(loop.ref, loop.spec, active, current, settings, active.started_at)
+    draft.actions.append(CreateJob(manifest))
+    draft.condition(ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.RETRAIN_STARTED, _describe(active))
+
+
+def mark_job_created(status: FeedbackLoopStatus) -> FeedbackLoopStatus:
+    """The Job exists: from now on its absence means it was deleted, not that it is still to be created."""
+    active = status.active_retrain
+    if active is None or active.job_created:
+        return status
+
+    def created(working: WorkingStatus) -> None:
+        working.active_retrain = replace(active, job_created=True)
+
+    return edit_status(status, created)
+
+
+def job_create_failed(
+    status: FeedbackLoopStatus, message: str, now: datetime, generation: int
+) -> tuple[FeedbackLoopStatus, Event]:
+    """The counter is durable, so the next reconcile retries the same Job name; say why it waits."""
+    text = f"cannot create the retrain Job: {message}"
+
+    def blocked(working: WorkingStatus) -> None:
+        working.conditions = set_condition(
+            working.conditions,
+            ConditionType.RETRAINING,
+            ConditionStatus.FALSE,
+            Reason.BLOCKED,
+            text,
+            now,
+            generation,
+        )
+
+    return edit_status(status, blocked), Event(EventType.WARNING, Reason.BLOCKED, message)
+
+
+# ---- following the Job
+
+
+def follow_retrain(draft: Draft, loop: LoopState, observed: Observations, policy: OperatorPolicy) -> None:
+    active = loop.status.active_retrain
+    assert active is not None
+    job = observed.job or JobObservation(active.job, JobState.RUNNING)
+    if job.state is not JobState.MISSING and not active.job_created:
+        active = replace(active, job_created=True)
+        draft.status.active_retrain = active
+    match job.state:
+        case JobState.MISSING:
+            _job_missing(draft, loop, active, policy)
+        case JobState.RUNNING:
+            draft.condition(
+                ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.RETRAIN_RUNNING, _describe(active)
+            )
+        case JobState.FAILED:
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.RETRAIN_JOB_FAILED, _failed(job))
+        case JobState.DEADLINE_EXCEEDED:
+            reason = Reason.RETRAIN_JOB_DEADLINE_EXCEEDED
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, reason, _failed(job))
+        case JobState.SUCCEEDED:
+            _accept_artifacts(draft, active, observed.artifacts)
+
+
+def _failed(job: JobObservation) -> str:
+    return f"Job {job.name}: {job.message}"
+
+
+def _job_missing(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
+    missing = Reason.RETRAIN_JOB_MISSING
+    if active.job_created:
+        message = f"Job {active.job} was deleted before it finished"
+        _end_retrain(draft, active, Outcome.RETRAIN_FAILED, missing, message)
+    elif loop.spec is None or loop.spec.retrain is None or loop.spec.artifacts is None:
+        _end_retrain(draft, active, Outcome.RETRAIN_FAILED, missing, f"Job {active.job} is gone")
+    else:
+        # The counter is durable but the Job was never created (a crash between the two steps): create it.
+        _create_job(draft, loop, active, policy)
+
+
+def _accept_artifacts(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation | None) -> None:
+    if artifacts is None:
+        _verifying(draft, active, "not checked yet")
+        return
+    refused = f"Job {active.job} complete but {artifacts.message}"
+    match artifacts.check:
+        case ArtifactCheck.UNREACHABLE:
+            _verifying(draft, active, artifacts.message)
+        case ArtifactCheck.MANIFEST_MISSING:
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.MANIFEST_MISSING, refused)
+        case ArtifactCheck.DIGEST_MISMATCH:
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.ARTIFACT_DIGEST_MISMATCH, refused)
+        case ArtifactCheck.INVALID:
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.ARTIFACTS_INVALID, refused)
+        case ArtifactCheck.VERIFIED:
+            _candidate(draft, active, artifacts)
+
+
+def _verifying(draft: Draft, active: ActiveRetrain, detail: str) -> None:
+    message = f"Job {active.job} complete; {detail}"
+    draft.condition(ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.VERIFYING_ARTIFACTS, message)
+
+
+def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation) -> None:
+    draft.status.candidate_model = CandidateModel(
+        version=active.version,
+        job=active.job,
+        uri=artifacts.uri,
+        sha256=artifacts.model_sha256,
+        trigger=active.trigger,
+        metrics=contract.numeric_metrics(artifacts.metrics.get("candidate")),
+        current_metrics=contract.numeric_metrics(artifacts.metrics.get("current")),
+        comparison=contract.comparisons(artifacts.metrics.get("comparison")),
+        created_at=draft.now,
+    )
+    message = f"candidate {active.version} at {artifacts.uri}"
+    _end_retrain(draft, active, Outcome.RETRAINED, Reason.RETRAIN_SUCCEEDED, message)
+    awaiting = f"candidate {active.version} awaits validation"
+    draft.condition(ConditionType.VALIDATED, ConditionStatus.UNKNOWN, Reason.AWAITING_VALIDATION, awaiting)
+
+
+def _end_retrain(draft: Draft, active: ActiveRetrain, outcome: Outcome, reason: Reason, message: str) -> None:
+    draft.status.active_retrain = None
+    retrained = outcome is Outcome.RETRAINED
+    draft.add_history(
+        HistoryEntry(
+            version=active.version,
+            trigger=active.trigger,
+            outcome=outcome,
+            reason=reason,
+            started_at=active.started_at,
+            retrained_at=draft.now if retrained else None,
+            finished_at=None if retrained else draft.now,
+        )
+    )
+    draft.condition(ConditionType.RETRAINING, ConditionStatus.FALSE, reason, message)
+    draft.record(RetrainFinished(outcome, reason))
+
+
+def _describe(active: ActiveRetrain) -> str:
+    return f"Job {active.job} training {active.version} ({active.trigger}: {active.reason})"

@@ -93,7 +93,8 @@ def loop_state(
 def accuracy(value: float | None, samples: float | None = 500.0) -> MetricObservation:
     result = QueryResult.of(value) if value is not None else QueryResult.of(float("nan"))
     samples_result = QueryResult.of(samples) if samples is not None else None
-    return MetricObservation(name="accuracy", query="q", result=result, samples=samples_result)
+    samples_query = "sq" if samples is not None else None
+    return MetricObservation("accuracy", "q", result, samples_result, samples_query)
 
 
 def healthy_dependencies(**changes: Any) -> Observations:

@@ -20,10 +20,18 @@ from core_inputs import (
     rolling_status,
     spec_dict,
 )
-from feedbackloop.api import ConditionType
+from feedbackloop.api import ConditionType, Outcome, Trigger
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision
 from feedbackloop.core.gates import Comparison, evaluate_gates
+from feedbackloop.core.manual import (
+    Refusal,
+    known_versions,
+    promotable_versions,
+    promotion_refusal,
+    rollback_refusal,
+    rollback_targets,
+)
 from feedbackloop.core.observations import (
     ArtifactCheck,
     ArtifactObservation,
@@ -36,6 +44,7 @@ from feedbackloop.core.spec import Gate
 from feedbackloop.core.status import (
     ActiveRetrain,
     FeedbackLoopStatus,
+    HistoryEntry,
     ModelRef,
 )
 
@@ -498,3 +507,26 @@ def test_a_rollout_whose_deployment_vanished_stops_without_applying() -> None:
     assert decision.actions == ()
     assert decision.status.rollout is None
     assert condition(decision, "RolledOut")[:2] == ("False", "TargetNotFound")
+
+
+# ---------------------------------------------------------------- eligibility, shared with the plugin
+
+
+def test_eligibility_is_what_decide_does() -> None:
+    """The plugin lists what these predicates allow; decide() refuses exactly what they refuse."""
+    failed_v3 = HistoryEntry(version="v3", trigger=Trigger.BREACH, outcome=Outcome.RETRAIN_FAILED)
+    status = rolling_status().model_copy(update={"rollout": None, "rejected_versions": ("v0",)})
+    status = status.model_copy(update={"history": (*status.history, failed_v3)})
+    assert known_versions(status) == ["v1", "v2", "v3"]
+    assert promotable_versions(status) == ["v2"]
+    assert rollback_targets(status) == ["v2"]  # v1 serves, v3 never stored a version
+    assert promotion_refusal(status, "v0") is Refusal.REJECTED
+    assert promotion_refusal(status, "v1") is Refusal.NOT_VALIDATED
+    assert rollback_refusal(status, "v1") is Refusal.ALREADY_SERVING
+
+    refused = run(spec_dict(mode="Recommend"), status, healthy_dependencies(promote_request="v1"))
+    assert condition(refused, "RolledOut")[2] == f"promote v1: refused, {Refusal.NOT_VALIDATED}"
+    serving = run(spec_dict(), status, healthy_dependencies(rollback_request="v1"))
+    assert condition(serving, "RolledOut")[2] == f"rollback-to v1: refused, {Refusal.ALREADY_SERVING}"
+    promoted = run(spec_dict(mode="Recommend"), status, healthy_dependencies(promote_request="v2"))
+    assert promoted.status.rollout is not None and promoted.status.rollout.version == "v2"

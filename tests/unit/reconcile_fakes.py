@@ -1,0 +1,234 @@
+"""In-memory implementations of the reconciler's three Protocols: plain classes that keep state and record
+every call in one shared journal, so a test can check what was written and in which order. No mock library.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
+from feedbackloop.core.loop import OperatorPolicy
+from feedbackloop.core.observations import (
+    ArtifactCheck,
+    ArtifactObservation,
+    DeployedModel,
+    DeploymentProgress,
+    JobObservation,
+    JobState,
+    Probe,
+    QueryResult,
+    TargetObservation,
+)
+from feedbackloop.core.status import ModelRef
+from feedbackloop.reconcile import Reconciler
+
+__all__ = [
+    "Call",
+    "FakeApiError",
+    "FakeArtifacts",
+    "FakeCluster",
+    "FakePrometheus",
+    "ManualClock",
+    "World",
+    "apply_merge_patch",
+]
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+class FakeApiError(Exception):
+    """What a failing write raises, shaped like the Kubernetes adapter's ApiFailureError."""
+
+    def __init__(self, operation: str, forbidden: bool = False) -> None:
+        super().__init__(f"{operation}: HTTP {403 if forbidden else 500} injected")
+        self.forbidden = forbidden
+
+
+def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a status merge patch."""
+    result = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = apply_merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+@dataclass
+class FakeCluster:
+    journal: list[Call]
+    loops: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_states: dict[str, JobState] = field(default_factory=dict)
+    deployed_uri: str | None = None
+    rollout_completes: bool = True
+    failing: set[str] = field(default_factory=set)  # method names that raise FakeApiError
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.journal.append(Call(name, args))
+        if name in self.failing:
+            raise FakeApiError(name)
+
+    def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_loop", namespace, name)
+        body = self.loops.get((namespace, name))
+        return copy.deepcopy(body) if body is not None else None
+
+    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self._call("patch_loop_status", namespace, name, copy.deepcopy(patch))
+        body = self.loops[(namespace, name)]
+        body["status"] = apply_merge_patch(body.get("status") or {}, patch)
+
+    def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation:
+        self._call("observe_target", namespace, deployment, container)
+        progress = DeploymentProgress(
+            generation=2,
+            observed_generation=2,
+            replicas=2,
+            updated=2 if self.rollout_completes else 1,
+            available=2 if self.rollout_completes else 1,
+            total=2 if self.rollout_completes else 3,
+        )
+        deployed = DeployedModel(self.deployed_uri, None, None) if self.deployed_uri else None
+        return TargetObservation(True, True, (container,), deployed, progress)
+
+    def observe_job(self, namespace: str, name: str) -> JobObservation:
+        self._call("observe_job", namespace, name)
+        return JobObservation(name, self.job_states.get(name, JobState.MISSING))
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        self._call("create_job", name)
+        if name in self.jobs:
+            return False
+        self.jobs[name] = copy.deepcopy(manifest)
+        self.job_states[name] = JobState.RUNNING
+        return True
+
+    def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
+        self._call("apply_model", deployment, model.version if model else None)
+        self.deployed_uri = model.uri if model else None
+
+    def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
+        self._call("count_active_retrains", namespaces)
+        return sum(1 for state in self.job_states.values() if state is JobState.RUNNING)
+
+    def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
+        self._call("post_event", kind, reason)
+
+
+@dataclass
+class FakePrometheus:
+    journal: list[Call]
+    value: float = 0.9  # what every value query answers
+    samples: float = 500.0  # what every samples query answers
+
+    def query(self, url: str, query: str, timeout_seconds: float) -> QueryResult:
+        self.journal.append(Call("query", (query,)))
+        return QueryResult.of(self.samples if "samples" in query else self.value)
+
+    def probe(self, url: str, timeout_seconds: float) -> Probe:
+        self.journal.append(Call("probe", (url,)))
+        return Probe(ok=True)
+
+
+@dataclass
+class FakeArtifacts:
+    journal: list[Call]
+    candidate_metrics: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.9})
+
+    def probe_bucket(self, bucket: str) -> Probe:
+        self.journal.append(Call("probe_bucket", (bucket,)))
+        return Probe(ok=True)
+
+    def verify_version(self, uri: str, version: str) -> ArtifactObservation:
+        self.journal.append(Call("verify_version", (uri, version)))
+        return ArtifactObservation(
+            ArtifactCheck.VERIFIED,
+            uri=uri,
+            model_sha256=hashlib.sha256(version.encode()).hexdigest(),
+            metrics={"schemaVersion": 1, "candidate": self.candidate_metrics, "current": None},
+        )
+
+
+@dataclass
+class ManualClock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class World:
+    """One loop on a fake cluster, Prometheus and store, and the Reconciler that works on them."""
+
+    def __init__(self, name: str, spec: dict[str, Any], start: datetime, limit: int = 2) -> None:
+        self.name, self.namespace = name, "ml"
+        self.journal: list[Call] = []
+        self.cluster = FakeCluster(self.journal)
+        self.prometheus = FakePrometheus(self.journal)
+        self.artifacts = FakeArtifacts(self.journal)
+        self.clock = ManualClock(start)
+        self.cluster.loops[(self.namespace, name)] = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "uid": f"uid-{name}",
+                "generation": 1,
+                "creationTimestamp": (start - timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+                "annotations": {},
+                "labels": {LABEL_LOOP: name},
+            },
+            "spec": spec,
+        }
+        self.reconciler = Reconciler(
+            cluster=self.cluster,
+            prometheus=self.prometheus,
+            artifacts=self.artifacts,
+            policy=OperatorPolicy(trainer_images=("registry.example/trainer:1",)),
+            max_concurrent_retrains=limit,
+            clock=self.clock,
+        )
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.cluster.loops[(self.namespace, self.name)]
+
+    @property
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.body.get("status") or {}
+        return status
+
+    def annotate(self, key: str, value: str) -> None:
+        self.body["metadata"]["annotations"][key] = value
+
+    def reconcile(self, after_seconds: float = 0) -> list[Call]:
+        """Advance the clock, reconcile once, and return the calls that reconcile made."""
+        self.clock.advance(after_seconds)
+        start = len(self.journal)
+        try:
+            self.reconciler.reconcile(self.namespace, self.name)
+        finally:
+            self.last_calls = self.journal[start:]
+        return self.last_calls
+
+    def writes(self, calls: list[Call] | None = None) -> list[Call]:
+        """The calls that change something: status patches, Jobs, applies, Events."""
+        writing = {"patch_loop_status", "create_job", "apply_model", "post_event"}
+        return [call for call in (self.last_calls if calls is None else calls) if call.name in writing]

@@ -1,0 +1,124 @@
+"""Post-rollout analysis as pure functions: one measurement from an evaluation, and the verdict over all."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
+from feedbackloop.api import MeasurementVerdict, MetricVerdict
+from feedbackloop.core.analysis import AnalysisPhase, analysis_metrics, assess, measure
+from feedbackloop.core.decide import decide
+from feedbackloop.core.spec import AnalysisSpec, parse_spec
+from feedbackloop.core.status import (
+    Evaluation,
+    MeasuredMetric,
+    Measurement,
+    MetricEvaluation,
+    ThresholdStatus,
+)
+
+SUCCESS, FAIL, NONE = (
+    MeasurementVerdict.SUCCESSFUL,
+    MeasurementVerdict.FAILED,
+    MeasurementVerdict.INCONCLUSIVE,
+)
+LATENCY_MAX = ThresholdStatus(max=0.25)
+ACCURACY_MIN = ThresholdStatus(min=0.85)
+
+
+def result(
+    name: str, verdict: MetricVerdict, value: float | None, threshold: ThresholdStatus
+) -> MetricEvaluation:
+    message = "" if verdict is MetricVerdict.HEALTHY else "0.7 < min 0.85" if value else "no data"
+    return MetricEvaluation(
+        name=name, value=value, threshold=threshold, verdict=verdict, reason="r", message=message
+    )
+
+
+def measurements(*verdicts: MeasurementVerdict) -> tuple[Measurement, ...]:
+    return tuple(
+        Measurement(time=T0 + timedelta(minutes=i), verdict=v, message=f"m{i}")
+        for i, v in enumerate(verdicts)
+    )
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "phase", "ending"),
+    [
+        ((), AnalysisPhase.RUNNING, "0/3 measurements: 0 successful, 0 failed, 0 inconclusive"),
+        (
+            (SUCCESS, SUCCESS),
+            AnalysisPhase.RUNNING,
+            "2/3 measurements: 2 successful, 0 failed, 0 inconclusive",
+        ),
+        ((SUCCESS, SUCCESS, SUCCESS), AnalysisPhase.SUCCESSFUL, "3 successful, 0 failed, 0 inconclusive"),
+        ((SUCCESS, FAIL, SUCCESS), AnalysisPhase.SUCCESSFUL, "2 successful, 1 failed, 0 inconclusive"),
+        ((FAIL, FAIL), AnalysisPhase.FAILED, "0 successful, 2 failed, 0 inconclusive; last: m1"),
+        ((NONE, NONE, NONE), AnalysisPhase.INCONCLUSIVE, "3 inconclusive; last: m2"),
+        ((NONE, FAIL, NONE), AnalysisPhase.INCONCLUSIVE, "1 failed, 2 inconclusive; none successful"),
+    ],
+)
+def test_assess_follows_the_limits(
+    verdicts: tuple[MeasurementVerdict, ...], phase: AnalysisPhase, ending: str
+) -> None:
+    analysis = AnalysisSpec(count=3, failure_limit=1, inconclusive_limit=2)
+    assessment = assess(analysis, measurements(*verdicts))
+    assert assessment.phase is phase
+    assert assessment.message.endswith(ending)
+
+
+def test_a_failed_measurement_names_each_metric_outside_its_threshold_with_value_and_threshold() -> None:
+    evaluation = Evaluation(
+        time=T0,
+        metrics=(
+            result("accuracy", MetricVerdict.BREACHED, 0.7, ACCURACY_MIN),
+            result("p99_latency", MetricVerdict.HEALTHY, 0.1, LATENCY_MAX),
+            result("drift", MetricVerdict.NO_DATA, None, ThresholdStatus(max=0.2)),
+        ),
+    )
+    measured = measure(frozenset({"accuracy", "p99_latency", "drift"}), evaluation, T0)
+    assert measured.verdict is MeasurementVerdict.FAILED
+    assert measured.message == "accuracy 0.7 < min 0.85"
+    assert measured.metrics == (
+        MeasuredMetric(name="accuracy", verdict=MetricVerdict.BREACHED, value=0.7, threshold=ACCURACY_MIN),
+        MeasuredMetric(
+            name="drift", verdict=MetricVerdict.NO_DATA, value=None, threshold=ThresholdStatus(max=0.2)
+        ),
+    )
+
+
+def test_no_data_is_inconclusive_and_a_clean_measurement_lists_no_metric() -> None:
+    no_data = Evaluation(time=T0, metrics=(result("accuracy", MetricVerdict.NO_DATA, None, ACCURACY_MIN),))
+    inconclusive = measure(frozenset({"accuracy"}), no_data, T0)
+    assert (inconclusive.verdict, inconclusive.message) == (NONE, "accuracy: no data")
+    assert [m.name for m in inconclusive.metrics] == ["accuracy"]
+
+    clean = Evaluation(time=T0, metrics=(result("accuracy", MetricVerdict.HEALTHY, 0.9, ACCURACY_MIN),))
+    successful = measure(frozenset({"accuracy"}), clean, T0)
+    assert (successful.verdict, successful.metrics) == (SUCCESS, ())
+    assert measure(frozenset({"other"}), clean, T0).message == "no metrics"
+
+
+def test_analysis_judges_the_named_metrics_else_every_monitoring_metric() -> None:
+    assert analysis_metrics(parse_spec(spec_dict())) == {"accuracy"}
+    two = spec_dict(
+        **{
+            "monitoring.metrics": [
+                {"name": "accuracy", "query": "a", "threshold": {"min": 0.8}},
+                {"name": "latency", "query": "l", "threshold": {"max": 1}},
+            ],
+            "rollout.analysis.metrics": ["latency"],
+        }
+    )
+    assert analysis_metrics(parse_spec(two)) == {"latency"}
+
+
+def test_status_records_the_rendered_queries_of_each_evaluation() -> None:
+    decision = decide(loop_state(), healthy_dependencies(metrics=(accuracy(0.93),)), POLICY, T0)
+    evaluation = decision.status.last_evaluation
+    assert evaluation is not None
+    (metric,) = evaluation.metrics
+    assert metric.query == "q"  # what the observation says was sent
+    assert metric.samples_query == "sq"

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 include tests/cluster/versions.env
 HELM = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/helm-$(HELM_VERSION)
 
-.PHONY: help demo venv cluster-build manifests lint unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
+.PHONY: help demo venv cluster-build manifests lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,12 +32,19 @@ cluster-build:  ## build or install the control plane, etcd, kwok, versitygw, Pr
 manifests: $(STAMP) cluster-build  ## regenerate manifests/ and the chart's CRD copy from helm/ and crds/
 	$(BIN)/python helm/render_manifests.py --helm $(HELM)
 
-lint: $(STAMP)  ## ruff, mypy strict, import-linter, hadolint
+lint: $(STAMP) typecheck  ## ruff, mypy strict, import-linter, hadolint
 	$(BIN)/ruff check operator jobs serving tests bench helm
 	$(BIN)/ruff format --check operator jobs serving tests bench helm
-	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+# One mypy run per test suite: each suite has its own conftest.py, and one run cannot hold two of a name.
+typecheck: $(STAMP)  ## mypy strict on the operator, server and trainer, then on every test suite
+	$(BIN)/mypy
+	$(BIN)/mypy tests/unit
+	$(BIN)/mypy tests/integration
+	$(BIN)/mypy tests/e2e
+	$(BIN)/mypy tests/conftest.py tests/cluster
 
 unit: $(STAMP)  ## fast tests, no external components
 	$(BIN)/pytest tests/unit

@@ -50,13 +50,23 @@ from pod_runner import PodRunner  # noqa: E402
 
 import harness  # noqa: E402
 from feedbackloop.adapters.artifacts import ArtifactStore, s3_client  # noqa: E402
+from feedbackloop.api import (  # noqa: E402
+    API_VERSION,
+    CRD_NAME,
+    ENV_MODEL_SHA256,
+    ENV_MODEL_URI,
+    GROUP,
+    MODEL_VERSION_ANNOTATION,
+    PLURAL,
+    RETRAIN_REQUEST_ANNOTATION,
+    VERSION,
+)
 from feedbackloop.core import contract  # noqa: E402
 from feedbackloop.core.observations import ArtifactCheck  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 
 NAMESPACE, LOOP, MODEL, NODE = "demo", "churn", "churn", "local"
 MODELS_BUCKET, DATA_BUCKET, PREFIX = "models", "data", "loops/"
-GROUP, VERSION, PLURAL = "feedbackloop.dev", "v1alpha1", "feedbackloops"
 THRESHOLD = 0.8
 FEATURES = ["tenure", "monthly", "plan", "region"]
 
@@ -219,7 +229,7 @@ def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str,
                 "metadata": {
                     "labels": {"app": "churn"},
                     "annotations": {
-                        "feedbackloop.dev/model-version": "v1",
+                        MODEL_VERSION_ANNOTATION: "v1",
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": "8080",
                     },
@@ -235,8 +245,8 @@ def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str,
                             "command": ["feedbackloop-serve"],
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": [
-                                {"name": "MODEL_URI", "value": uri},
-                                {"name": "MODEL_SHA256", "value": sha256},
+                                {"name": ENV_MODEL_URI, "value": uri},
+                                {"name": ENV_MODEL_SHA256, "value": sha256},
                                 {"name": "MODEL_NAME", "value": MODEL},
                                 {"name": "FEEDBACK_URI", "value": f"s3://{DATA_BUCKET}/feedback/"},
                                 {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -276,7 +286,7 @@ def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str,
 def loop_spec(endpoints: harness.Endpoints) -> dict[str, Any]:
     scoped = "{model={{model}},model_version={{model_version}}}"
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "FeedbackLoop",
         "metadata": {"name": LOOP, "namespace": NAMESPACE},
         "spec": {
@@ -528,8 +538,12 @@ def save_reports(store: ArtifactStore, versions: list[str], out: Path) -> dict[s
 def seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
-    parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
-    return round((parse(end) - parse(start)).total_seconds(), 1)
+    elapsed = _timestamp(end) - _timestamp(start)
+    return round(elapsed.total_seconds(), 1)
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # ---------------------------------------------------------------- the run
@@ -571,9 +585,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
             api = config.new_client_from_config(config_file=str(endpoints.kubeconfig))
             core = client.CoreV1Api(api)
             cluster.kubectl("apply", "-f", str(REPO / "crds" / "feedbackloop.yaml"))
-            cluster.kubectl(
-                "wait", "crd/feedbackloops.feedbackloop.dev", "--for=condition=Established", "--timeout=60s"
-            )
+            cluster.kubectl("wait", f"crd/{CRD_NAME}", "--for=condition=Established", "--timeout=60s")
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
             core.create_namespaced_secret(
                 NAMESPACE,
@@ -674,7 +686,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                 time.sleep(plan.poison_s)
                 client.CustomObjectsApi(api).patch_namespaced_custom_object(
                     GROUP, VERSION, NAMESPACE, PLURAL, LOOP,
-                    {"metadata": {"annotations": {"feedbackloop.dev/retrain-requested": "poisoned-1"}}},
+                    {"metadata": {"annotations": {RETRAIN_REQUEST_ANNOTATION: "poisoned-1"}}},
                 )  # fmt: skip
                 timeline.mark("manual retrain requested")
                 verdict = wait_for(
@@ -709,24 +721,22 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                 if e.involved_object.kind == "FeedbackLoop"
             ]
             served = client.AppsV1Api(api).read_namespaced_deployment("churn-server", NAMESPACE)
-            deployment_version = served.spec.template.metadata.annotations.get(
-                "feedbackloop.dev/model-version", ""
-            )
+            deployment_version = served.spec.template.metadata.annotations.get(MODEL_VERSION_ANNOTATION, "")
             v2_check = store.verify_version(
                 contract.version_uri(MODELS_BUCKET, PREFIX, NAMESPACE, LOOP, "v2"), "v2"
             ).check.value
             reports = save_reports(store, ["v1", "v2", "v3"], out)
 
-    status = loop.get("status", {})
-    history = {h["version"]: h for h in status.get("history", [])}
+    final: dict[str, Any] = loop.get("status", {})
+    history = {h["version"]: h for h in final.get("history", [])}
     v2 = history.get("v2", {})
     before = traffic.accuracy("v1", drifted=False)
     after_drift = traffic.accuracy("v1", drifted=True, since=drift_at)
     after_rollout = traffic.accuracy("v2", drifted=True, since=rolled_at)
-    rejected = list(status.get("rejectedVersions", []))
+    rejected = list(final.get("rejectedVersions", []))
     v3 = history.get("v3", {})
     closed = bool(
-        status.get("currentModel", {}).get("version") == "v2"
+        final.get("currentModel", {}).get("version") == "v2"
         and deployment_version == "v2"
         and v3.get("outcome") == "Rejected"
         and not v3.get("rolloutStartedAt")
@@ -752,7 +762,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
     }
     plot(timeline, out / "timeline.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    (out / "status.json").write_text(json.dumps(final, indent=2) + "\n")
     return Result(summary, loop, jobs, events, deployment_version, v2_check, reports)
 
 

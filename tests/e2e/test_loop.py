@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def job_trigger(job: dict[str, Any]) -> str:
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    return next(e["value"] for e in env if e["name"] == "FBL_TRIGGER")
+    return str(next(e["value"] for e in env if e["name"] == "FBL_TRIGGER"))
 
 
 @pytest.mark.timeout(900)

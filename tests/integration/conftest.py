@@ -14,6 +14,7 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
 import harness
+from feedbackloop.api import CRD_NAME, GROUP, VERSION
 from install_helpers import install_chart  # noqa: F401 - shared fixture
 from loop_scenario import exporter, scenario, start_operator, store  # noqa: F401 - shared fixtures
 
@@ -60,16 +61,14 @@ def release_loops(custom: client.CustomObjectsApi, namespace: str) -> None:
     """Drops the operator's finalizer from a finished test's loops: its operator has stopped, and a namespace
     stuck in Terminating would leave loops behind for a later cluster-wide operator."""
     try:
-        loops = custom.list_namespaced_custom_object(
-            "feedbackloop.dev", "v1alpha1", namespace, "feedbackloops"
-        )
+        loops = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "feedbackloops")
     except client.ApiException as err:
         if err.status == 404:  # the CRD is not installed in this session
             return
         raise
     for loop in loops["items"]:
         custom.patch_namespaced_custom_object(
-            "feedbackloop.dev", "v1alpha1", namespace, "feedbackloops", loop["metadata"]["name"],
+            GROUP, VERSION, namespace, "feedbackloops", loop["metadata"]["name"],
             {"metadata": {"finalizers": None}},
         )  # fmt: skip
 
@@ -88,7 +87,7 @@ def s3(endpoints: harness.Endpoints) -> object:
 def bucket(s3: Any) -> str:
     """A fresh bucket per test."""
     name = f"b-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    s3.create_bucket(Bucket=name)
     return name
 
 
@@ -103,8 +102,6 @@ def crd(cluster: harness.Cluster) -> dict[str, Any]:
     """The FeedbackLoop CRD, installed once; re-applying it is idempotent."""
     path = harness.REPO / "crds" / "feedbackloop.yaml"
     cluster.kubectl("apply", "-f", str(path))
-    cluster.kubectl(
-        "wait", "crd/feedbackloops.feedbackloop.dev", "--for=condition=Established", "--timeout=30s"
-    )
+    cluster.kubectl("wait", f"crd/{CRD_NAME}", "--for=condition=Established", "--timeout=30s")
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded

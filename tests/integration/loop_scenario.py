@@ -12,6 +12,13 @@ import pytest
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.adapters.prometheus import PrometheusAdapter
+from feedbackloop.api import (
+    API_VERSION,
+    ENV_MODEL_SHA256,
+    ENV_MODEL_URI,
+    MODEL_VERSION_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+)
 from feedbackloop.core import contract
 from harness import wait_until
 from operator_process import ModelExporter, OperatorProcess
@@ -124,7 +131,7 @@ class Scenario:
                 "template": {
                     "metadata": {
                         "labels": {"app": "churn"},
-                        "annotations": {"feedbackloop.dev/model-version": "v1"},
+                        "annotations": {MODEL_VERSION_ANNOTATION: "v1"},
                     },
                     "spec": {
                         "containers": [
@@ -132,8 +139,8 @@ class Scenario:
                                 "name": "server",
                                 "image": "feedbackloop-server:test",
                                 "env": [
-                                    {"name": "MODEL_URI", "value": uri},
-                                    {"name": "MODEL_SHA256", "value": "1" * 64},
+                                    {"name": ENV_MODEL_URI, "value": uri},
+                                    {"name": ENV_MODEL_SHA256, "value": "1" * 64},
                                 ],
                             }
                         ]
@@ -161,7 +168,7 @@ class Scenario:
         if not spec["prometheus"]["url"]:
             spec["prometheus"]["url"] = self.endpoints.prometheus_url
         body = {
-            "apiVersion": "feedbackloop.dev/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "FeedbackLoop",
             "metadata": {"name": name, "annotations": annotations or {}},
             "spec": spec,
@@ -201,9 +208,7 @@ class Scenario:
         return found
 
     def annotate_retrain(self, request_id: str, name: str = LOOP) -> None:
-        self.kubectl(
-            "annotate", "fbl", name, f"feedbackloop.dev/retrain-requested={request_id}", "--overwrite"
-        )
+        self.kubectl("annotate", "fbl", name, f"{RETRAIN_REQUEST_ANNOTATION}={request_id}", "--overwrite")
 
     def events(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.kubectl("get", "events", "-o", "json").stdout)["items"]
@@ -262,12 +267,14 @@ def deployment(scenario: Scenario) -> dict[str, Any]:
 def served(scenario: Scenario) -> tuple[dict[str, str], str | None]:
     template = deployment(scenario)["spec"]["template"]
     env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0].get("env", [])}
-    return env, (template["metadata"].get("annotations") or {}).get("feedbackloop.dev/model-version")
+    return env, (template["metadata"].get("annotations") or {}).get(MODEL_VERSION_ANNOTATION)
 
 
 def wait_status(
     scenario: Scenario, done: Callable[[dict[str, Any]], bool], timeout: float = 120
 ) -> dict[str, Any]:
-    status = wait_until(lambda: scenario.loop().get("status", {}), done, timeout=timeout, interval=0.5)
+    status: dict[str, Any] = wait_until(
+        lambda: scenario.loop().get("status", {}), done, timeout=timeout, interval=0.5
+    )
     assert done(status), json.dumps(status, indent=1)[:3000]
     return status

@@ -13,13 +13,14 @@ import pytest
 import yaml
 
 import harness
+from feedbackloop.api import API_VERSION, CRD_NAME, GROUP
 from harness import wait_until
 
 pytestmark = pytest.mark.integration
 
 CRD_PATH = harness.REPO / "crds" / "feedbackloop.yaml"
 EXAMPLE_PATH = harness.REPO / "manifests" / "examples" / "feedbackloop.yaml"
-CRD_NAME = "feedbackloops.feedbackloop.dev"
+CRD_NAME = CRD_NAME
 
 Mutation = Callable[[dict[str, Any]], None]
 EXAMPLE: dict[str, Any] = yaml.safe_load(EXAMPLE_PATH.read_text())
@@ -148,7 +149,7 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
 @pytest.mark.usefixtures("crd")
 def test_minimal_observe_loop_gets_nested_defaults(cluster: harness.Cluster, namespace: str) -> None:
     obj = {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "FeedbackLoop",
         "metadata": {"name": "watch-only"},
         "spec": {
@@ -542,7 +543,7 @@ def test_crd_names_and_example_identity() -> None:
         "shortNames": ["fbl"],
         "categories": ["mlops"],
     }
-    assert (spec["group"], spec["scope"]) == ("feedbackloop.dev", "Namespaced")
+    assert (spec["group"], spec["scope"]) == (GROUP, "Namespaced")
     version = spec["versions"][0]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}

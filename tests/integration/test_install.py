@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import harness
+from feedbackloop.api import API_VERSION, CRD_NAME, KIND
 from harness import wait_until
 from install_helpers import CHART, RESTRICTED, Release, create_namespace, helm, objects
 from loop_scenario import loop_spec
@@ -100,6 +101,10 @@ def normalised(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def by_kind_and_name(items: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): normalised(o) for o in items}
+
+
 def test_kustomize_base_renders_the_same_objects_as_the_chart_defaults(endpoints: harness.Endpoints) -> None:
     chart = objects(
         helm(endpoints, "template", "feedbackloop-operator", str(CHART), "-n", "feedbackloop-system").stdout
@@ -116,9 +121,8 @@ def test_kustomize_base_renders_the_same_objects_as_the_chart_defaults(endpoints
     assert [n["metadata"]["name"] for n in namespaces] == [
         "feedbackloop-system"
     ]  # helm gets --create-namespace
-    by_key = lambda items: {(o["kind"], o["metadata"]["name"]): normalised(o) for o in items}  # noqa: E731
-    expected = by_key(chart)
-    got = by_key([o for o in kustomized if o["kind"] != "Namespace"])
+    expected = by_kind_and_name(chart)
+    got = by_kind_and_name([o for o in kustomized if o["kind"] != "Namespace"])
     assert sorted(got) == sorted(expected)
     for key, obj in expected.items():
         assert got[key] == obj, f"{key} differs: run `make manifests`"
@@ -159,21 +163,24 @@ def test_helm_install_upgrade_uninstall_keeps_the_crd_and_the_loops(
     namespace: str,
 ) -> None:
     release = install_chart("--wait", "--timeout", "90s")
-    deployment = lambda: json.loads(  # noqa: E731
-        cluster.kubectl(
+
+    def deployment() -> dict[str, Any]:
+        got = cluster.kubectl(
             "get", "deployment", release.service_account, "-n", release.namespace, "-o", "json"
-        ).stdout
-    )
+        )
+        found: dict[str, Any] = json.loads(got.stdout)
+        return found
+
     first = deployment()
     assert first["status"].get("readyReplicas") == 1  # its pod passed Pod Security "restricted"
     assert operator_env(first)["FBL_TICK_SECONDS"] == "5"
-    crd = json.loads(cluster.kubectl("get", "crd", "feedbackloops.feedbackloop.dev", "-o", "json").stdout)
+    crd = json.loads(cluster.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
 
     loop = {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
-        "kind": "FeedbackLoop",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "kept", "namespace": namespace},
         "spec": {**loop_spec("kept"), "prometheus": {"url": "http://prometheus:9090"}},
     }
@@ -198,6 +205,6 @@ def test_helm_install_upgrade_uninstall_keeps_the_crd_and_the_loops(
     assert gone == ""
     roles = cluster.kubectl("get", "clusterrole", release.service_account, check=False)
     assert "NotFound" in roles.stderr
-    assert cluster.kubectl("get", "crd", "feedbackloops.feedbackloop.dev", "-o", "name").stdout.strip()
+    assert cluster.kubectl("get", "crd", CRD_NAME, "-o", "name").stdout.strip()
     kept = json.loads(cluster.kubectl("get", "fbl", "kept", "-n", namespace, "-o", "json").stdout)
     assert kept["spec"]["monitoring"]["labels"] == {"model": "kept"}

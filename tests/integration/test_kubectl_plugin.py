@@ -21,6 +21,13 @@ import pytest
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.api import (
+    API_VERSION,
+    CRD_NAME,
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+)
 from feedbackloop.core import contract
 from harness import wait_until
 from loop_scenario import BUCKET, LOOP, PREFIX, loop_spec
@@ -220,7 +227,7 @@ class Plugin:
     def apply_loop(self, name: str, **changes: Any) -> None:
         spec = loop_spec(self.namespace, **changes)
         spec["prometheus"]["url"] = self.endpoints.prometheus_url
-        body = {"apiVersion": "feedbackloop.dev/v1alpha1", "kind": "FeedbackLoop", "metadata": {"name": name}}
+        body = {"apiVersion": API_VERSION, "kind": "FeedbackLoop", "metadata": {"name": name}}
         self.kubectl("apply", "-f", "-", input_text=json.dumps({**body, "spec": spec}))
 
     def set_status(self, name: str, status: dict[str, Any]) -> None:
@@ -546,16 +553,16 @@ def managers_of(loop: dict[str, Any], field: str) -> set[str]:
 
 def test_retrain_sets_a_fresh_request_each_time(plugin: Plugin) -> None:
     first = plugin.ok("retrain", LOOP)
-    value_one = plugin.annotations()["feedbackloop.dev/retrain-requested"]
+    value_one = plugin.annotations()[RETRAIN_REQUEST_ANNOTATION]
     second = plugin.ok("retrain", LOOP)
-    value_two = plugin.annotations()["feedbackloop.dev/retrain-requested"]
+    value_two = plugin.annotations()[RETRAIN_REQUEST_ANNOTATION]
 
     described = f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}"'
     assert first == f"{described}: retrain requested (feedbackloop.dev/retrain-requested={value_one})\n"
     assert second == f"{described}: retrain requested (feedbackloop.dev/retrain-requested={value_two})\n"
     assert value_one != value_two
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", value_two)
-    assert managers_of(plugin.loop(), "f:feedbackloop.dev/retrain-requested") == {FIELD_MANAGER}
+    assert managers_of(plugin.loop(), f"f:{RETRAIN_REQUEST_ANNOTATION}") == {FIELD_MANAGER}
 
 
 def test_retrain_of_a_suspended_loop_warns_that_it_waits(plugin: Plugin) -> None:
@@ -568,7 +575,7 @@ def test_retrain_of_a_suspended_loop_warns_that_it_waits(plugin: Plugin) -> None
         result.stderr
         == f"warning: the loop is suspended: the retrain waits until `kubectl feedbackloop resume {LOOP}`\n"
     )
-    assert "feedbackloop.dev/retrain-requested" in plugin.annotations()
+    assert RETRAIN_REQUEST_ANNOTATION in plugin.annotations()
 
 
 def test_promote_accepts_only_the_validated_candidate(plugin: Plugin) -> None:
@@ -578,7 +585,7 @@ def test_promote_accepts_only_the_validated_candidate(plugin: Plugin) -> None:
         f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}": promotion of v5 requested '
         "(feedbackloop.dev/promote=v5)\n"
     )
-    assert plugin.annotations()["feedbackloop.dev/promote"] == "v5"
+    assert plugin.annotations()[PROMOTE_ANNOTATION] == "v5"
     assert plugin.fails("promote", LOOP, "v4") == (
         f'error: cannot promote v4 on FeedbackLoop "{LOOP}": the operator rejected it; '
         f"promotable: v5; known versions: {ALL_VERSIONS}"
@@ -587,7 +594,7 @@ def test_promote_accepts_only_the_validated_candidate(plugin: Plugin) -> None:
         f'error: cannot promote v9 on FeedbackLoop "{LOOP}": it is not the validated candidate; '
         f"promotable: v5; known versions: {ALL_VERSIONS}"
     )
-    assert plugin.annotations()["feedbackloop.dev/promote"] == "v5"  # refusals change nothing
+    assert plugin.annotations()[PROMOTE_ANNOTATION] == "v5"  # refusals change nothing
 
 
 def test_promote_refuses_a_request_the_operator_already_handled(plugin: Plugin) -> None:
@@ -597,7 +604,7 @@ def test_promote_refuses_a_request_the_operator_already_handled(plugin: Plugin) 
         "error: the operator already handled feedbackloop.dev/promote=v5 on this loop and handles each "
         "value once, so it would ignore this request"
     )
-    assert "feedbackloop.dev/promote" not in plugin.annotations()
+    assert PROMOTE_ANNOTATION not in plugin.annotations()
 
 
 def test_rollback_accepts_stored_versions_that_are_neither_serving_nor_rejected(plugin: Plugin) -> None:
@@ -607,7 +614,7 @@ def test_rollback_accepts_stored_versions_that_are_neither_serving_nor_rejected(
         f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}": rollback to v1 requested '
         "(feedbackloop.dev/rollback-to=v1)\n"
     )
-    assert plugin.annotations()["feedbackloop.dev/rollback-to"] == "v1"
+    assert plugin.annotations()[ROLLBACK_ANNOTATION] == "v1"
     targets = f"rollback targets: v1, v5; known versions: {ALL_VERSIONS}"
     refused = f'error: cannot roll FeedbackLoop "{LOOP}" back to'
     assert plugin.fails("rollback", LOOP, "v2") == f"{refused} v2: it is already serving; {targets}"
@@ -619,11 +626,11 @@ def test_rollback_accepts_stored_versions_that_are_neither_serving_nor_rejected(
         f"{refused} v0: the status does not know it (use --force for a version stored outside the status); "
         f"{targets}"
     )
-    assert plugin.annotations()["feedbackloop.dev/rollback-to"] == "v1"
+    assert plugin.annotations()[ROLLBACK_ANNOTATION] == "v1"
 
     plugin.ok("rollback", LOOP, "v0", "--force")
-    assert plugin.annotations()["feedbackloop.dev/rollback-to"] == "v0"
-    assert managers_of(plugin.loop(), "f:feedbackloop.dev/rollback-to") == {FIELD_MANAGER}
+    assert plugin.annotations()[ROLLBACK_ANNOTATION] == "v0"
+    assert managers_of(plugin.loop(), f"f:{ROLLBACK_ANNOTATION}") == {FIELD_MANAGER}
 
 
 def test_rollback_warns_while_a_rollout_is_in_flight(plugin: Plugin) -> None:
@@ -680,7 +687,7 @@ def test_forbidden_says_which_verb_on_which_resource(plugin: Plugin) -> None:
     listed = plugin.fails("status", env=limited)
     got = plugin.fails("describe", LOOP, env=limited)
 
-    resource, where = "feedbackloops.feedbackloop.dev", f'in namespace "{plugin.namespace}"'
+    resource, where = CRD_NAME, f'in namespace "{plugin.namespace}"'
     assert listed.startswith(f"error: forbidden: you may not list {resource} {where} ("), listed
     assert got.startswith(f'error: forbidden: you may not get {resource} "{LOOP}" {where} ('), got
     assert 'User "fbl-user" cannot get resource "feedbackloops"' in got
@@ -688,9 +695,7 @@ def test_forbidden_says_which_verb_on_which_resource(plugin: Plugin) -> None:
 
 def test_forbidden_patch_names_the_patch_verb(plugin: Plugin) -> None:
     # The plain user may read loops in this namespace, not change them.
-    plugin.kubectl(
-        "create", "role", "fbl-reader", "--verb=get,list", "--resource=feedbackloops.feedbackloop.dev"
-    )
+    plugin.kubectl("create", "role", "fbl-reader", "--verb=get,list", f"--resource={CRD_NAME}")
     plugin.kubectl("create", "rolebinding", "fbl-reader", "--role=fbl-reader", "--user=fbl-user")
     limited = {**plugin.env, "KUBECONFIG": str(plugin.endpoints.limited_kubeconfig)}
     readable = wait_until(
@@ -704,7 +709,7 @@ def test_forbidden_patch_names_the_patch_verb(plugin: Plugin) -> None:
     assert error.startswith(
         f'error: forbidden: you may not patch feedbackloops.feedbackloop.dev "{LOOP}" {where} ('
     ), error
-    assert "feedbackloop.dev/retrain-requested" not in plugin.annotations()
+    assert RETRAIN_REQUEST_ANNOTATION not in plugin.annotations()
 
 
 def test_unreachable_server_and_bad_kubeconfig(plugin: Plugin, tmp_path: Path) -> None:

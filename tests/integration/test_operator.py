@@ -14,6 +14,8 @@ from typing import Any
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import (
+    LABEL_TRIGGER,
+    RETRAIN_REQUEST_ANNOTATION,
     ConditionStatus,
     ConditionType,
     GateReason,
@@ -112,7 +114,7 @@ def test_sustained_breach_launches_exactly_one_job_with_the_expected_spec(
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("FeedbackLoop", LOOP, True)
     assert owner["uid"] == scenario.loop()["metadata"]["uid"]
-    assert job["metadata"]["labels"]["feedbackloop.dev/trigger"] == "Breach"
+    assert job["metadata"]["labels"][LABEL_TRIGGER] == "Breach"
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -158,9 +160,7 @@ def test_crash_between_counter_write_and_job_create_still_gives_one_job(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess]
 ) -> None:
     crashing = start_operator(FBL_FAILPOINT="crash-before-job-create")
-    scenario.apply_loop(
-        loop_spec(scenario.model), annotations={"feedbackloop.dev/retrain-requested": "crash-1"}
-    )
+    scenario.apply_loop(loop_spec(scenario.model), annotations={RETRAIN_REQUEST_ANNOTATION: "crash-1"})
     assert crashing.wait_exit(timeout=WAIT) == 137
 
     status = scenario.loop()["status"]
@@ -209,7 +209,7 @@ def test_failed_job_puts_the_termination_message_in_the_condition(
         harness.KWOK_MESSAGE_ANNOTATION: "label column 'churned' not found in training data",
     }
     spec = loop_spec(scenario.model, **{"retrain.podAnnotations": annotations, "retrain.backoffLimit": 0})
-    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "r1"})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "r1"})
 
     failed = scenario.wait_condition("Retraining", "False", "RetrainJobFailed")
     assert "label column 'churned' not found in training data" in failed["message"]
@@ -231,7 +231,7 @@ def test_a_job_past_its_deadline_is_reported_as_such(
             "retrain.activeDeadlineSeconds": 60,  # the CRD's minimum
         },
     )
-    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "slow"})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "slow"})
     scenario.wait_jobs([f"{LOOP}-retrain-2"])
     failed = scenario.wait_condition("Retraining", "False", "RetrainJobDeadlineExceeded", timeout=120)
     assert f"Job {LOOP}-retrain-2" in failed["message"]
@@ -245,7 +245,7 @@ def test_observe_mode_reports_but_never_launches(
     start_operator()
     spec = loop_spec(scenario.model, mode="Observe")
     spec["monitoring"]["metrics"][0]["for"] = "0s"
-    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "r1"})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "r1"})
 
     # The first evaluation may precede Prometheus's first scrape of this series: wait for the breach itself.
     scenario.wait_condition("Healthy", "False", "ThresholdBreached")
@@ -260,7 +260,7 @@ def test_suspend_launches_nothing_until_resumed(
 ) -> None:
     start_operator()
     scenario.apply_loop(
-        loop_spec(scenario.model, suspend=True), annotations={"feedbackloop.dev/retrain-requested": "r1"}
+        loop_spec(scenario.model, suspend=True), annotations={RETRAIN_REQUEST_ANNOTATION: "r1"}
     )
     scenario.wait_condition("Retraining", "False", "Suspended")
     assert scenario.loop()["status"]["phase"] == "Suspended"
@@ -287,7 +287,7 @@ def test_schedule_launches_a_retrain(
 
     scenario.wait_jobs([f"{LOOP}-retrain-2"])
     job = scenario.jobs()[0]
-    assert job["metadata"]["labels"]["feedbackloop.dev/trigger"] == "Schedule"
+    assert job["metadata"]["labels"][LABEL_TRIGGER] == "Schedule"
     assert scenario.loop()["status"]["lastScheduleTime"] > long_ago
 
 
@@ -299,11 +299,11 @@ def test_operator_wide_cap_queues_the_second_loop_and_says_why(
     holding = loop_spec(
         scenario.model, **{"retrain.podAnnotations": {harness.KWOK_OUTCOME_ANNOTATION: "hold"}}
     )
-    scenario.apply_loop(holding, annotations={"feedbackloop.dev/retrain-requested": "a"})
+    scenario.apply_loop(holding, annotations={RETRAIN_REQUEST_ANNOTATION: "a"})
     scenario.wait_jobs([f"{LOOP}-retrain-2"])
 
     scenario.apply_loop(
-        loop_spec(scenario.model), name="second", annotations={"feedbackloop.dev/retrain-requested": "b"}
+        loop_spec(scenario.model), name="second", annotations={RETRAIN_REQUEST_ANNOTATION: "b"}
     )
     queued = scenario.wait_condition("Retraining", "False", "Queued", name="second")
     assert "1/1 running" in queued["message"]

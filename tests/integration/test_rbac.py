@@ -14,6 +14,7 @@ import pytest
 import harness
 from argocd_health import argo_health_everywhere
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.api import CRD_NAME, ENV_MODEL_URI, RETRAIN_REQUEST_ANNOTATION
 from harness import wait_until
 from install_helpers import RESTRICTED, Release, create_namespace, granted, service_account_kubeconfig
 from loop_scenario import Scenario, served, spec_for, wait_status, write_candidate
@@ -26,8 +27,8 @@ SELF_REVIEWS = {
     "selfsubjectrulesreviews.authorization.k8s.io": {"create"},
 }
 OPERATOR_RULES = {
-    "feedbackloops.feedbackloop.dev": {"get", "list", "watch", "patch"},
-    "feedbackloops.feedbackloop.dev/status": {"patch"},
+    CRD_NAME: {"get", "list", "watch", "patch"},
+    f"{CRD_NAME}/status": {"patch"},
     "jobs.batch": {"create", "get", "list", "watch", "delete"},
     "deployments.apps": {"get", "list", "watch", "patch"},
     "pods": {"get", "list"},
@@ -141,11 +142,11 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     operator = run_with_chart_identity(
         cluster, scenario, install_chart, start_operator, tmp_path, cluster_wide
     )
-    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "rbac"})
+    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "rbac"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     env, version = served(scenario)
-    assert (env["MODEL_URI"], version) == (candidate_uri, "v2")
+    assert (env[ENV_MODEL_URI], version) == (candidate_uri, "v2")
     assert scenario.condition("RolledOut")["reason"] == "AnalysisSuccessful"
     assert scenario.condition("Ready")["status"] == "True"
     assert [e["outcome"] for e in status["history"]] == ["RolledOut"]
@@ -173,7 +174,7 @@ def test_a_removed_rule_fails_the_scenario_with_a_forbidden_condition(
     operator = run_with_chart_identity(
         cluster, scenario, install_chart, start_operator, tmp_path, drop_rule_for="deployments"
     )
-    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "rbac"})
+    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "rbac"})
 
     ready = scenario.wait_condition("Ready", "False", reason="Forbidden")
     assert "deployments" in ready["message"]

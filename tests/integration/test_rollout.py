@@ -10,6 +10,14 @@ from typing import Any
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.api import (
+    ENV_MODEL_SHA256,
+    ENV_MODEL_URI,
+    MODEL_VERSION_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+)
 from harness import wait_until
 from loop_scenario import (
     BUCKET,
@@ -48,12 +56,12 @@ def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
     sha = store.read_manifest(candidate_uri, "v2").file("model.joblib").sha256  # type: ignore[union-attr]
     before = deployment(scenario)
     operator = start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     env, version = served(scenario)
-    assert env["MODEL_URI"] == candidate_uri
-    assert env["MODEL_SHA256"] == sha
+    assert env[ENV_MODEL_URI] == candidate_uri
+    assert env[ENV_MODEL_SHA256] == sha
     assert version == "v2"
 
     after = deployment(scenario)
@@ -66,7 +74,7 @@ def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
     ours = json.dumps(managers["feedbackloop-operator"]["fieldsV1"])
     assert '"k:{\\"name\\":\\"MODEL_URI\\"}"' in ours
     assert '"k:{\\"name\\":\\"MODEL_SHA256\\"}"' in ours
-    assert '"f:feedbackloop.dev/model-version"' in ours
+    assert f'"f:{MODEL_VERSION_ANNOTATION}"' in ours
     assert "f:image" not in ours
     assert "f:replicas" not in ours
     gitops = json.dumps(managers[GITOPS_MANAGER]["fieldsV1"])
@@ -102,7 +110,7 @@ def test_failing_gates_never_patch_the_deployment(
     write_candidate(store, scenario.namespace, "v2", accuracy=0.81)
     generation = deployment(scenario)["metadata"]["generation"]
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     validated = scenario.wait_condition("Validated", "False", "GatesFailed")
     assert "accuracy 0.81 < min 0.85" in validated["message"]
@@ -111,7 +119,7 @@ def test_failing_gates_never_patch_the_deployment(
     assert [g["verdict"] for g in status["candidateModel"]["gates"]] == ["Failed", "Passed"]
     time.sleep(2)
     assert deployment(scenario)["metadata"]["generation"] == generation
-    assert served(scenario) == ({"MODEL_URI": scenario.initial_uri, "MODEL_SHA256": "1" * 64}, "v1")
+    assert served(scenario) == ({ENV_MODEL_URI: scenario.initial_uri, ENV_MODEL_SHA256: "1" * 64}, "v1")
 
 
 def test_failed_analysis_rolls_back_to_the_exact_previous_env(
@@ -123,7 +131,7 @@ def test_failed_analysis_rolls_back_to_the_exact_previous_env(
     write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
     original = served(scenario)
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     wait_status(scenario, lambda s: "rollout" in s)
     exporter.set(scenario.model, accuracy=0.5)  # the new version does badly in production
 
@@ -147,7 +155,7 @@ def test_progress_deadline_rolls_back(
     original = served(scenario)
     start_operator()
     spec = spec_for(scenario, **{"artifacts.prefix": prefix, "rollout.progressDeadline": "15s"})
-    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     scenario.wait_condition("Degraded", "True", "ProgressDeadlineExceeded", timeout=90)
     wait_status(scenario, lambda s: "rollout" not in s, timeout=60)
@@ -161,20 +169,18 @@ def test_recommend_mode_waits_for_a_manual_promote(
 ) -> None:
     candidate_uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
     start_operator()
-    scenario.apply_loop(
-        spec_for(scenario, mode="Recommend"), annotations={"feedbackloop.dev/retrain-requested": "go"}
-    )
+    scenario.apply_loop(spec_for(scenario, mode="Recommend"), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     status = wait_status(scenario, lambda s: s.get("recommendedVersion") == "v2")
     time.sleep(2)
     assert served(scenario)[1] == "v1"  # nothing patched
 
-    scenario.kubectl("annotate", "fbl", LOOP, "feedbackloop.dev/promote=v7")
+    scenario.kubectl("annotate", "fbl", LOOP, f"{PROMOTE_ANNOTATION}=v7")
     refused = scenario.wait_condition("RolledOut", "False", "PromotionRefused")
     assert "not a validated candidate" in refused["message"]
 
-    scenario.kubectl("annotate", "fbl", LOOP, "feedbackloop.dev/promote=v2", "--overwrite")
+    scenario.kubectl("annotate", "fbl", LOOP, f"{PROMOTE_ANNOTATION}=v2", "--overwrite")
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
-    assert served(scenario)[0]["MODEL_URI"] == candidate_uri
+    assert served(scenario)[0][ENV_MODEL_URI] == candidate_uri
     assert status["handledPromoteRequest"] == "v2"
 
 
@@ -187,12 +193,12 @@ def test_manual_rollback_to_a_stored_version(
     scenario.apply_loop(spec_for(scenario))
     scenario.wait_condition("Healthy", "True")
 
-    scenario.kubectl("annotate", "fbl", LOOP, "feedbackloop.dev/rollback-to=v0")
+    scenario.kubectl("annotate", "fbl", LOOP, f"{ROLLBACK_ANNOTATION}=v0")
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v0")
-    assert served(scenario) == ({"MODEL_URI": v0_uri, "MODEL_SHA256": sha}, "v0")
+    assert served(scenario) == ({ENV_MODEL_URI: v0_uri, ENV_MODEL_SHA256: sha}, "v0")
     assert status["handledRollbackRequest"] == "v0"
 
-    scenario.kubectl("annotate", "fbl", LOOP, "feedbackloop.dev/rollback-to=v9", "--overwrite")
+    scenario.kubectl("annotate", "fbl", LOOP, f"{ROLLBACK_ANNOTATION}=v9", "--overwrite")
     refused = scenario.wait_condition("RolledOut", "False", "RollbackRefused")
     assert "manifest.json is missing" in refused["message"]
 
@@ -204,7 +210,7 @@ def test_deleting_a_loop_mid_rollout_cleans_its_job_and_leaves_deployment_and_ar
     uri = write_version(store, scenario, "v2", accuracy=0.93, prefix=prefix)
     start_operator()
     spec = spec_for(scenario, **{"artifacts.prefix": prefix, "rollout.progressDeadline": "10m"})
-    scenario.apply_loop(spec, annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     wait_status(scenario, lambda s: s.get("rollout", {}).get("phase") == "Progressing")
     assert scenario.job_names() == [f"{LOOP}-retrain-2"]
     env_during = served(scenario)
@@ -224,7 +230,7 @@ def test_deleting_a_loop_mid_retrain_removes_its_job(
 ) -> None:
     start_operator()
     holding = spec_for(scenario, **{"retrain.podAnnotations": {harness.KWOK_OUTCOME_ANNOTATION: "hold"}})
-    scenario.apply_loop(holding, annotations={"feedbackloop.dev/retrain-requested": "go"})
+    scenario.apply_loop(holding, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     scenario.wait_jobs([f"{LOOP}-retrain-2"])
     scenario.kubectl("delete", "fbl", LOOP, "--wait=true", "--timeout=60s")
     assert wait_until(scenario.job_names, lambda names: names == [], timeout=60) == []

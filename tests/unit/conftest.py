@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ class NetworkUsedInUnitTestError(RuntimeError):
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: socket.socket, address: object) -> None:
+    def refuse(self: socket.socket, address: Any) -> None:
         if self.family == socket.AF_UNIX:
             return original(self, address)
         raise NetworkUsedInUnitTestError(f"unit test tried to connect to {address!r}")

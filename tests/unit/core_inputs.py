@@ -6,6 +6,8 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from feedbackloop.api import GateVerdict, Outcome, RolloutKind, RolloutPhase, Trigger
+from feedbackloop.core.decision import CreateJob, Decision
 from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     DeployedModel,
@@ -128,29 +130,36 @@ V1 = ModelRef(version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="1" * 6
 V2_URI = "s3://models/churn/ml/churn/v2/"
 # v2 trained on a breach and passed its gates: the candidate of a rollout or a recommendation.
 PASSED_V2 = CandidateModel(
-    version="v2", job="churn-retrain-2", uri=V2_URI, sha256="2" * 64, trigger="Breach", validation="Passed"
+    version="v2",
+    job="churn-retrain-2",
+    uri=V2_URI,
+    sha256="2" * 64,
+    trigger=Trigger.BREACH,
+    validation=GateVerdict.PASSED,
 )
 
 
 def rolling_status(
-    phase: str = "Progressing", previous: ModelRef | None = V1, **changes: Any
+    phase: RolloutPhase = RolloutPhase.PROGRESSING, previous: ModelRef | None = V1, **changes: Any
 ) -> FeedbackLoopStatus:
     """Mid-promotion of v2 over `previous`, as decide() leaves a loop after its gates passed."""
     rollout = RolloutState(
         version="v2",
         uri=V2_URI,
         sha256="2" * 64,
-        kind=changes.pop("kind", "Promotion"),
+        kind=changes.pop("kind", RolloutKind.PROMOTION),
         phase=phase,
         previous=previous,
         metrics={"accuracy": 0.9},
-        trigger="Breach",
+        trigger=Trigger.BREACH,
         started_at=T0,
         phase_started_at=T0,
         next_measurement_at=changes.pop("next_measurement_at", None),
         measurements=changes.pop("measurements", ()),
     )
-    history = (HistoryEntry(version="v2", trigger="Breach", outcome="RollingOut", started_at=T0),)
+    history = (
+        HistoryEntry(version="v2", trigger=Trigger.BREACH, outcome=Outcome.ROLLING_OUT, started_at=T0),
+    )
     return FeedbackLoopStatus(
         current_model=previous,
         rollout=rollout,
@@ -159,3 +168,8 @@ def rolling_status(
         history=history,
         **changes,
     )
+
+
+def created_jobs(decision: Decision) -> list[dict[str, Any]]:
+    """The Job manifests a decision creates."""
+    return [action.manifest for action in decision.actions if isinstance(action, CreateJob)]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from core_inputs import REF, T0, spec_dict
+from feedbackloop.api import API_VERSION, LABEL_LOOP, LABEL_VERSION, Trigger
 from feedbackloop.core import contract
 from feedbackloop.core.builders import JobSettings, build_retrain_job
 from feedbackloop.core.durations import format_duration, parse_duration
@@ -55,7 +56,9 @@ def test_quote_label_value_is_a_promql_string() -> None:
 
 def _job(**spec_changes: Any) -> dict[str, Any]:
     spec = parse_spec(spec_dict(**spec_changes))
-    active = ActiveRetrain(job="churn-retrain-3", version="v3", number=3, trigger="Breach", started_at=T0)
+    active = ActiveRetrain(
+        job="churn-retrain-3", version="v3", number=3, trigger=Trigger.BREACH, started_at=T0
+    )
     current = ModelRef(version="v2", uri="s3://models/churn/ml/churn/v2/", sha256="c" * 64)
     settings = JobSettings(image="trainer:1", s3_endpoint_url="http://s3:7070", s3_region="eu-west-1")
     return build_retrain_job(REF, spec, active, current, settings, T0)
@@ -68,7 +71,7 @@ def test_job_identity_ownership_and_limits() -> None:
     assert meta["namespace"] == "ml"
     assert meta["ownerReferences"] == [
         {
-            "apiVersion": "feedbackloop.dev/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "FeedbackLoop",
             "name": "churn",
             "uid": REF.uid,
@@ -76,8 +79,8 @@ def test_job_identity_ownership_and_limits() -> None:
             "blockOwnerDeletion": True,
         }
     ]
-    assert meta["labels"]["feedbackloop.dev/loop"] == "churn"
-    assert meta["labels"]["feedbackloop.dev/version"] == "v3"
+    assert meta["labels"][LABEL_LOOP] == "churn"
+    assert meta["labels"][LABEL_VERSION] == "v3"
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (
         2,
         900,
@@ -183,9 +186,9 @@ def test_bad_durations(text: str) -> None:
 def test_spec_defaults() -> None:
     spec = parse_spec(spec_dict())
     assert spec.monitoring.metrics[0].for_ == timedelta(minutes=10)
-    assert spec.retrain.backoff_limit == 1
+    assert spec.retrain_spec().backoff_limit == 1
     assert spec.rollout.analysis.count == 5
-    assert spec.retrain.trainer.estimator.class_ == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert spec.retrain_spec().trainer.estimator.class_ == "sklearn.ensemble.HistGradientBoostingClassifier"
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def test_every_query_uses_exposed_metrics_and_their_labels(where: str, expr: str
 def test_the_dashboard_covers_every_operator_metric_and_the_server_essentials() -> None:
     used = set().union(*(metric_names(expr) for _, expr in QUERIES))
     families = {name.removesuffix("_total").removesuffix("_bucket") for name in used}
-    operator_families = {collector.describe()[0].name for collector in operator_collectors()}
+    operator_families = {next(iter(collector.describe())).name for collector in operator_collectors()}
     assert operator_families <= families
     assert {
         "fbl_feedback_correct",

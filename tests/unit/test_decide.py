@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
-from core_inputs import IMAGE, POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.api import ConditionType, Trigger
+from core_inputs import (
+    IMAGE,
+    POLICY,
+    T0,
+    accuracy,
+    created_jobs,
+    healthy_dependencies,
+    loop_state,
+    spec_dict,
+)
+from feedbackloop.api import LABEL_TRIGGER, ConditionType, Trigger
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import CreateJob, Decision, RetrainStarted
 from feedbackloop.core.loop import LoopState, OperatorPolicy
@@ -112,7 +121,7 @@ def test_retrain_version_follows_the_deployed_model() -> None:
         version="v1", uri="s3://models/churn/ml/churn/v1/", sha256="a" * 64
     )
     second = run(loop_state(status=first.status), observed, at=T0 + timedelta(minutes=10))
-    job = second.actions[0].manifest
+    (job,) = created_jobs(second)
     assert job["metadata"]["name"] == "churn-retrain-2"
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FBL_VERSION"] == "v2"
@@ -122,7 +131,9 @@ def test_retrain_version_follows_the_deployed_model() -> None:
 
 def active_status(**changes: Any) -> FeedbackLoopStatus:
     started = run(loop_state(), healthy_dependencies())
-    active = ActiveRetrain(job="churn-retrain-1", version="v1", number=1, trigger="Manual", started_at=T0)
+    active = ActiveRetrain(
+        job="churn-retrain-1", version="v1", number=1, trigger=Trigger.MANUAL, started_at=T0
+    )
     fields = {"active_retrain": active, "retrain_count": 1, "last_retrain_time": T0, **changes}
     return started.status.model_copy(update=fields)
 
@@ -144,14 +155,14 @@ def test_a_durable_counter_without_its_job_recreates_the_same_job() -> None:
     """The operator crashed after writing the counter and before creating the Job."""
     loop = loop_state(status=active_status())
     decision = run(loop, healthy_dependencies(job=JobObservation("churn-retrain-1", JobState.MISSING)))
-    assert [a.manifest["metadata"]["name"] for a in decision.actions] == ["churn-retrain-1"]
+    assert [job["metadata"]["name"] for job in created_jobs(decision)] == ["churn-retrain-1"]
     assert decision.status.retrain_count == 1
     assert not any(isinstance(t, RetrainStarted) for t in decision.transitions)  # the same retrain
 
 
 def test_a_job_deleted_after_creation_ends_the_retrain_instead_of_coming_back() -> None:
     active = ActiveRetrain(
-        job="churn-retrain-1", version="v1", number=1, trigger="Manual", started_at=T0, job_created=True
+        job="churn-retrain-1", version="v1", number=1, trigger=Trigger.MANUAL, started_at=T0, job_created=True
     )
     loop = loop_state(status=active_status(active_retrain=active))
     decision = run(loop, healthy_dependencies(job=JobObservation("churn-retrain-1", JobState.MISSING)))
@@ -257,7 +268,7 @@ def test_cooldown_blocks_a_breach_but_not_a_manual_request() -> None:
     assert blocked.status.waiting_reason is not None and "cooldown until" in blocked.status.waiting_reason
 
     manual = run(loop_state(status=status), healthy_dependencies(retrain_request="ticket-42"))
-    assert [a.manifest["metadata"]["name"] for a in manual.actions] == ["churn-retrain-2"]
+    assert [job["metadata"]["name"] for job in created_jobs(manual)] == ["churn-retrain-2"]
     assert manual.status.handled_retrain_request == "ticket-42"
 
 
@@ -316,7 +327,7 @@ def test_schedule_fires_once_per_slot() -> None:
     loop = loop_state(spec, created=T0 - timedelta(days=2))
     at = T0.replace(hour=3, minute=0, second=5)
     decision = run(loop, healthy_dependencies(), at=at)
-    assert decision.actions[0].manifest["metadata"]["labels"]["feedbackloop.dev/trigger"] == "Schedule"
+    assert created_jobs(decision)[0]["metadata"]["labels"][LABEL_TRIGGER] == "Schedule"
     assert decision.status.last_schedule_time == at.replace(second=0)
 
     done = decision.status.model_copy(update={"active_retrain": None})
@@ -417,7 +428,7 @@ def test_job_uses_the_allowed_image_chosen_by_spec() -> None:
     policy = OperatorPolicy(trainer_images=(IMAGE, "registry.example/custom:2"))
     spec = spec_dict(**{"retrain.image": "registry.example/custom:2"})
     decision = run(loop_state(spec), healthy_dependencies(retrain_request="r1"), policy=policy)
-    assert decision.actions[0].manifest["spec"]["template"]["spec"]["containers"][0]["image"] == (
+    assert created_jobs(decision)[0]["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.example/custom:2"
     )
 

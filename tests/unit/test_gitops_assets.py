@@ -28,6 +28,7 @@ from core_inputs import (
 )
 from feedbackloop.adapters.kube import ApiFailureError
 from feedbackloop.api import (
+    API_VERSION,
     FIELD_MANAGER,
     PROMOTE_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
@@ -73,7 +74,7 @@ def feedback_loop(
     spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "FeedbackLoop",
         "metadata": {"name": "churn", "namespace": "ml", "generation": generation, "uid": "0f0e0d0c-uid"},
         "spec": spec if spec is not None else spec_dict(),
@@ -360,7 +361,7 @@ def test_the_application_ignores_exactly_the_request_annotations() -> None:
         annotations
         == declared
         == {
-            "feedbackloop.dev/retrain-requested",
+            RETRAIN_REQUEST_ANNOTATION,
             "feedbackloop.dev/promote",
             "feedbackloop.dev/rollback-to",
         }

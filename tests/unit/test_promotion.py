@@ -20,7 +20,7 @@ from core_inputs import (
     rolling_status,
     spec_dict,
 )
-from feedbackloop.api import ConditionType, Outcome, Trigger
+from feedbackloop.api import ConditionType, MeasurementVerdict, Outcome, RolloutPhase, Trigger
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision
 from feedbackloop.core.gates import Comparison, evaluate_gates
@@ -45,6 +45,7 @@ from feedbackloop.core.status import (
     ActiveRetrain,
     FeedbackLoopStatus,
     HistoryEntry,
+    Measurement,
     ModelRef,
 )
 
@@ -187,7 +188,7 @@ def retrained(
 ) -> tuple[FeedbackLoopStatus, Observations]:
     """A loop whose retrain Job just completed with verified artifacts."""
     active = ActiveRetrain(
-        job="churn-retrain-2", version="v2", number=2, trigger="Breach", started_at=T0, job_created=True
+        job="churn-retrain-2", version="v2", number=2, trigger=Trigger.BREACH, started_at=T0, job_created=True
     )
     status = FeedbackLoopStatus(current_model=V1, active_retrain=active, retrain_count=2)
     artifacts = ArtifactObservation(
@@ -307,7 +308,7 @@ def test_first_rollout_rollback_releases_our_fields() -> None:
 
 
 def test_completed_rollback_is_degraded_and_never_success() -> None:
-    status = rolling_status(phase="RollingBack")
+    status = rolling_status(phase=RolloutPhase.ROLLING_BACK)
     decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=True), minutes=2)
     assert decision.status.rollout is None
     assert condition(decision, "RolledOut")[:2] == ("False", "RolledBack")
@@ -318,7 +319,7 @@ def test_completed_rollback_is_degraded_and_never_success() -> None:
 
 
 def test_a_rollback_that_cannot_complete_says_so() -> None:
-    status = rolling_status(phase="RollingBack")
+    status = rolling_status(phase=RolloutPhase.ROLLING_BACK)
     decision = run(spec_dict(), status, rolling_deployment(V1.uri, complete=False), minutes=12)
     assert condition(decision, "Degraded")[:2] == ("True", "RollbackFailed")
     assert condition(decision, "RolledOut")[:2] == ("False", "RollbackFailed")
@@ -326,10 +327,8 @@ def test_a_rollback_that_cannot_complete_says_so() -> None:
 
 
 def analyzing(*verdicts: str) -> FeedbackLoopStatus:
-    from feedbackloop.core.status import Measurement
-
-    measurements = tuple(Measurement(time=T0, verdict=v) for v in verdicts)
-    return rolling_status(phase="Analyzing", next_measurement_at=T0, measurements=measurements)
+    measurements = tuple(Measurement(time=T0, verdict=MeasurementVerdict(v)) for v in verdicts)
+    return rolling_status(phase=RolloutPhase.ANALYZING, next_measurement_at=T0, measurements=measurements)
 
 
 def measure(status: FeedbackLoopStatus, value: float | None, spec: dict[str, Any] | None = None) -> Decision:

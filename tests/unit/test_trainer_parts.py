@@ -217,4 +217,5 @@ def test_classifiers_with_their_own_decision_rule_predict_separately() -> None:
     found = evaluate.predict(model, features)
 
     np.testing.assert_array_equal(found.labels, model.predict(features))
+    assert found.probabilities is not None
     assert (found.labels != np.argmax(found.probabilities, axis=1)).any()

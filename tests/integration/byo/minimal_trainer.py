@@ -13,7 +13,10 @@ from botocore.config import Config
 
 
 def main() -> None:
-    bucket, prefix = re.match(r"^s3://([^/]+)/(.*)$", os.environ["FBL_ARTIFACT_URI"]).groups()
+    location = re.match(r"^s3://([^/]+)/(.*)$", os.environ["FBL_ARTIFACT_URI"])
+    if location is None:
+        raise SystemExit(f"FBL_ARTIFACT_URI is not an s3:// URI: {os.environ['FBL_ARTIFACT_URI']}")
+    bucket, prefix = location.groups()
     version = os.environ["FBL_VERSION"]
     s3 = boto3.client(
         "s3", config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"})

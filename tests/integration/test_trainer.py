@@ -138,7 +138,7 @@ class _Tripwire:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
         return (Path.touch, (Path(self.path),))
 
 

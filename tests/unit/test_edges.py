@@ -83,3 +83,14 @@ def test_malformed_stored_status_parts_are_dropped_not_fatal() -> None:
     assert status.retrain_count == 4
     assert status.last_evaluation is None
     assert status.conditions == ()
+
+
+def test_a_malformed_tick_stops_the_operator_with_the_friendly_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kopf fixes the timer interval when the handlers are imported: the setting is checked before that."""
+    from feedbackloop.__main__ import main
+
+    monkeypatch.setenv("FBL_TICK_SECONDS", "fast")
+    assert main() == 2
+    assert "invalid configuration: FBL_TICK_SECONDS='fast' is not a number" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from feedbackloop.adapters.prometheus import classify
@@ -94,3 +97,14 @@ def test_a_malformed_tick_stops_the_operator_with_the_friendly_error(
     monkeypatch.setenv("FBL_TICK_SECONDS", "fast")
     assert main() == 2
     assert "invalid configuration: FBL_TICK_SECONDS='fast' is not a number" in capsys.readouterr().err
+
+
+def test_the_operator_reads_settings_only_through_config() -> None:
+    """One validated place for FBL_* settings; the kubectl plugin, its own program, reads its user's env."""
+    package = Path(__file__).resolve().parents[2] / "operator" / "feedbackloop"
+    readers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"\bos\.(environ|getenv)\b", path.read_text())
+    }
+    assert {reader for reader in readers if not reader.startswith("kubectl_plugin/")} == {"config.py"}

@@ -23,7 +23,7 @@ from feedbackloop.api import (
 )
 from feedbackloop.core import contract
 from feedbackloop.core.loop import LoopRef
-from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.spec import FeedbackLoopSpec, ResourceRequirements
 from feedbackloop.core.status import ActiveRetrain, ModelRef
 
 TRAINER_CONTAINER = "trainer"
@@ -71,50 +71,7 @@ def build_retrain_job(
     settings: JobSettings,
     now: datetime,
 ) -> dict[str, Any]:
-    retrain_spec, artifacts = spec.retrain_spec(), spec.artifacts_spec()
-    data, trainer = retrain_spec.data, retrain_spec.trainer
-    env = [
-        _env(contract.ENV_LOOP_NAME, loop.name),
-        _env(contract.ENV_LOOP_NAMESPACE, loop.namespace),
-        _env(contract.ENV_LOOP_UID, loop.uid),
-        _env(contract.ENV_VERSION, retrain.version),
-        _env(contract.ENV_JOB_NAME, retrain.job),
-        {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        _env(contract.ENV_TRIGGER, retrain.trigger),
-        _env(
-            contract.ENV_ARTIFACT_URI,
-            contract.version_uri(
-                artifacts.bucket, artifacts.prefix, loop.namespace, loop.name, retrain.version
-            ),
-        ),
-        _env(contract.ENV_TRAINING_DATA_URI, data.training),
-        _env(contract.ENV_HOLDOUT_FRACTION, repr(data.holdout_fraction)),
-        _env(contract.ENV_HOLDOUT_STRATEGY, data.holdout_strategy),
-        _env(contract.ENV_SEED, str(data.seed)),
-        _env(contract.ENV_LABEL_COLUMN, trainer.label),
-        _env(contract.ENV_TASK, trainer.task),
-        _env(contract.ENV_ESTIMATOR_CLASS, trainer.estimator.class_),
-        _env(contract.ENV_ESTIMATOR_PARAMS, json.dumps(trainer.estimator.params, sort_keys=True)),
-        _env(contract.ENV_TERMINATION_MESSAGE_PATH, contract.TERMINATION_MESSAGE_PATH),
-        _env(contract.ENV_S3_REGION, settings.s3_region),
-        _secret_env(contract.ENV_S3_ACCESS_KEY, artifacts.credentials_secret, contract.SECRET_KEY_ACCESS),
-        _secret_env(contract.ENV_S3_SECRET_KEY, artifacts.credentials_secret, contract.SECRET_KEY_SECRET),
-    ]
-    if data.feedback:
-        env.append(_env(contract.ENV_FEEDBACK_DATA_URI, data.feedback))
-        if data.feedback_window is not None:
-            since = (now - data.feedback_window).isoformat().replace("+00:00", "Z")
-            env.append(_env(contract.ENV_FEEDBACK_SINCE, since))
-    if data.holdout:
-        env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
-    if current is not None:
-        env.append(_env(contract.ENV_CURRENT_MODEL_URI, current.uri))
-        env.append(_env(contract.ENV_CURRENT_MODEL_VERSION, current.version))
-        if current.sha256:
-            env.append(_env(contract.ENV_CURRENT_MODEL_SHA256, current.sha256))
-    if settings.s3_endpoint_url:
-        env.append(_env(contract.ENV_S3_ENDPOINT, settings.s3_endpoint_url))
-
+    retrain_spec = spec.retrain_spec()
     labels = {
         LABEL_APP_NAME: TRAINER_APP_NAME,
         LABEL_MANAGED_BY: FIELD_MANAGER,
@@ -123,32 +80,7 @@ def build_retrain_job(
         LABEL_VERSION: retrain.version,
         LABEL_TRIGGER: retrain.trigger,
     }
-    resources = {
-        key: {name: str(value) for name, value in values.items()}
-        for key, values in (
-            ("requests", retrain_spec.resources.requests),
-            ("limits", retrain_spec.resources.limits),
-        )
-        if values
-    }
-    container: dict[str, Any] = {
-        "name": TRAINER_CONTAINER,
-        "image": settings.image,
-        "command": list(TRAINER_COMMAND),
-        "env": env,
-        "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir, the only writable path
-    }
-    if resources:
-        container["resources"] = resources
+    env = _trainer_env(loop, spec, retrain, current, settings, now)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -179,9 +111,91 @@ def build_retrain_job(
                         "fsGroup": NONROOT_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [container],
+                    "containers": [_trainer_container(settings.image, env, retrain_spec.resources)],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
                 },
             },
         },
     }
+
+
+def _trainer_env(
+    loop: LoopRef,
+    spec: FeedbackLoopSpec,
+    retrain: ActiveRetrain,
+    current: ModelRef | None,
+    settings: JobSettings,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The FBL_* contract of docs/retrain-job-contract.md, and the standard AWS variables."""
+    retrain_spec, artifacts = spec.retrain_spec(), spec.artifacts_spec()
+    data, trainer = retrain_spec.data, retrain_spec.trainer
+    artifact_uri = contract.version_uri(
+        artifacts.bucket, artifacts.prefix, loop.namespace, loop.name, retrain.version
+    )
+    env = [
+        _env(contract.ENV_LOOP_NAME, loop.name),
+        _env(contract.ENV_LOOP_NAMESPACE, loop.namespace),
+        _env(contract.ENV_LOOP_UID, loop.uid),
+        _env(contract.ENV_VERSION, retrain.version),
+        _env(contract.ENV_JOB_NAME, retrain.job),
+        {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        _env(contract.ENV_TRIGGER, retrain.trigger),
+        _env(contract.ENV_ARTIFACT_URI, artifact_uri),
+        _env(contract.ENV_TRAINING_DATA_URI, data.training),
+        _env(contract.ENV_HOLDOUT_FRACTION, repr(data.holdout_fraction)),
+        _env(contract.ENV_HOLDOUT_STRATEGY, data.holdout_strategy),
+        _env(contract.ENV_SEED, str(data.seed)),
+        _env(contract.ENV_LABEL_COLUMN, trainer.label),
+        _env(contract.ENV_TASK, trainer.task),
+        _env(contract.ENV_ESTIMATOR_CLASS, trainer.estimator.class_),
+        _env(contract.ENV_ESTIMATOR_PARAMS, json.dumps(trainer.estimator.params, sort_keys=True)),
+        _env(contract.ENV_TERMINATION_MESSAGE_PATH, contract.TERMINATION_MESSAGE_PATH),
+        _env(contract.ENV_S3_REGION, settings.s3_region),
+        _secret_env(contract.ENV_S3_ACCESS_KEY, artifacts.credentials_secret, contract.SECRET_KEY_ACCESS),
+        _secret_env(contract.ENV_S3_SECRET_KEY, artifacts.credentials_secret, contract.SECRET_KEY_SECRET),
+    ]
+    if data.feedback:
+        env.append(_env(contract.ENV_FEEDBACK_DATA_URI, data.feedback))
+        if data.feedback_window is not None:
+            since = (now - data.feedback_window).isoformat().replace("+00:00", "Z")
+            env.append(_env(contract.ENV_FEEDBACK_SINCE, since))
+    if data.holdout:
+        env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
+    if current is not None:
+        env.append(_env(contract.ENV_CURRENT_MODEL_URI, current.uri))
+        env.append(_env(contract.ENV_CURRENT_MODEL_VERSION, current.version))
+        if current.sha256:
+            env.append(_env(contract.ENV_CURRENT_MODEL_SHA256, current.sha256))
+    if settings.s3_endpoint_url:
+        env.append(_env(contract.ENV_S3_ENDPOINT, settings.s3_endpoint_url))
+    return env
+
+
+def _trainer_container(
+    image: str, env: list[dict[str, Any]], requirements: ResourceRequirements
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": image,
+        "command": list(TRAINER_COMMAND),
+        "env": env,
+        "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir, the only writable path
+    }
+    resources = {
+        key: {name: str(value) for name, value in values.items()}
+        for key, values in (("requests", requirements.requests), ("limits", requirements.limits))
+        if values
+    }
+    if resources:
+        container["resources"] = resources
+    return container

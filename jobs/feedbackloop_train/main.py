@@ -21,9 +21,8 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
-from botocore.exceptions import BotoCoreError, ClientError
 
-from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError, s3_client
+from feedbackloop.adapters.artifacts import ArtifactStore, ArtifactStoreError, DigestMismatchError, s3_client
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck
 from feedbackloop_train import evaluate, model, reference, report
@@ -45,7 +44,7 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
         path = store.download_verified(bucket, key, settings.current_sha256, workdir / "champion.joblib")
     except DigestMismatchError as err:
         raise TrainerError(f"current model refused before loading: {err}") from None
-    except ClientError as err:
+    except ArtifactStoreError as err:
         raise TrainerError(f"cannot download the current model {settings.current_uri}: {err}") from None
     return joblib.load(path)
 
@@ -53,7 +52,7 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
 def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.monotonic()
-    dataset = load_dataset(store.client, settings)
+    dataset = load_dataset(store, settings)
     timings["loadSeconds"] = time.monotonic() - started
 
     step = time.monotonic()
@@ -137,7 +136,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     }
     try:
         return store.write_version(settings.artifact_uri, settings.version, files, extra, _failpoint)
-    except (ClientError, BotoCoreError) as err:
+    except ArtifactStoreError as err:
         raise TrainerError(f"cannot write the version to {settings.artifact_uri}: {err}") from None
 
 

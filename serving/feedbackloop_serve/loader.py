@@ -9,13 +9,15 @@ from typing import Any
 
 import joblib
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 
-from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError
+from feedbackloop.adapters.artifacts import (
+    ArtifactNotFoundError,
+    ArtifactStore,
+    ArtifactStoreError,
+    DigestMismatchError,
+)
 from feedbackloop.core import contract
 from feedbackloop_serve.rows import ANY
-
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 
 
 class ModelRefusedError(Exception):
@@ -48,22 +50,17 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
     if not prefix.endswith("/"):
         prefix += "/"
         uri += "/"
+    manifest_uri = uri + contract.MANIFEST_FILE
     try:
         manifest = store.read_manifest(uri)
-    except ClientError as err:
-        if _code(err) in _NOT_FOUND:
-            raise ModelRefusedError(
-                f"{uri}{contract.MANIFEST_FILE} is missing: not a complete version"
-            ) from None
-        raise StoreUnavailableError(
-            f"cannot read {uri}{contract.MANIFEST_FILE}: {_code(err)} {err}"
-        ) from None
+    except ArtifactNotFoundError:
+        raise ModelRefusedError(f"{manifest_uri} is missing: not a complete version") from None
+    except ArtifactStoreError as err:
+        raise StoreUnavailableError(_unreadable(manifest_uri, uri, err)) from None
     except contract.ManifestError as err:
         raise ModelRefusedError(f"unusable manifest at {uri}: {err}") from None
     except json.JSONDecodeError as err:
-        raise ModelRefusedError(f"{uri}{contract.MANIFEST_FILE} is not JSON: {err}") from None
-    except BotoCoreError as err:
-        raise StoreUnavailableError(f"cannot reach the store for {uri}: {err}") from None
+        raise ModelRefusedError(f"{manifest_uri} is not JSON: {err}") from None
     try:
         model_entry = manifest.file(contract.MODEL_FILE)
         assert model_entry is not None  # parse_manifest requires it
@@ -81,12 +78,10 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
         raise ModelRefusedError(f"refused before loading: {err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelRefusedError(f"unreadable JSON in {uri}: {err}") from None
-    except ClientError as err:
-        if _code(err) in _NOT_FOUND:
-            raise ModelRefusedError(f"a file the manifest lists is missing under {uri}: {err}") from None
-        raise StoreUnavailableError(f"cannot read {uri}: {_code(err)} {err}") from None
-    except BotoCoreError as err:
-        raise StoreUnavailableError(f"cannot reach the store for {uri}: {err}") from None
+    except ArtifactNotFoundError as err:
+        raise ModelRefusedError(f"a file the manifest lists is missing under {uri}: {err}") from None
+    except ArtifactStoreError as err:
+        raise StoreUnavailableError(_unreadable(uri, uri, err)) from None
     try:
         estimator = joblib.load(model_path)  # only after download_verified matched MODEL_SHA256
     except Exception as err:  # a verified file that still cannot be loaded, e.g. a library mismatch
@@ -115,8 +110,10 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
     )
 
 
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
+def _unreadable(what: str, uri: str, err: ArtifactStoreError) -> str:
+    if err.code:  # the store answered, with an error
+        return f"cannot read {what}: {err.code} {err}"
+    return f"cannot reach the store for {uri}: {err}"
 
 
 def _verified_json(

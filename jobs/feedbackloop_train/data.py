@@ -21,10 +21,6 @@ from feedbackloop.adapters.artifacts import (
 from feedbackloop.core import contract
 from feedbackloop_train.settings import TrainerError, TrainSettings
 
-# The model server's feedback rows: the features plus these columns (docs/retrain-job-contract.md).
-FEEDBACK_LABEL = "fbl_label"
-FEEDBACK_TIME = "fbl_labelled_at"
-FEEDBACK_PREFIX = "fbl_"
 READABLE = (".csv", ".parquet", ".pq")
 
 
@@ -81,15 +77,15 @@ def _unreadable(uri: str, err: ArtifactStoreError) -> str:
 
 
 def _feedback_rows(data: pd.DataFrame, label: str, since: datetime | None, uri: str) -> pd.DataFrame:
-    if FEEDBACK_LABEL not in data.columns:
-        raise TrainerError(f"feedback under {uri} has no {FEEDBACK_LABEL} column")
-    if since is not None and FEEDBACK_TIME in data.columns:
-        times = pd.to_datetime(data[FEEDBACK_TIME], utc=True)
+    if contract.FEEDBACK_LABEL not in data.columns:
+        raise TrainerError(f"feedback under {uri} has no {contract.FEEDBACK_LABEL} column")
+    if since is not None and contract.FEEDBACK_LABELLED_AT in data.columns:
+        times = pd.to_datetime(data[contract.FEEDBACK_LABELLED_AT], utc=True)
         data = data[times >= pd.Timestamp(since)]
-    if FEEDBACK_TIME in data.columns:
-        data = data.sort_values(FEEDBACK_TIME, kind="stable")
-    renamed = data.rename(columns={FEEDBACK_LABEL: label})
-    return renamed[[c for c in renamed.columns if not c.startswith(FEEDBACK_PREFIX)]]
+    if contract.FEEDBACK_LABELLED_AT in data.columns:
+        data = data.sort_values(contract.FEEDBACK_LABELLED_AT, kind="stable")
+    renamed = data.rename(columns={contract.FEEDBACK_LABEL: label})
+    return renamed[[c for c in renamed.columns if not c.startswith(contract.FEEDBACK_COLUMN_PREFIX)]]
 
 
 def _check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> None:

@@ -114,7 +114,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     timings["totalSeconds"] = time.monotonic() - started
     extra = {
         "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "loop": {"name": settings.loop, "namespace": settings.namespace},
+        contract.MANIFEST_LOOP: {"name": settings.loop, "namespace": settings.namespace},
         "job": {"name": settings.job, "podUid": os.environ.get(contract.ENV_POD_UID)},
         "libraries": {
             "python": platform.python_version(),
@@ -131,7 +131,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
             "rows": dataset.rows,
         },
         "durations": timings,
-        "features": dataset.features,
+        contract.MANIFEST_FEATURES: dataset.features,
         "label": dataset.label,
     }
     try:

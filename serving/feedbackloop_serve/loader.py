@@ -86,7 +86,9 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
         estimator = joblib.load(model_path)  # only after download_verified matched MODEL_SHA256
     except Exception as err:  # a verified file that still cannot be loaded, e.g. a library mismatch
         raise ModelRefusedError(f"cannot load model.joblib: {type(err).__name__}: {err}") from None
-    features = manifest.raw.get("features") or [str(f) for f in getattr(estimator, "feature_names_in_", [])]
+    features = manifest.raw.get(contract.MANIFEST_FEATURES) or [
+        str(f) for f in getattr(estimator, "feature_names_in_", [])
+    ]
     if not features or not all(isinstance(f, str) for f in features):
         raise ModelRefusedError("neither the manifest nor the model names its features")
     types = dict.fromkeys(features, ANY)
@@ -95,7 +97,7 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
             types[feature] = spec["type"]
     classes = getattr(estimator, "classes_", None)
     task = str((metrics or {}).get("task") or ("classification" if classes is not None else "regression"))
-    loop = manifest.raw.get("loop") or {}
+    loop = manifest.raw.get(contract.MANIFEST_LOOP) or {}
     return LoadedModel(
         uri=uri,
         version=manifest.version,

@@ -38,8 +38,7 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
     """The current model, its sha256 verified before joblib.load, because loading runs pickle."""
     if not settings.current_uri or not settings.current_sha256:
         return None
-    bucket, prefix = contract.split_s3_uri(settings.current_uri)
-    key = prefix + contract.MODEL_FILE if prefix.endswith("/") or not prefix else prefix
+    bucket, key = contract.version_file(settings.current_uri, contract.MODEL_FILE)
     try:
         path = store.download_verified(bucket, key, settings.current_sha256, workdir / "champion.joblib")
     except DigestMismatchError as err:

@@ -44,12 +44,10 @@ class LoadedModel:
 
 def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name: str | None) -> LoadedModel:
     try:
-        bucket, prefix = contract.split_s3_uri(uri)
+        contract.split_s3_uri(uri)
     except ValueError:
         raise ModelRefusedError(f"MODEL_URI={uri!r} is not an s3://bucket/prefix/ URI") from None
-    if not prefix.endswith("/"):
-        prefix += "/"
-        uri += "/"
+    uri = contract.version_root_uri(uri)
     manifest_uri = uri + contract.MANIFEST_FILE
     try:
         manifest = store.read_manifest(uri)
@@ -70,10 +68,10 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
                 f"{model_entry.sha256[:12]}…"
             )
         model_path = store.download_verified(
-            bucket, prefix + contract.MODEL_FILE, sha256, workdir / "model.joblib"
+            *contract.version_file(uri, contract.MODEL_FILE), sha256, workdir / "model.joblib"
         )
-        metrics = _verified_json(store, bucket, prefix, manifest, contract.METRICS_FILE, workdir)
-        reference = _verified_json(store, bucket, prefix, manifest, contract.REFERENCE_FILE, workdir)
+        metrics = _verified_json(store, uri, manifest, contract.METRICS_FILE, workdir)
+        reference = _verified_json(store, uri, manifest, contract.REFERENCE_FILE, workdir)
     except DigestMismatchError as err:
         raise ModelRefusedError(f"refused before loading: {err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -119,11 +117,11 @@ def _unreadable(what: str, uri: str, err: ArtifactStoreError) -> str:
 
 
 def _verified_json(
-    store: ArtifactStore, bucket: str, prefix: str, manifest: contract.Manifest, name: str, workdir: Path
+    store: ArtifactStore, uri: str, manifest: contract.Manifest, name: str, workdir: Path
 ) -> dict[str, Any] | None:
     entry = manifest.file(name)
     if entry is None:
         return None
-    path = store.download_verified(bucket, prefix + name, entry.sha256, workdir / name)
+    path = store.download_verified(*contract.version_file(uri, name), entry.sha256, workdir / name)
     loaded = json.loads(path.read_text())
     return loaded if isinstance(loaded, dict) else None

@@ -211,17 +211,15 @@ class ArtifactStore:
         return body
 
     def read_manifest(self, uri: str, version: str | None = None) -> contract.Manifest:
-        bucket, prefix = contract.split_s3_uri(uri)
-        raw = json.loads(self.get_bytes(bucket, prefix + contract.MANIFEST_FILE))
+        raw = json.loads(self.get_bytes(*contract.version_file(uri, contract.MANIFEST_FILE)))
         return contract.parse_manifest(raw, expected_version=version)
 
     def verify_version(self, uri: str, version: str) -> ArtifactObservation:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
-        bucket, prefix = contract.split_s3_uri(uri)
         try:
             manifest = self.read_manifest(uri, version)
             for entry in manifest.files:
-                digest, size = self._hash_object(bucket, prefix + entry.name)
+                digest, size = self._hash_object(*contract.version_file(uri, entry.name))
                 if (digest, size) != (entry.sha256, entry.size):
                     return ArtifactObservation(
                         ArtifactCheck.DIGEST_MISMATCH,
@@ -229,7 +227,7 @@ class ArtifactStore:
                         f"manifest says {entry.sha256[:12]}… size {entry.size}",
                         uri=uri,
                     )
-            metrics = json.loads(self.get_bytes(bucket, prefix + contract.METRICS_FILE))
+            metrics = json.loads(self.get_bytes(*contract.version_file(uri, contract.METRICS_FILE)))
         except ArtifactNotFoundError as err:
             return _missing_file(uri, err)
         except ArtifactStoreError as err:
@@ -282,11 +280,11 @@ class ArtifactStore:
         before_manifest: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Upload every file, then manifest.json last: a version without a manifest does not exist."""
-        bucket, prefix = contract.split_s3_uri(uri)
         # Uploads are latency-bound, so they overlap; boto3 clients are thread-safe.
         with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
             uploads = [
-                pool.submit(self.put_bytes, bucket, prefix + name, data) for name, data in files.items()
+                pool.submit(self.put_bytes, *contract.version_file(uri, name), data)
+                for name, data in files.items()
             ]
             for upload in uploads:
                 upload.result()
@@ -304,8 +302,7 @@ class ArtifactStore:
         if before_manifest is not None:
             before_manifest()
         self.put_bytes(
-            bucket,
-            prefix + contract.MANIFEST_FILE,
+            *contract.version_file(uri, contract.MANIFEST_FILE),
             json.dumps(manifest, indent=2).encode(),
             "application/json",
         )

@@ -96,6 +96,17 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def version_root_uri(uri: str) -> str:
+    """A version's URI names its prefix, so a missing trailing slash is implied."""
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def version_file(uri: str, name: str) -> tuple[str, str]:
+    """(bucket, key) of the file `name` of the version at `uri`."""
+    bucket, prefix = split_s3_uri(version_root_uri(uri))
+    return bucket, prefix + name
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     name: str

@@ -77,7 +77,7 @@ def download_report(
 ) -> Path:
     """Save report.html of the version at `uri` in `directory`, only if its sha256 matches the manifest."""
     try:
-        bucket, prefix = contract.split_s3_uri(uri)
+        contract.split_s3_uri(uri)
     except ValueError as err:
         raise PluginError(f"{version} is recorded at {uri!r}, which is not an s3:// location") from err
     try:
@@ -96,7 +96,7 @@ def download_report(
         )
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        return store.download_verified(bucket, prefix + report, entry.sha256, directory / report)
+        return store.download_verified(*contract.version_file(uri, report), entry.sha256, directory / report)
     except DigestMismatchError:
         raise PluginError(
             f"refused {uri}{report}: its sha256 does not match {version}'s manifest, "

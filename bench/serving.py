@@ -169,7 +169,7 @@ def main() -> None:
                 endpoints.s3_endpoint_url, harness.S3_REGION, endpoints.s3_access_key, endpoints.s3_secret_key
             )
         )
-        store.client.create_bucket(Bucket="bench")
+        store.create_bucket("bench")
         uri, sha256, pipeline, _ = write_version(store, "bench")
         port = harness.free_port()
         env = {

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 import harness  # noqa: E402 - the test harness starts the S3 server
-from feedbackloop.adapters.artifacts import s3_client  # noqa: E402
+from feedbackloop.adapters.artifacts import ArtifactStore, s3_client  # noqa: E402
 
 ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
 PARAMS = {"max_iter": 50, "random_state": 0}
@@ -122,17 +122,17 @@ def main() -> None:
     ):
         endpoints = cluster.endpoints
         assert endpoints is not None
-        s3 = s3_client(
-            endpoints.s3_endpoint_url, harness.S3_REGION, endpoints.s3_access_key, endpoints.s3_secret_key
+        store = ArtifactStore(
+            s3_client(
+                endpoints.s3_endpoint_url, harness.S3_REGION, endpoints.s3_access_key, endpoints.s3_secret_key
+            )
         )
-        s3.create_bucket(Bucket="bench")
+        store.create_bucket("bench")
         frame = synthetic(args.rows)
         for start in range(0, args.rows, CHUNK_ROWS):
             buffer = io.BytesIO()
             frame.iloc[start : start + CHUNK_ROWS].to_parquet(buffer, index=False)
-            s3.put_object(
-                Bucket="bench", Key=f"train/part-{start // CHUNK_ROWS:04d}.parquet", Body=buffer.getvalue()
-            )
+            store.put_bytes("bench", f"train/part-{start // CHUNK_ROWS:04d}.parquet", buffer.getvalue())
         print(
             f"data: {args.rows} rows x 20 features in {len(range(0, args.rows, CHUNK_ROWS))} Parquet objects"
         )
@@ -159,9 +159,7 @@ def main() -> None:
             else:
                 baseline_run = run(BASELINE, ["bench", "train/"], env)
                 trainer_run = run(TRAINER, [], version_env)
-            manifest = json.loads(
-                s3.get_object(Bucket="bench", Key=f"models/{version}/manifest.json")["Body"].read()
-            )
+            manifest = store.read_manifest(f"s3://bench/models/{version}/", version).raw
             trainer_run["phases"] = trainer_phases(manifest["durations"], trainer_run["seconds"])
             label = "warm-up (discarded)" if repeat == 0 else f"repeat {repeat}"
             print(

@@ -5,22 +5,22 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from botocore.exceptions import BotoCoreError, ClientError
 
+from feedbackloop.adapters.artifacts import (
+    ArtifactAccessDeniedError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    ArtifactStoreError,
+)
 from feedbackloop.core import contract
 from feedbackloop_train.settings import TrainerError, TrainSettings
 
-# The model server's feedback rows: the features plus these columns (docs/retrain-job-contract.md).
-FEEDBACK_LABEL = "fbl_label"
-FEEDBACK_TIME = "fbl_labelled_at"
-FEEDBACK_PREFIX = "fbl_"
 READABLE = (".csv", ".parquet", ".pq")
 
 
@@ -33,35 +33,14 @@ class Dataset:
     rows: dict[str, int]
 
 
-def read_prefix(client: Any, uri: str) -> pd.DataFrame:
+def read_prefix(store: ArtifactStore, uri: str) -> pd.DataFrame:
     """Every CSV/Parquet object under an s3:// prefix, concatenated in key order."""
     bucket, prefix = contract.split_s3_uri(uri)
-    tables: list[pa.Table] = []
     try:
-        keys = sorted(
-            item["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for item in page.get("Contents", [])
-            if item["Key"].lower().endswith(READABLE)
-        )
-        for key in keys:
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            try:
-                if key.lower().endswith(".csv"):
-                    tables.append(pacsv.read_csv(io.BytesIO(body)))
-                else:
-                    tables.append(pq.read_table(io.BytesIO(body)))
-            except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
-                raise TrainerError(f"cannot read s3://{bucket}/{key}: {str(err).splitlines()[0]}") from None
-    except ClientError as err:
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            raise TrainerError(f"access denied reading {uri} ({code})") from None
-        if code in {"NoSuchBucket", "404"}:
-            raise TrainerError(f"bucket of {uri} does not exist") from None
-        raise TrainerError(f"cannot list or read {uri}: {code} {err}") from None
-    except BotoCoreError as err:
-        raise TrainerError(f"cannot reach the store for {uri}: {err}") from None
+        keys = sorted(key for key in store.list_keys(bucket, prefix) if key.lower().endswith(READABLE))
+        tables = [_read_table(bucket, key, store.get_bytes(bucket, key)) for key in keys]
+    except ArtifactStoreError as err:
+        raise TrainerError(_unreadable(uri, err)) from None
     if not tables:
         raise TrainerError(f"no CSV or Parquet data under {uri}")
     frames = [table.to_pandas() for table in tables]
@@ -78,16 +57,35 @@ def read_prefix(client: Any, uri: str) -> pd.DataFrame:
     return data
 
 
+def _read_table(bucket: str, key: str, body: bytes) -> pa.Table:
+    try:
+        if key.lower().endswith(".csv"):
+            return pacsv.read_csv(io.BytesIO(body))
+        return pq.read_table(io.BytesIO(body))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise TrainerError(f"cannot read s3://{bucket}/{key}: {str(err).splitlines()[0]}") from None
+
+
+def _unreadable(uri: str, err: ArtifactStoreError) -> str:
+    if not err.code:  # the store never answered
+        return f"cannot reach the store for {uri}: {err}"
+    if isinstance(err, ArtifactAccessDeniedError):
+        return f"access denied reading {uri} ({err.code})"
+    if isinstance(err, ArtifactNotFoundError) and err.missing_bucket:
+        return f"bucket of {uri} does not exist"
+    return f"cannot list or read {uri}: {err.code} {err}"
+
+
 def _feedback_rows(data: pd.DataFrame, label: str, since: datetime | None, uri: str) -> pd.DataFrame:
-    if FEEDBACK_LABEL not in data.columns:
-        raise TrainerError(f"feedback under {uri} has no {FEEDBACK_LABEL} column")
-    if since is not None and FEEDBACK_TIME in data.columns:
-        times = pd.to_datetime(data[FEEDBACK_TIME], utc=True)
+    if contract.FEEDBACK_LABEL not in data.columns:
+        raise TrainerError(f"feedback under {uri} has no {contract.FEEDBACK_LABEL} column")
+    if since is not None and contract.FEEDBACK_LABELLED_AT in data.columns:
+        times = pd.to_datetime(data[contract.FEEDBACK_LABELLED_AT], utc=True)
         data = data[times >= pd.Timestamp(since)]
-    if FEEDBACK_TIME in data.columns:
-        data = data.sort_values(FEEDBACK_TIME, kind="stable")
-    renamed = data.rename(columns={FEEDBACK_LABEL: label})
-    return renamed[[c for c in renamed.columns if not c.startswith(FEEDBACK_PREFIX)]]
+    if contract.FEEDBACK_LABELLED_AT in data.columns:
+        data = data.sort_values(contract.FEEDBACK_LABELLED_AT, kind="stable")
+    renamed = data.rename(columns={contract.FEEDBACK_LABEL: label})
+    return renamed[[c for c in renamed.columns if not c.startswith(contract.FEEDBACK_COLUMN_PREFIX)]]
 
 
 def _check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> None:
@@ -113,8 +111,8 @@ def _check_types(frame: pd.DataFrame, reference: pd.DataFrame, label: str, task:
             raise TrainerError(f"column {column!r} must be numeric but holds {sample}")
 
 
-def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
-    training = read_prefix(client, settings.training_uri)
+def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
+    training = read_prefix(store, settings.training_uri)
     label = settings.label
     if label not in training.columns:
         columns = ", ".join(map(str, training.columns))
@@ -125,7 +123,7 @@ def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
     rows = {"training": len(training)}
     if settings.feedback_uri:
         feedback = _feedback_rows(
-            read_prefix(client, settings.feedback_uri), label, settings.feedback_since, settings.feedback_uri
+            read_prefix(store, settings.feedback_uri), label, settings.feedback_since, settings.feedback_uri
         )
         _check_columns(feedback, expected, f"feedback under {settings.feedback_uri}")
         _check_types(feedback, training, label, settings.task)
@@ -137,7 +135,7 @@ def load_dataset(client: Any, settings: TrainSettings) -> Dataset:
     if unlabelled.any():
         data = data[~unlabelled].reset_index(drop=True)
     if settings.holdout_uri:
-        holdout = read_prefix(client, settings.holdout_uri)
+        holdout = read_prefix(store, settings.holdout_uri)
         _check_columns(holdout, expected, f"holdout under {settings.holdout_uri}")
         _check_types(holdout, training, label, settings.task)
         train = data

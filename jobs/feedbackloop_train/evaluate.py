@@ -62,7 +62,7 @@ def _predicts_by_argmax(model: Any) -> bool:
 def _labels_from_probabilities(
     model: Any, features: Any, probabilities: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, Any]:
-    labels = classes[np.argmax(probabilities, axis=1)]
+    labels: np.ndarray[Any, Any] = classes[np.argmax(probabilities, axis=1)]
     if probabilities.shape[1] < 2:
         return labels
     top_two = np.partition(probabilities, -2, axis=1)[:, -2:]

@@ -21,9 +21,8 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
-from botocore.exceptions import BotoCoreError, ClientError
 
-from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError, s3_client
+from feedbackloop.adapters.artifacts import ArtifactStore, ArtifactStoreError, DigestMismatchError, s3_client
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck
 from feedbackloop_train import evaluate, model, reference, report
@@ -39,13 +38,12 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
     """The current model, its sha256 verified before joblib.load, because loading runs pickle."""
     if not settings.current_uri or not settings.current_sha256:
         return None
-    bucket, prefix = contract.split_s3_uri(settings.current_uri)
-    key = prefix + contract.MODEL_FILE if prefix.endswith("/") or not prefix else prefix
+    bucket, key = contract.version_file(settings.current_uri, contract.MODEL_FILE)
     try:
         path = store.download_verified(bucket, key, settings.current_sha256, workdir / "champion.joblib")
     except DigestMismatchError as err:
         raise TrainerError(f"current model refused before loading: {err}") from None
-    except ClientError as err:
+    except ArtifactStoreError as err:
         raise TrainerError(f"cannot download the current model {settings.current_uri}: {err}") from None
     return joblib.load(path)
 
@@ -53,7 +51,7 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
 def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.monotonic()
-    dataset = load_dataset(store.client, settings)
+    dataset = load_dataset(store, settings)
     timings["loadSeconds"] = time.monotonic() - started
 
     step = time.monotonic()
@@ -115,7 +113,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     timings["totalSeconds"] = time.monotonic() - started
     extra = {
         "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "loop": {"name": settings.loop, "namespace": settings.namespace},
+        contract.MANIFEST_LOOP: {"name": settings.loop, "namespace": settings.namespace},
         "job": {"name": settings.job, "podUid": os.environ.get(contract.ENV_POD_UID)},
         "libraries": {
             "python": platform.python_version(),
@@ -132,12 +130,12 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
             "rows": dataset.rows,
         },
         "durations": timings,
-        "features": dataset.features,
+        contract.MANIFEST_FEATURES: dataset.features,
         "label": dataset.label,
     }
     try:
         return store.write_version(settings.artifact_uri, settings.version, files, extra, _failpoint)
-    except (ClientError, BotoCoreError) as err:
+    except ArtifactStoreError as err:
         raise TrainerError(f"cannot write the version to {settings.artifact_uri}: {err}") from None
 
 

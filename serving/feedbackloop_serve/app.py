@@ -240,12 +240,12 @@ class ModelServer:
             self.sink.add(
                 {
                     **stored.row,
-                    sink_module.LABEL: label,
-                    sink_module.PREDICTION: stored.value,
-                    sink_module.MODEL_VERSION: stored.version,
-                    sink_module.PREDICTION_ID: prediction_id,
-                    sink_module.PREDICTED_AT: stored.at,
-                    sink_module.LABELLED_AT: now,
+                    contract.FEEDBACK_LABEL: label,
+                    contract.FEEDBACK_PREDICTION: stored.value,
+                    contract.FEEDBACK_MODEL_VERSION: stored.version,
+                    contract.FEEDBACK_PREDICTION_ID: prediction_id,
+                    contract.FEEDBACK_PREDICTED_AT: stored.at,
+                    contract.FEEDBACK_LABELLED_AT: now,
                 }
             )
 

@@ -19,17 +19,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedbackloop.core import contract
 from feedbackloop_serve.rows import NUMERIC
 
 log = logging.getLogger("feedbackloop-serve.sink")
-
-# The columns the trainer reads besides the features (docs/retrain-job-contract.md).
-LABEL = "fbl_label"
-LABELLED_AT = "fbl_labelled_at"
-PREDICTION = "fbl_prediction"
-MODEL_VERSION = "fbl_model_version"
-PREDICTION_ID = "fbl_prediction_id"
-PREDICTED_AT = "fbl_predicted_at"
 _TIME = pa.timestamp("us", tz="UTC")
 
 
@@ -57,12 +50,12 @@ class FeedbackSink:
         self._schema = pa.schema(
             [(name, _arrow_type(feature_types.get(name, ""))) for name in features]
             + [
-                (LABEL, label_type),
-                (PREDICTION, label_type),
-                (MODEL_VERSION, pa.string()),
-                (PREDICTION_ID, pa.string()),
-                (PREDICTED_AT, _TIME),
-                (LABELLED_AT, _TIME),
+                (contract.FEEDBACK_LABEL, label_type),
+                (contract.FEEDBACK_PREDICTION, label_type),
+                (contract.FEEDBACK_MODEL_VERSION, pa.string()),
+                (contract.FEEDBACK_PREDICTION_ID, pa.string()),
+                (contract.FEEDBACK_PREDICTED_AT, _TIME),
+                (contract.FEEDBACK_LABELLED_AT, _TIME),
             ]
         )
         self.flush_rows = flush_rows

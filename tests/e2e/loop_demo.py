@@ -606,7 +606,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                 )
             )
             for bucket in (MODELS_BUCKET, DATA_BUCKET):
-                store.client.create_bucket(Bucket=bucket)
+                store.create_bucket(bucket)
 
             world = World(plan.seed)
             sha256 = train_v1(endpoints, store, world, plan, work)

@@ -94,7 +94,7 @@ def train_champion(
     endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path, rows: int
 ) -> tuple[str, str]:
     """Train v1 on the base concept; return its URI and model sha256, as a Deployment would carry them."""
-    put_csv(store.client, bucket, "data/train/part-0.csv", churn_frame(rows))
+    store.put_bytes(bucket, "data/train/part-0.csv", churn_frame(rows).to_csv(index=False).encode())
     assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
     uri = f"s3://{bucket}/models/ml/churn/v1/"
     model = store.read_manifest(uri, "v1").file("model.joblib")

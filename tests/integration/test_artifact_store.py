@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError
+import harness
+from feedbackloop.adapters.artifacts import (
+    ArtifactAccessDeniedError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    ArtifactStoreUnavailableError,
+    Denial,
+    DigestMismatchError,
+    s3_client,
+)
 from feedbackloop.core.observations import ArtifactCheck
 
 MODEL = b"model bytes " * 1000
@@ -113,3 +122,44 @@ def test_probe_distinguishes_missing_bucket_and_wrong_credentials(
     denied = ArtifactStore(s3_with_secret("wrong-secret")).probe_bucket(bucket)
     assert denied.ok is False
     assert "access denied" in denied.message
+
+
+def test_a_missing_key_is_not_found_and_names_the_key(s3: Any, bucket: str) -> None:
+    with pytest.raises(ArtifactNotFoundError) as raised:
+        ArtifactStore(s3).get_bytes(bucket, "p/ns/loop/v1/model.joblib")
+    assert (raised.value.code, raised.value.missing_bucket) == ("NoSuchKey", False)
+    assert (raised.value.bucket, raised.value.key) == (bucket, "p/ns/loop/v1/model.joblib")
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.get_bytes("no-such-bucket-here", "p/ns/loop/v1/model.joblib"),
+        lambda store: store.list_keys("no-such-bucket-here", "p/"),
+    ],
+    ids=["get", "list"],
+)
+def test_a_missing_bucket_is_not_found_with_the_bucket_marked(
+    s3: Any, read: Callable[[ArtifactStore], object]
+) -> None:
+    with pytest.raises(ArtifactNotFoundError) as raised:
+        read(ArtifactStore(s3))
+    assert (raised.value.code, raised.value.missing_bucket) == ("NoSuchBucket", True)
+    assert raised.value.bucket == "no-such-bucket-here"
+
+
+def test_wrong_credentials_are_access_denied(bucket: str, s3_with_secret: Callable[[str], Any]) -> None:
+    with pytest.raises(ArtifactAccessDeniedError) as raised:
+        ArtifactStore(s3_with_secret("wrong-secret")).list_keys(bucket, "p/")
+    assert (raised.value.code, raised.value.denial) == ("SignatureDoesNotMatch", Denial.BAD_CREDENTIALS)
+
+
+def test_an_endpoint_that_refuses_connections_is_unavailable() -> None:
+    closed = harness.free_port()  # bound and released: nothing listens there now
+    store = ArtifactStore(
+        s3_client(f"http://127.0.0.1:{closed}", harness.S3_REGION, "key", "secret", connect_timeout=2)
+    )
+    with pytest.raises(ArtifactStoreUnavailableError) as raised:
+        store.get_bytes("models", "p/ns/loop/v1/manifest.json")
+    assert (raised.value.code, raised.value.endpoint_unreachable) == ("", True)
+    assert f"127.0.0.1:{closed}" in str(raised.value)

@@ -137,11 +137,11 @@ class _CreateFile:
 
 
 def test_a_version_without_a_manifest_never_becomes_ready(
-    champion: tuple[str, str], store: ArtifactStore, serve: Callable[..., ServerProcess]
+    champion: tuple[str, str], s3: Any, serve: Callable[..., ServerProcess]
 ) -> None:
     uri, sha256 = champion
     bucket, prefix = contract.split_s3_uri(uri)
-    store.client.delete_object(Bucket=bucket, Key=prefix + contract.MANIFEST_FILE)
+    s3.delete_object(Bucket=bucket, Key=prefix + contract.MANIFEST_FILE)
     server = serve(uri, sha256)
     reason = harness.wait_until(server.readyz, lambda r: "manifest.json is missing" in r.text, timeout=30)
     assert reason.status_code == 503, reason.text
@@ -225,7 +225,7 @@ def test_malformed_json_and_feedback_get_422(
 
 
 def read_feedback(store: ArtifactStore, bucket: str, prefix: str) -> pd.DataFrame:
-    keys = [o["Key"] for o in store.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    keys = store.list_keys(bucket, prefix)
     frames = [pq.read_table(io.BytesIO(store.get_bytes(bucket, key))).to_pandas() for key in sorted(keys)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -395,6 +395,7 @@ def test_settings_errors_stop_the_server_with_the_variable_named(
 def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     endpoints: harness.Endpoints,
     store: ArtifactStore,
+    s3: Any,
     bucket: str,
     serve: Callable[..., ServerProcess],
     tmp_path: Path,
@@ -402,7 +403,7 @@ def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"a": rng.normal(size=500), "kind": rng.choice(["x", "y"], 500)})
     frame["target"] = 3 * frame["a"] + (frame["kind"] == "x") * 1.5
-    put_parquet(store.client, bucket, "data/train/all.parquet", frame)
+    put_parquet(s3, bucket, "data/train/all.parquet", frame)
     env = regression_env(bucket)
     code, message, stderr = run_trainer(endpoints, tmp_path, **env)
     assert code == 0, message + stderr[-2000:]

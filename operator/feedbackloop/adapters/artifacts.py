@@ -1,31 +1,150 @@
 """The S3 artifact store (boto3): version layout, manifest verification, verified downloads.
 
-Shared by the operator, jobs/ and serving/. Every byte that will be unpickled is hashed first.
+Shared by the operator, jobs/ and serving/. Every byte that will be unpickled is hashed first. boto3 and
+botocore stay inside this module: callers see ArtifactStoreError and its subclasses, never a botocore error.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck, ArtifactObservation, Probe
 
 _CHUNK = 1024 * 1024
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 UPLOAD_WORKERS = 4  # below botocore's default pool of 10 connections
+# S3 error codes; HEAD requests carry no body, so their code is the bare HTTP status.
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_BAD_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_NOT_ALLOWED_CODES = frozenset({"AccessDenied", "Forbidden", "403"})
 
 
 class DigestMismatchError(ValueError):
     """Bytes from the store do not match the expected sha256."""
+
+
+class ArtifactStoreError(Exception):
+    """An S3 call failed. `code` is the store's error code, or "" when the store gave no answer."""
+
+    def __init__(self, message: str, bucket: str, key: str | None, code: str = "") -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.key = key
+        self.code = code
+
+
+class ArtifactNotFoundError(ArtifactStoreError):
+    """The key, or its whole bucket (`missing_bucket`), does not exist."""
+
+    def __init__(self, message: str, bucket: str, key: str | None, code: str, missing_bucket: bool) -> None:
+        super().__init__(message, bucket, key, code)
+        self.missing_bucket = missing_bucket
+
+
+class Denial(enum.Enum):
+    """Why the store refused access."""
+
+    NO_CREDENTIALS = "no credentials were found"
+    BAD_CREDENTIALS = "the store rejected the credentials"
+    NOT_ALLOWED = "the credentials are not allowed this access"
+
+
+class ArtifactAccessDeniedError(ArtifactStoreError):
+    """No credentials, credentials the store rejects, or credentials without the permission; see `denial`."""
+
+    def __init__(self, message: str, bucket: str, key: str | None, code: str, denial: Denial) -> None:
+        super().__init__(message, bucket, key, code)
+        self.denial = denial
+
+
+class ArtifactStoreUnavailableError(ArtifactStoreError):
+    """The store could not serve the call (no connection, a timeout, a server error); a retry may work."""
+
+    def __init__(
+        self, message: str, bucket: str, key: str | None, code: str, endpoint_unreachable: bool
+    ) -> None:
+        super().__init__(message, bucket, key, code)
+        self.endpoint_unreachable = endpoint_unreachable
+
+
+def _from_client_error(err: ClientError, bucket: str, key: str | None) -> ArtifactStoreError:
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    message = str(err)
+    if code in _NOT_FOUND_CODES:
+        # A call without a key (head_bucket, list) can only miss the bucket.
+        return ArtifactNotFoundError(
+            message, bucket, key, code, missing_bucket=code == "NoSuchBucket" or key is None
+        )
+    if code in _BAD_CREDENTIAL_CODES:
+        return ArtifactAccessDeniedError(message, bucket, key, code, Denial.BAD_CREDENTIALS)
+    if code in _NOT_ALLOWED_CODES:
+        return ArtifactAccessDeniedError(message, bucket, key, code, Denial.NOT_ALLOWED)
+    return ArtifactStoreUnavailableError(message, bucket, key, code, endpoint_unreachable=False)
+
+
+def _from_botocore_error(err: BotoCoreError, bucket: str, key: str | None) -> ArtifactStoreError:
+    message = str(err)
+    if isinstance(err, NoCredentialsError):
+        return ArtifactAccessDeniedError(message, bucket, key, "", Denial.NO_CREDENTIALS)
+    if isinstance(err, BotoConnectionError | HTTPClientError):
+        unreachable = isinstance(err, EndpointConnectionError)
+        return ArtifactStoreUnavailableError(message, bucket, key, "", endpoint_unreachable=unreachable)
+    return ArtifactStoreError(message, bucket, key)
+
+
+@contextmanager
+def _translated(bucket: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise a botocore error from the calls inside as the matching ArtifactStoreError."""
+    try:
+        yield
+    except ClientError as err:
+        raise _from_client_error(err, bucket, key) from err
+    except BotoCoreError as err:
+        raise _from_botocore_error(err, bucket, key) from err
+
+
+def _describe(err: ArtifactStoreError) -> str:
+    return f"{err.code}: {err}" if err.code else str(err)
+
+
+def _bucket_problem(err: ArtifactStoreError) -> str:
+    if isinstance(err, ArtifactNotFoundError):
+        return "bucket does not exist"
+    if isinstance(err, ArtifactAccessDeniedError) and err.denial is Denial.NOT_ALLOWED:
+        return "access denied with the operator's read credentials"
+    return _describe(err)
+
+
+def _missing_file(uri: str, err: ArtifactNotFoundError) -> ArtifactObservation:
+    if err.missing_bucket:
+        return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=_describe(err), uri=uri)
+    if (err.key or "").endswith(contract.MANIFEST_FILE):
+        return ArtifactObservation(
+            ArtifactCheck.MANIFEST_MISSING, message=f"{uri}manifest.json is missing", uri=uri
+        )
+    return ArtifactObservation(
+        ArtifactCheck.INVALID, message=f"listed file s3://{err.bucket}/{err.key} is missing", uri=uri
+    )
 
 
 def s3_client(
@@ -55,10 +174,6 @@ def s3_client(
     )
 
 
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
-
-
 def _hash_stream(body: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     while chunk := body.read(_CHUNK):
@@ -70,42 +185,41 @@ def _hash_stream(body: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int
 
 
 class ArtifactStore:
+    """The S3 calls the operator, trainer, server and plugin make; every failure is an ArtifactStoreError."""
+
     def __init__(self, client: Any) -> None:
-        self.client = client
+        self._client = client
 
     # ---------------------------------------------------------------- reads
     def probe_bucket(self, bucket: str) -> Probe:
         try:
-            self.client.head_bucket(Bucket=bucket)
-        except ClientError as err:
-            code = _code(err)
-            if code in _NOT_FOUND or code == "NoSuchBucket":
-                return Probe(ok=False, message="bucket does not exist")
-            if code in {"403", "AccessDenied", "Forbidden"}:
-                return Probe(ok=False, message="access denied with the operator's read credentials")
-            return Probe(ok=False, message=f"{code or 'error'}: {err}")
-        except BotoCoreError as err:
-            return Probe(ok=False, message=str(err))
+            with _translated(bucket):
+                self._client.head_bucket(Bucket=bucket)
+        except ArtifactStoreError as err:
+            return Probe(ok=False, message=_bucket_problem(err))
         return Probe(ok=True)
 
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every key under `prefix`, in the store's (lexicographic) order, across all result pages."""
+        with _translated(bucket):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return [str(item["Key"]) for page in pages for item in page.get("Contents", [])]
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
-        body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with _translated(bucket, key):
+            body: bytes = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
     def read_manifest(self, uri: str, version: str | None = None) -> contract.Manifest:
-        bucket, prefix = contract.split_s3_uri(uri)
-        raw = json.loads(self.get_bytes(bucket, prefix + contract.MANIFEST_FILE))
+        raw = json.loads(self.get_bytes(*contract.version_file(uri, contract.MANIFEST_FILE)))
         return contract.parse_manifest(raw, expected_version=version)
 
     def verify_version(self, uri: str, version: str) -> ArtifactObservation:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
-        bucket, prefix = contract.split_s3_uri(uri)
-        key = prefix + contract.MANIFEST_FILE
         try:
             manifest = self.read_manifest(uri, version)
             for entry in manifest.files:
-                key = prefix + entry.name
-                digest, size = _hash_stream(self.client.get_object(Bucket=bucket, Key=key)["Body"])
+                digest, size = self._hash_object(*contract.version_file(uri, entry.name))
                 if (digest, size) != (entry.sha256, entry.size):
                     return ArtifactObservation(
                         ArtifactCheck.DIGEST_MISMATCH,
@@ -113,21 +227,11 @@ class ArtifactStore:
                         f"manifest says {entry.sha256[:12]}… size {entry.size}",
                         uri=uri,
                     )
-            key = prefix + contract.METRICS_FILE
-            metrics = json.loads(self.get_bytes(bucket, key))
-        except ClientError as err:
-            code = _code(err)
-            if code in _NOT_FOUND and key.endswith(contract.MANIFEST_FILE):
-                return ArtifactObservation(
-                    ArtifactCheck.MANIFEST_MISSING, message=f"{uri}manifest.json is missing", uri=uri
-                )
-            if code in _NOT_FOUND:
-                return ArtifactObservation(
-                    ArtifactCheck.INVALID, message=f"listed file s3://{bucket}/{key} is missing", uri=uri
-                )
-            return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=f"{code}: {err}", uri=uri)
-        except BotoCoreError as err:
-            return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=str(err), uri=uri)
+            metrics = json.loads(self.get_bytes(*contract.version_file(uri, contract.METRICS_FILE)))
+        except ArtifactNotFoundError as err:
+            return _missing_file(uri, err)
+        except ArtifactStoreError as err:
+            return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=_describe(err), uri=uri)
         except (contract.ManifestError, json.JSONDecodeError, UnicodeDecodeError) as err:
             return ArtifactObservation(ArtifactCheck.INVALID, message=str(err), uri=uri)
         if not isinstance(metrics, dict):
@@ -143,20 +247,29 @@ class ArtifactStore:
     def download_verified(self, bucket: str, key: str, expected_sha256: str, destination: Path) -> Path:
         """Download to `destination` and return it only if the bytes hash to `expected_sha256`."""
         partial = destination.with_name(destination.name + ".partial")
-        body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
         with partial.open("wb") as sink:
-            digest, _ = _hash_stream(body, sink)
+            digest, _ = self._hash_object(bucket, key, sink)
         if digest != expected_sha256:
             partial.unlink(missing_ok=True)
             raise DigestMismatchError(f"s3://{bucket}/{key}: sha256 {digest} != expected {expected_sha256}")
         partial.replace(destination)
         return destination
 
-    # ---------------------------------------------------------------- writes (trainer side)
+    def _hash_object(self, bucket: str, key: str, sink: BinaryIO | None = None) -> tuple[str, int]:
+        # The body is read inside the translation: a connection can fail halfway through the stream.
+        with _translated(bucket, key):
+            return _hash_stream(self._client.get_object(Bucket=bucket, Key=key)["Body"], sink)
+
+    # ---------------------------------------------------------------- writes
+    def create_bucket(self, bucket: str) -> None:
+        with _translated(bucket):
+            self._client.create_bucket(Bucket=bucket)
+
     def put_bytes(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        with _translated(bucket, key):
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def write_version(
         self,
@@ -167,11 +280,11 @@ class ArtifactStore:
         before_manifest: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Upload every file, then manifest.json last: a version without a manifest does not exist."""
-        bucket, prefix = contract.split_s3_uri(uri)
         # Uploads are latency-bound, so they overlap; boto3 clients are thread-safe.
         with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
             uploads = [
-                pool.submit(self.put_bytes, bucket, prefix + name, data) for name, data in files.items()
+                pool.submit(self.put_bytes, *contract.version_file(uri, name), data)
+                for name, data in files.items()
             ]
             for upload in uploads:
                 upload.result()
@@ -189,8 +302,7 @@ class ArtifactStore:
         if before_manifest is not None:
             before_manifest()
         self.put_bytes(
-            bucket,
-            prefix + contract.MANIFEST_FILE,
+            *contract.version_file(uri, contract.MANIFEST_FILE),
             json.dumps(manifest, indent=2).encode(),
             "application/json",
         )

@@ -52,6 +52,18 @@ REFERENCE_FILE = "reference.json"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = (MODEL_FILE, METRICS_FILE)
 MANIFEST_SCHEMA_VERSION = 1
+# Manifest fields besides schemaVersion, version and files that the trainer writes and the model server reads.
+MANIFEST_FEATURES = "features"
+MANIFEST_LOOP = "loop"
+
+# ---- feedback rows the model server writes and the trainer reads: the features plus these columns
+FEEDBACK_LABEL = "fbl_label"
+FEEDBACK_LABELLED_AT = "fbl_labelled_at"
+FEEDBACK_PREDICTION = "fbl_prediction"
+FEEDBACK_MODEL_VERSION = "fbl_model_version"
+FEEDBACK_PREDICTION_ID = "fbl_prediction_id"
+FEEDBACK_PREDICTED_AT = "fbl_predicted_at"
+FEEDBACK_COLUMN_PREFIX = "fbl_"  # the trainer drops every column with it once the label is renamed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^v([0-9]+)$")
@@ -82,6 +94,17 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if not match:
         raise ValueError(f"not an s3:// URI: {uri!r}")
     return match.group(1), match.group(2)
+
+
+def version_root_uri(uri: str) -> str:
+    """A version's URI names its prefix, so a missing trailing slash is implied."""
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def version_file(uri: str, name: str) -> tuple[str, str]:
+    """(bucket, key) of the file `name` of the version at `uri`."""
+    bucket, prefix = split_s3_uri(version_root_uri(uri))
+    return bucket, prefix + name
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,22 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
-from feedbackloop.adapters.artifacts import ArtifactStore, DigestMismatchError, s3_client
+from feedbackloop.adapters.artifacts import (
+    ArtifactAccessDeniedError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    ArtifactStoreError,
+    ArtifactStoreUnavailableError,
+    Denial,
+    DigestMismatchError,
+    s3_client,
+)
 from feedbackloop.core import contract
 from feedbackloop.kubectl_plugin.errors import PluginError
 
 ENV_ENDPOINT = "FBL_S3_ENDPOINT_URL"  # the operator's own setting, so one environment serves both
 ENV_REGION = "FBL_S3_REGION"
 DEFAULT_REGION = "us-east-1"
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"403", "AccessDenied", "Forbidden"}
-_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 
 
 def s3_endpoint(option: str | None, env: Mapping[str, str]) -> str | None:
@@ -44,27 +48,28 @@ def open_store(endpoint: str | None, region: str) -> ArtifactStore:
     return ArtifactStore(s3_client(endpoint_url=endpoint, region=region))
 
 
-def _store_failure(err: Exception, uri: str, endpoint: str | None, missing: str) -> PluginError:
+def _store_failure(err: ArtifactStoreError, uri: str, endpoint: str | None, missing: str) -> PluginError:
     store = endpoint or "AWS S3"
-    if isinstance(err, NoCredentialsError):
+    if isinstance(err, ArtifactNotFoundError):
+        return PluginError(
+            f"the bucket of {uri} does not exist at {store}" if err.missing_bucket else missing
+        )
+    if isinstance(err, ArtifactAccessDeniedError):
+        return _access_failure(err, uri, store)
+    if isinstance(err, ArtifactStoreUnavailableError) and err.endpoint_unreachable:
+        return PluginError(f"cannot reach the S3 endpoint {store} (set --s3-endpoint or {ENV_ENDPOINT})")
+    return PluginError(f"reading {uri} from {store} failed: {err.code or err}")
+
+
+def _access_failure(err: ArtifactAccessDeniedError, uri: str, store: str) -> PluginError:
+    if err.denial is Denial.NO_CREDENTIALS:
         return PluginError(
             f"no S3 credentials: set {contract.ENV_S3_ACCESS_KEY} and {contract.ENV_S3_SECRET_KEY} "
             "(or an AWS profile) to read the artifact store"
         )
-    if isinstance(err, EndpointConnectionError):
-        return PluginError(f"cannot reach the S3 endpoint {store} (set --s3-endpoint or {ENV_ENDPOINT})")
-    if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND:
-            return PluginError(missing)
-        if code == "NoSuchBucket":
-            return PluginError(f"the bucket of {uri} does not exist at {store}")
-        if code in _BAD_CREDENTIALS:
-            return PluginError(f"{store} rejected the S3 credentials ({code})")
-        if code in _DENIED:
-            return PluginError(f"{store} denied access to {uri} with the S3 credentials in use")
-        return PluginError(f"reading {uri} from {store} failed: {code or err}")
-    return PluginError(f"reading {uri} from {store} failed: {err}")
+    if err.denial is Denial.BAD_CREDENTIALS:
+        return PluginError(f"{store} rejected the S3 credentials ({err.code})")
+    return PluginError(f"{store} denied access to {uri} with the S3 credentials in use")
 
 
 def download_report(
@@ -72,12 +77,12 @@ def download_report(
 ) -> Path:
     """Save report.html of the version at `uri` in `directory`, only if its sha256 matches the manifest."""
     try:
-        bucket, prefix = contract.split_s3_uri(uri)
+        contract.split_s3_uri(uri)
     except ValueError as err:
         raise PluginError(f"{version} is recorded at {uri!r}, which is not an s3:// location") from err
     try:
         manifest = store.read_manifest(uri, version)
-    except (ClientError, BotoCoreError) as err:
+    except ArtifactStoreError as err:
         missing = f"{version} has no {contract.MANIFEST_FILE} at {uri}: the store holds no such version"
         raise _store_failure(err, uri, endpoint, missing) from None
     except (contract.ManifestError, json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -91,13 +96,13 @@ def download_report(
         )
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        return store.download_verified(bucket, prefix + report, entry.sha256, directory / report)
+        return store.download_verified(*contract.version_file(uri, report), entry.sha256, directory / report)
     except DigestMismatchError:
         raise PluginError(
             f"refused {uri}{report}: its sha256 does not match {version}'s manifest, "
             "so it changed after the trainer wrote it; nothing was saved"
         ) from None
-    except (ClientError, BotoCoreError) as err:
+    except ArtifactStoreError as err:
         missing = f"{version}'s manifest lists {report} but {uri}{report} is missing"
         raise _store_failure(err, uri, endpoint, missing) from None
     except OSError as err:

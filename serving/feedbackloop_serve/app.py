@@ -1,68 +1,92 @@
-"""The HTTP API: /predict, /feedback, /healthz, /readyz, /metrics, on FastAPI."""
+"""The HTTP API: /predict, /feedback, /healthz, /readyz, /metrics, on FastAPI.
+
+The request models are built from the loaded model, so /predict and /feedback are (re)registered once it is
+loaded; until then they answer 503. Scoring runs in a thread pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
 import tempfile
+import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
-import pyarrow as pa
-from cachetools import TTLCache
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core import contract
-from feedbackloop_serve import sink as sink_module
 from feedbackloop_serve.drift import DriftWindow
+from feedbackloop_serve.ids import CheckedId, IdSigner, random_keys
 from feedbackloop_serve.loader import LoadedModel, ModelRefusedError, StoreUnavailableError, load_model
 from feedbackloop_serve.metrics import ServerMetrics
-from feedbackloop_serve.rows import NUMERIC, FieldError, check_rows, rows_of
+from feedbackloop_serve.rows import NUMERIC, RequestModels, row_values
 from feedbackloop_serve.settings import ServeSettings
+from feedbackloop_serve.sink import FeedbackSchema, label_type
+from feedbackloop_serve.store import JoinStatus, Label, PredictionStore, decode_record, encode_record
+from feedbackloop_serve.store import StoreUnavailableError as PredictionStoreUnavailableError
+from feedbackloop_serve.writer import FeedbackWriter
 from feedbackloop_train import evaluate
 from feedbackloop_train.model import prepare
 
 log = logging.getLogger("feedbackloop-serve")
 RETRY_SECONDS = (1, 2, 5, 10, 30)
+JSON = "application/json"
+_REFUSED_BY_STATUS = {
+    JoinStatus.UNKNOWN: "unknown",
+    JoinStatus.DUPLICATE: "duplicate",
+    JoinStatus.FULL: "full",
+}
+_REFUSAL_TEXT = {
+    "malformed": "malformed prediction id",
+    "bad_signature": "prediction id not issued by this model server (bad signature)",
+    "expired": "expired prediction id",
+    "unknown": "unknown or expired prediction id",
+    "duplicate": "a label for this prediction id was already accepted",
+    "full": "too many labelled rows wait for the store; retry later",
+}
 
 
 @dataclass(frozen=True)
-class _Prediction:
-    row: dict[str, Any]
-    value: Any
-    version: str
-    at: datetime
+class Scored:
+    labels: list[Any]
+    probabilities: np.ndarray[Any, Any] | None
 
 
 class ModelServer:
     def __init__(self, settings: ServeSettings, store: ArtifactStore, metrics: ServerMetrics | None = None):
         self.settings = settings
-        self.store = store
+        self.artifacts = store
         self.metrics = metrics or ServerMetrics()
         self.model: LoadedModel | None = None
+        self.requests: RequestModels | None = None
         self.not_ready = "loading the model"
-        self.predictions: TTLCache[str, _Prediction] = TTLCache(
-            maxsize=settings.prediction_store_size, ttl=settings.prediction_ttl_seconds
-        )
+        self.draining = False
         self.drift: DriftWindow | None = None
-        self.sink: sink_module.FeedbackSink | None = None
-        self._flush_now = asyncio.Event()
+        self.predictions: PredictionStore | None = None
+        self.writer: FeedbackWriter | None = None
+        self.signer = IdSigner(settings.id_keys or random_keys(), settings.prediction_ttl_seconds * 1000)
+        self.on_loaded: list[Any] = []
+        self._wake_writer = asyncio.Event()
+        self._scoring = ThreadPoolExecutor(settings.scoring_threads, thread_name_prefix="score")
+        self._drift_lock = threading.Lock()
         self._workdir = tempfile.TemporaryDirectory(prefix="fbl-serve-")
-        self.metrics.prediction_store.set_function(self._store_size)
-        self.metrics.feedback_buffered.set_function(lambda: self.sink.buffered if self.sink else 0)
-        self.metrics.watch_drift(self._drift_labels, lambda: self.drift.psi() if self.drift else {})
+        self.metrics.feedback_buffered.set_function(lambda: self.writer.waiting if self.writer else 0)
+        self.metrics.watch_drift(self._drift_labels, self._psi)
 
     # ------------------------------------------------------------ loading
     async def load_until_ready(self) -> None:
@@ -71,7 +95,7 @@ class ModelServer:
             try:
                 model = await asyncio.to_thread(
                     load_model,
-                    self.store,
+                    self.artifacts,
                     self.settings.model_uri,
                     self.settings.model_sha256,
                     Path(self._workdir.name),
@@ -90,268 +114,230 @@ class ModelServer:
 
     def _serve(self, model: LoadedModel) -> None:
         self.drift = DriftWindow(model.reference or {}, self.settings.drift_window)
-        if self.settings.feedback_uri:
-            bucket, prefix = contract.split_s3_uri(self.settings.feedback_uri)
-            self.sink = sink_module.FeedbackSink(
-                put=lambda key, body: self.store.put_bytes(
-                    bucket, key, body, "application/vnd.apache.parquet"
-                ),
-                prefix=prefix,
-                features=model.features,
-                feature_types=model.feature_types,
-                label_type=sink_module.label_type(model.task, model.classes),
-                flush_rows=self.settings.feedback_flush_rows,
-                max_rows=self.settings.feedback_buffer_rows,
-                source=self.settings.source,
-                on_dropped=self.metrics.feedback_dropped.inc,
+        self.requests = RequestModels(model.features, model.feature_types, model.task, model.classes)
+        if self.settings.redis_url:
+            self.predictions = PredictionStore.connect(
+                self.settings.redis_url,
+                model.name,
+                self.settings.prediction_ttl_seconds,
+                self.settings.feedback_buffer_rows,
+                keep_rows=self.settings.feedback_uri is not None,
             )
+        if self.predictions is not None and self.settings.feedback_uri:
+            self.writer = self._writer(model, self.predictions, self.settings.feedback_uri)
         self.metrics.model_info.labels(model.name, model.version, model.version, model.sha256).set(1)
-        self.metrics.ready.set(1)
         self.model = model
         self.not_ready = ""
+        self.metrics.ready.set(0 if self.draining else 1)
+        for callback in self.on_loaded:
+            callback(model)
         log.info(
-            "serving %s version %s (sha256 %s…) from %s",
+            "serving %s version %s (sha256 %s…) from %s; feedback %s",
             model.name,
             model.version,
             model.sha256[:12],
             model.uri,
+            "joins on every replica (shared store)" if self.predictions else "off (no FBL_REDIS_URL)",
+        )
+
+    def _writer(self, model: LoadedModel, predictions: PredictionStore, feedback_uri: str) -> FeedbackWriter:
+        bucket, prefix = contract.split_s3_uri(feedback_uri)
+        schema = FeedbackSchema(model.features, model.feature_types, label_type(model.task, model.classes))
+
+        async def put(key: str, body: bytes) -> None:
+            await asyncio.to_thread(
+                self.artifacts.put_bytes, bucket, key, body, "application/vnd.apache.parquet"
+            )
+
+        return FeedbackWriter(
+            predictions,
+            schema,
+            put,
+            prefix,
+            consumer=self.settings.source,
+            metrics=self.metrics,
+            flush_rows=self.settings.feedback_flush_rows,
+            flush_seconds=self.settings.feedback_flush_seconds,
+            claim_idle_seconds=self.settings.claim_idle_seconds,
         )
 
     def _drift_labels(self) -> tuple[str, str] | None:
         return None if self.model is None else (self.model.name, self.model.version)
 
-    def _store_size(self) -> int:
-        self.predictions.expire()
-        return len(self.predictions)
+    def _psi(self) -> dict[str, float]:
+        with self._drift_lock:
+            return self.drift.psi() if self.drift else {}
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
 
     # ------------------------------------------------------------ predict
-    def predict(self, body: Any) -> tuple[int, dict[str, Any]]:
+    async def predict(self, body: BaseModel) -> Response:
         model = self.model
-        if model is None:
-            return 503, {"detail": f"not ready: {self.not_ready}"}
-        rows, errors = rows_of(body)
-        if not errors:
-            errors = check_rows(rows, model.features, model.feature_types, single="row" in body)
-        if errors:
-            return 422, {"detail": [e.as_dict() for e in errors]}
+        assert model is not None
+        rows = [body.row] if body.row is not None else body.rows  # type: ignore[attr-defined]
+        values = [row_values(row, model.features) for row in rows]
         started = time.perf_counter()
-        frame = _frame(rows, model)
+        loop = asyncio.get_running_loop()
         try:
-            labels, probabilities = _score(model, frame)
+            scored = await loop.run_in_executor(self._scoring, self._score, model, values)
         except (ValueError, TypeError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return 422, {
-                "detail": [
-                    FieldError(
-                        ("body",), f"the model cannot score these rows: {first}", "value_error"
-                    ).as_dict()
-                ]
-            }
-        now = datetime.now(UTC)
-        out = []
-        for index, row in enumerate(rows):
-            prediction_id = uuid.uuid4().hex
-            value = _plain(labels[index])
-            self.predictions[prediction_id] = _Prediction(_stored_row(row, model), value, model.version, now)
-            item: dict[str, Any] = {"id": prediction_id, "prediction": value}
-            if probabilities is not None and model.classes is not None:
-                item["probabilities"] = {
-                    str(c): float(p) for c, p in zip(model.classes, probabilities[index], strict=True)
-                }
+            detail = [
+                {"loc": ["body"], "msg": f"the model cannot score these rows: {first}", "type": "value_error"}
+            ]
+            return _json({"detail": detail}, 422)
+        now_ms = int(time.time() * 1000)
+        ids = [self.signer.issue(now_ms) for _ in rows] if self.predictions else [None] * len(rows)
+        if self.predictions is not None:
+            records = [
+                (
+                    prediction_id,
+                    encode_record(dict(zip(model.features, row, strict=True)), label, model.version, now_ms),
+                )
+                for prediction_id, row, label in zip(ids, values, scored.labels, strict=True)
+                if prediction_id is not None
+            ]
+            try:
+                await self.predictions.save(records)
+            except PredictionStoreUnavailableError as err:
+                # The prediction stands; without a stored record no label can join it, so it gets no id.
+                self.metrics.store_errors.labels("save").inc()
+                log.warning("prediction store unavailable, answering without ids: %s", err)
+                ids = [None] * len(rows)
+        out: list[dict[str, Any]] = []
+        for index, label in enumerate(scored.labels):
+            item: dict[str, Any] = {"id": ids[index], "prediction": label}
+            if scored.probabilities is not None and model.classes is not None:
+                item["probabilities"] = dict(
+                    zip(map(str, model.classes), scored.probabilities[index].tolist(), strict=True)
+                )
             out.append(item)
-        assert self.drift is not None
-        self.drift.observe(rows)
         self.metrics.predictions.labels(model.name, model.version).inc(len(rows))
         self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
-        return 200, {"model_version": model.version, "predictions": out}
+        return _json({"model_version": model.version, "predictions": out})
+
+    def _score(self, model: LoadedModel, values: list[list[Any]]) -> Scored:
+        frame = _frame(values, model)
+        scored = evaluate.predict(model.estimator, frame)
+        with self._drift_lock:
+            assert self.drift is not None
+            self.drift.observe([dict(zip(model.features, row, strict=True)) for row in values])
+        probabilities = scored.probabilities if model.classes is not None else None
+        return Scored(np.asarray(scored.labels).tolist(), probabilities)
 
     # ------------------------------------------------------------ feedback
-    def feedback(self, body: Any) -> tuple[int, dict[str, Any]]:
+    async def feedback(self, body: BaseModel) -> Response:
         model = self.model
-        if model is None:
-            return 503, {"detail": f"not ready: {self.not_ready}"}
-        if isinstance(body, Mapping) and "feedback" in body:
-            items, single = body["feedback"], False
-            if not isinstance(items, list) or not items:
-                return 422, {
-                    "detail": [
-                        FieldError(
-                            ("body", "feedback"), "Input should be a non-empty list", "list_type"
-                        ).as_dict()
-                    ]
-                }
-        elif isinstance(body, Mapping):
-            items, single = [body], True
-        else:
-            return 422, {
-                "detail": [
-                    FieldError(
-                        ("body",), "Input should be {id, label} or {feedback: [...]}", "model_type"
-                    ).as_dict()
-                ]
-            }
-        malformed = [
-            FieldError(
-                ("body",) if single else ("body", "feedback", i),
-                "Input should be an object with 'id' and 'label'",
-                "model_type",
-            )
-            for i, item in enumerate(items)
-            if not isinstance(item, Mapping) or not isinstance(item.get("id"), str) or "label" not in item
-        ]
-        if malformed:
-            return 422, {"detail": [e.as_dict() for e in malformed]}
-        now = datetime.now(UTC)
-        results, accepted = [], 0
-        for item in items:
-            prediction_id = item["id"]
-            stored = self.predictions.pop(prediction_id, None)
-            if stored is None:
-                self.metrics.feedback_unmatched.labels(model.name, model.version).inc()
-                results.append(
-                    {"id": prediction_id, "status": "error", "error": "unknown or expired prediction id"}
-                )
-                continue
-            label, problem = _label(item["label"], model)
-            if problem:
-                self.predictions[prediction_id] = stored  # a fixed label may be sent again
-                results.append({"id": prediction_id, "status": "error", "error": problem})
-                continue
-            self._record(model, stored, label, prediction_id, now)
-            results.append({"id": prediction_id, "status": "accepted"})
-            accepted += 1
-        if self.sink is not None and self.sink.buffered >= self.sink.flush_rows:
-            self._flush_now.set()
-        return 200, {"accepted": accepted, "results": results}
+        assert model is not None
+        if self.predictions is None:
+            return _json({"detail": "feedback needs the shared prediction store: set FBL_REDIS_URL"}, 503)
+        items = body.feedback if body.feedback is not None else [body]  # type: ignore[attr-defined]
+        now_ms = int(time.time() * 1000)
+        results: list[dict[str, Any]] = [{}] * len(items)
+        labels: list[tuple[int, Any, Label]] = []
+        for index, item in enumerate(items):
+            checked = self.signer.check(item.id, now_ms)
+            if isinstance(checked, CheckedId):
+                labels.append((index, item.label, Label(item.id, orjson.dumps(item.label), now_ms)))
+            else:
+                results[index] = self._refuse(model, item.id, str(checked))
+        try:
+            joins = await self.predictions.join([label for _, _, label in labels])
+        except PredictionStoreUnavailableError as err:
+            self.metrics.store_errors.labels("join").inc()
+            log.warning("prediction store unavailable, feedback refused with 503: %s", err)
+            return _json({"detail": "the prediction store is unavailable; retry later"}, 503, retry_after=5)
+        accepted = 0
+        for (index, label, request), join in zip(labels, joins, strict=True):
+            if join.status is JoinStatus.JOINED:
+                self._count(model, decode_record(join.record), label)
+                results[index] = {"id": request.prediction_id, "status": "accepted"}
+                accepted += 1
+            else:
+                results[index] = self._refuse(model, request.prediction_id, _REFUSED_BY_STATUS[join.status])
+        if accepted and self.writer is not None:
+            self.writer.waiting += accepted  # exact again at the writer's next pass
+            if self.writer.waiting >= self.settings.feedback_flush_rows:
+                self._wake_writer.set()
+        return _json({"accepted": accepted, "results": results})
 
-    def _record(
-        self, model: LoadedModel, stored: _Prediction, label: Any, prediction_id: str, now: datetime
-    ) -> None:
-        labels = (model.name, stored.version)
+    def _refuse(self, model: LoadedModel, prediction_id: str, reason: str) -> dict[str, Any]:
+        self.metrics.feedback_refused.labels(model.name, reason).inc()
+        return {"id": prediction_id, "status": "error", "reason": reason, "error": _REFUSAL_TEXT[reason]}
+
+    def _count(self, model: LoadedModel, record: dict[str, Any], label: Any) -> None:
+        prediction, labels = record["prediction"], (model.name, str(record["version"]))
         self.metrics.feedback.labels(*labels).inc()
         if model.task == "regression":
-            error = float(label) - float(stored.value)
+            error = float(label) - float(prediction)
             self.metrics.feedback_abs_error.labels(*labels).inc(abs(error))
             self.metrics.feedback_squared_error.labels(*labels).inc(error * error)
         else:
             # inc(0) still creates the series, so correct / total exists from the first label.
-            self.metrics.feedback_correct.labels(*labels).inc(1 if label == stored.value else 0)
-        if self.sink is not None:
-            self.sink.add(
-                {
-                    **stored.row,
-                    contract.FEEDBACK_LABEL: label,
-                    contract.FEEDBACK_PREDICTION: stored.value,
-                    contract.FEEDBACK_MODEL_VERSION: stored.version,
-                    contract.FEEDBACK_PREDICTION_ID: prediction_id,
-                    contract.FEEDBACK_PREDICTED_AT: stored.at,
-                    contract.FEEDBACK_LABELLED_AT: now,
-                }
-            )
+            self.metrics.feedback_correct.labels(*labels).inc(1 if label == prediction else 0)
 
-    # ------------------------------------------------------------ flushing
-    async def flush_forever(self) -> None:
-        last = time.monotonic()
+    # ------------------------------------------------------------ background work and shutdown
+    async def write_feedback_forever(self) -> None:
+        while self.writer is None or self.predictions is None:
+            await asyncio.sleep(0.5)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=1.0)
-            self._flush_now.clear()
-            sink = self.sink
-            if sink is None or not sink.buffered:
-                last = time.monotonic()
-                continue
-            if (
-                sink.buffered < sink.flush_rows
-                and time.monotonic() - last < self.settings.feedback_flush_seconds
-            ):
-                continue
-            last = time.monotonic()
-            await self.flush()
+            try:
+                await self.predictions.prepare()
+                break
+            except PredictionStoreUnavailableError as err:
+                log.warning("prediction store not reachable yet: %s", err)
+                await asyncio.sleep(2)
+        await self.writer.run_forever(self._wake_writer)
 
-    async def flush(self) -> bool:
-        if self.sink is None:
-            return True
-        try:
-            written = await asyncio.to_thread(self.sink.flush)
-        except Exception as err:  # the rows stay buffered; an outage only delays them
-            self.metrics.feedback_flush_failures.inc()
-            log.warning("feedback flush failed, %d rows kept for the next try: %s", self.sink.buffered, err)
-            return False
-        self.metrics.feedback_flushed.inc(written)
-        return True
+    def start_draining(self) -> None:
+        """Unready at once, so endpoints drop this pod; requests still arriving are served until shutdown."""
+        if not self.draining:
+            self.draining = True
+            self.metrics.ready.set(0)
+            log.info("draining: /readyz now answers 503; serving for %.0fs more", self.settings.drain_seconds)
 
     async def close(self) -> None:
-        if self.sink is not None and self.sink.buffered:
+        if self.writer is not None:
             try:
-                flushed = await asyncio.wait_for(self.flush(), timeout=self.settings.shutdown_flush_seconds)
-            except TimeoutError:
-                flushed = False
-            if not flushed:
-                log.error("shutting down with %d feedback rows not written to S3", self.sink.buffered)
+                written = await asyncio.wait_for(
+                    self.writer.step(force=True), self.settings.shutdown_flush_seconds
+                )
+                log.info("shutdown: wrote %d feedback rows to S3", written)
+            except Exception as err:  # the rows stay in the shared store for another replica
+                log.warning("shutdown: feedback left in the shared store for another replica: %s", err)
+        if self.predictions is not None:
+            await self.predictions.close()
+        self._scoring.shutdown(wait=True, cancel_futures=False)
         self._workdir.cleanup()
 
 
-def _frame(rows: list[Any], model: LoadedModel) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows, columns=model.features)
-    for name in model.features:
+def _json(payload: Any, status: int = 200, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON
+    )
+
+
+def _frame(values: Sequence[Sequence[Any]], model: LoadedModel) -> pd.DataFrame:
+    columns: dict[str, Any] = {}
+    for index, name in enumerate(model.features):
+        column = [row[index] for row in values]
         if model.feature_types[name] == NUMERIC:
-            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
-    return prepare(frame, model.estimator, model.features)
-
-
-def _score(
-    model: LoadedModel, frame: pd.DataFrame
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
-    # The trainer's scoring: one pass gives labels and probabilities where predict() is their argmax.
-    scored = evaluate.predict(model.estimator, frame)
-    return scored.labels, scored.probabilities if model.classes is not None else None
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _stored_row(row: Mapping[str, Any], model: LoadedModel) -> dict[str, Any]:
-    """The row as the sink's schema wants it: numbers as floats, everything else as text."""
-    out: dict[str, Any] = {}
-    for name in model.features:
-        value = row.get(name)
-        if value is None:
-            out[name] = None
-        elif model.feature_types[name] == NUMERIC:
-            out[name] = float(value)
+            columns[name] = np.array([np.nan if v is None else v for v in column], dtype=float)
         else:
-            out[name] = str(value)
-    return out
-
-
-def _label(value: Any, model: LoadedModel) -> tuple[Any, str]:
-    """The label in the type of the model's classes (or a float for regression), or why it is unusable."""
-    if model.task == "regression" or model.classes is None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return None, "label must be a finite number"
-        return float(value), ""
-    kind = sink_module.label_type(model.task, model.classes)
-    try:
-        if kind == pa.int64() and not isinstance(value, bool):
-            number = float(value)
-            if number.is_integer():
-                return int(number), ""
-        elif kind == pa.float64() and not isinstance(value, bool):
-            return float(value), ""
-        elif kind == pa.bool_() and isinstance(value, bool):
-            return value, ""
-        elif kind == pa.string() and isinstance(value, str | int | float | bool):
-            return str(value), ""
-    except (TypeError, ValueError):
-        pass
-    return None, f"label {value!r} is not of the model's class type ({kind})"
+            columns[name] = column
+    return prepare(pd.DataFrame(columns), model.estimator, model.features)
 
 
 def create_app(server: ModelServer) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(server.load_until_ready()), asyncio.create_task(server.flush_forever())]
+        tasks = [
+            asyncio.create_task(server.load_until_ready()),
+            asyncio.create_task(server.write_feedback_forever()),
+        ]
         try:
             yield
         finally:
@@ -362,36 +348,62 @@ def create_app(server: ModelServer) -> FastAPI:
 
     app = FastAPI(title="feedbackloop model server", lifespan=lifespan)
 
-    async def answer(request: Request, handle: Callable[[Any], tuple[int, dict[str, Any]]]) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError as err:
-            detail = [FieldError(("body",), f"JSON decode error: {err}", "json_invalid").as_dict()]
-            return JSONResponse({"detail": detail}, status_code=422)
-        status, payload = handle(body)
-        return JSONResponse(payload, status_code=status)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> Response:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+        return _json({"detail": detail}, 422)
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        return await answer(request, server.predict)
+    @app.exception_handler(Exception)
+    async def failed(_: Request, err: Exception) -> Response:
+        # A bug answers 500 with a body and keeps the connection, rather than resetting a keep-alive client.
+        log.exception("unhandled error: %s", err)
+        return _json({"detail": "internal error"}, 500)
 
-    @app.post("/feedback")
-    async def feedback(request: Request) -> JSONResponse:
-        return await answer(request, server.feedback)
+    async def not_ready(_: Request) -> Response:
+        return _json({"detail": f"not ready: {server.not_ready}"}, 503)
+
+    app.add_api_route("/predict", not_ready, methods=["POST"], name="predict")
+    app.add_api_route("/feedback", not_ready, methods=["POST"], name="feedback")
+    server.on_loaded.append(lambda model: _register_model_routes(app, server))
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz() -> Response:
         model = server.model
+        if server.draining:
+            return _json({"status": "not ready", "reason": "draining before shutdown"}, 503)
         if model is None:
-            return JSONResponse({"status": "not ready", "reason": server.not_ready}, status_code=503)
-        return JSONResponse({"status": "ready", "model": model.name, "model_version": model.version})
+            return _json({"status": "not ready", "reason": server.not_ready}, 503)
+        return _json({"status": "ready", "model": model.name, "model_version": model.version})
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
+    """Replace the 503 placeholders with routes whose bodies are the loaded model's request models."""
+    assert server.requests is not None
+    requests = server.requests
+
+    async def predict(body: Any) -> Response:
+        return await server.predict(body)
+
+    async def feedback(body: Any) -> Response:
+        return await server.feedback(body)
+
+    predict.__annotations__ = {"body": requests.predict, "return": Response}
+    feedback.__annotations__ = {"body": requests.feedback, "return": Response}
+    app.router.routes = [
+        route
+        for route in app.router.routes
+        if not (isinstance(route, APIRoute) and route.path in ("/predict", "/feedback"))
+    ]
+    app.add_api_route("/predict", predict, methods=["POST"], name="predict")
+    app.add_api_route("/feedback", feedback, methods=["POST"], name="feedback")
+    app.openapi_schema = None  # regenerated with the real fields on the next /openapi.json

@@ -34,8 +34,18 @@ class ServerMetrics:
             LABELS,
             registry=r,
         )
-        self.feedback_unmatched = Counter(
-            "fbl_feedback_unmatched", "Labels whose prediction id is unknown or expired.", LABELS, registry=r
+        self.feedback_refused = Counter(
+            "fbl_feedback_refused",
+            "Labels refused, by reason: malformed, bad_signature (forged or tampered), expired, unknown, "
+            "duplicate (a label for that id was joined before), full (too many rows wait for S3).",
+            ("model", "reason"),
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "fbl_prediction_store_errors",
+            "Calls to the shared prediction store that failed, by operation (save, join).",
+            ("operation",),
+            registry=r,
         )
         self.latency = Histogram(
             "fbl_prediction_latency_seconds",
@@ -47,14 +57,15 @@ class ServerMetrics:
         self.model_info = Gauge(
             "fbl_model_info", "The loaded model (1).", (*LABELS, "version", "sha256"), registry=r
         )
-        self.prediction_store = Gauge(
-            "fbl_prediction_store_entries", "Predictions waiting for a label.", registry=r
-        )
         self.feedback_buffered = Gauge(
-            "fbl_feedback_buffered_rows", "Labelled rows not yet written to S3.", registry=r
+            "fbl_feedback_buffered_rows",
+            "Labelled rows waiting in the shared stream for S3, every replica's (sampled by this one).",
+            registry=r,
         )
-        self.feedback_dropped = Counter(
-            "fbl_feedback_dropped_rows", "Labelled rows dropped because the buffer was full.", registry=r
+        self.feedback_set_aside = Counter(
+            "fbl_feedback_set_aside_rows",
+            "Labelled rows the Parquet schema cannot hold, set aside in the store instead of written.",
+            registry=r,
         )
         self.feedback_flushed = Counter(
             "fbl_feedback_flushed_rows", "Labelled rows written to S3.", registry=r
@@ -62,7 +73,9 @@ class ServerMetrics:
         self.feedback_flush_failures = Counter(
             "fbl_feedback_flush_failures", "Failed uploads of a feedback batch.", registry=r
         )
-        self.ready = Gauge("fbl_model_ready", "1 when a verified model is loaded.", registry=r)
+        self.ready = Gauge(
+            "fbl_model_ready", "1 when a verified model is loaded and the server is not draining.", registry=r
+        )
 
     def watch_drift(
         self, labels: Callable[[], tuple[str, str] | None], values: Callable[[], dict[str, float]]

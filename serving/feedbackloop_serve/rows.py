@@ -1,79 +1,151 @@
-"""Request rows checked against the model's features, with errors in FastAPI's 422 shape. Pure: no I/O."""
+"""Request models built from the loaded model at load time, so FastAPI validates requests, answers 422s that
+name the field, and documents the real fields at /docs. Pure: pydantic only.
+
+Every accepted value is one the feedback sink's Parquet schema can hold: numeric features are finite float64,
+categorical ones are text, and a label is one of the model's classes (or a finite number for a regressor).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 ANY = "any"
 MAX_BATCH = 10_000
+MAX_TEXT = 1024  # a categorical value or a label as text
+MAX_ID = 256  # longer than any id the server issues; a longer one is malformed, not a store lookup
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+NumericValue = FiniteFloat | None
 
 
-@dataclass(frozen=True)
-class FieldError:
-    loc: tuple[str | int, ...]
-    msg: str
-    type: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
-
-
-def rows_of(body: Any) -> tuple[list[Any], list[FieldError]]:
-    """{"rows": [...]} is a batch, {"row": {...}} is one row."""
-    if not isinstance(body, Mapping):
-        return [], [FieldError(("body",), "Input should be an object with 'row' or 'rows'", "model_type")]
-    if ("row" in body) == ("rows" in body):
-        return [], [FieldError(("body",), "Give exactly one of 'row' or 'rows'", "value_error")]
-    if "row" in body:
-        return [body["row"]], []
-    rows = body["rows"]
-    if not isinstance(rows, list) or not rows:
-        return [], [FieldError(("body", "rows"), "Input should be a non-empty list", "list_type")]
-    if len(rows) > MAX_BATCH:
-        return [], [FieldError(("body", "rows"), f"At most {MAX_BATCH} rows per request", "too_long")]
-    return rows, []
+def _categorical(value: Any) -> str | int | float | None:
+    """Text, or a number kept as given (the sink writes it as text); never a boolean or a non-finite float."""
+    if value is None or (isinstance(value, str) and len(value) <= MAX_TEXT):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise PydanticCustomError(
+        "string_type",
+        "Input should be a string of at most {limit} characters or a finite number",
+        {"limit": MAX_TEXT},
+    )
 
 
-def check_rows(
-    rows: Sequence[Any], features: Sequence[str], types: Mapping[str, str], single: bool
-) -> list[FieldError]:
-    """Every missing, extra or wrongly typed field of every row; empty when all rows are usable."""
-    errors: list[FieldError] = []
-    known = set(features)
-    for index, row in enumerate(rows):
-        where: tuple[str | int, ...] = ("body", "row") if single else ("body", "rows", index)
-        if not isinstance(row, Mapping):
-            errors.append(FieldError(where, "Input should be an object of feature values", "model_type"))
-            continue
-        for name in features:
-            if name not in row:
-                errors.append(FieldError((*where, name), "Field required", "missing"))
-                continue
-            problem = _type_problem(row[name], types.get(name, ANY))
-            if problem:
-                errors.append(FieldError((*where, name), problem[0], problem[1]))
-        for name in row:
-            if name not in known:
-                errors.append(
-                    FieldError((*where, str(name)), "Extra inputs are not permitted", "extra_forbidden")
-                )
-    return errors
+CategoricalValue = Annotated[
+    str | int | float | None,
+    PlainValidator(_categorical),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "maxLength": MAX_TEXT}, {"type": "number"}, {"type": "null"}]}
+    ),
+]
 
 
-def _type_problem(value: Any, kind: str) -> tuple[str, str] | None:
-    if value is None:
-        return None  # null is a missing value; whether the model copes is for predict() to say
-    if kind == NUMERIC:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return "Input should be a valid number", "float_type"
-        if isinstance(value, float) and not math.isfinite(value):
-            return "Input should be a finite number", "finite_number"
-        return None
-    if isinstance(value, str | int | float | bool):
-        return None
-    return "Input should be a string or a number", "string_type"
+def _one_of(single: str, batch: str) -> dict[str, Any]:
+    """A body is either one item or a batch of them, never both."""
+
+    def exactly_one(cls: type[BaseModel], data: Any) -> Any:
+        if isinstance(data, dict) and (single in data) == (batch in data):
+            raise ValueError(f"give exactly one of '{single}' or '{batch}'")
+        return data
+
+    return {"exactly_one": model_validator(mode="before")(classmethod(exactly_one))}  # type: ignore[arg-type]
+
+
+def _optional_list(item: Any) -> Any:
+    return list[item] | None
+
+
+class RequestModels:
+    """The pydantic models of /predict and /feedback for one loaded model."""
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        feature_types: dict[str, str],
+        task: str,
+        classes: Sequence[Any] | None,
+    ) -> None:
+        forbid = ConfigDict(extra="forbid")
+        self.row = _row_model(features, feature_types)
+        optional_row: Any = self.row | None
+        self.predict = create_model(
+            "PredictRequest",
+            __config__=forbid,
+            __validators__=_one_of("row", "rows"),
+            row=(optional_row, None),
+            rows=(_optional_list(self.row), Field(None, min_length=1, max_length=MAX_BATCH)),
+        )
+        label = _label_type(task, classes)
+        prediction_id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID)]
+        self.feedback_item = create_model(
+            "FeedbackItem", __config__=forbid, id=(prediction_id, ...), label=(label, ...)
+        )
+        self.feedback = create_model(
+            "FeedbackRequest",
+            __config__=forbid,
+            __validators__=_one_of("id", "feedback"),
+            id=(prediction_id | None, None),
+            label=(label | None, None),
+            feedback=(_optional_list(self.feedback_item), Field(None, min_length=1, max_length=MAX_BATCH)),
+        )
+
+
+def _row_model(features: Sequence[str], feature_types: dict[str, str]) -> type[BaseModel]:
+    # Fields are f0, f1, … aliased to the feature names: a feature may be named like a pydantic attribute.
+    fields: dict[str, Any] = {
+        f"f{index}": (
+            NumericValue if feature_types.get(name) == NUMERIC else CategoricalValue,
+            Field(..., alias=name),
+        )
+        for index, name in enumerate(features)
+    }
+    return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _label_type(task: str, classes: Sequence[Any] | None) -> Any:
+    if task == "regression" or not classes:
+        return FiniteFloat
+    known = list(classes)
+
+    def one_of_the_classes(value: Any) -> Any:
+        if value not in known or isinstance(value, bool) != isinstance(known[0], bool):
+            listed = ", ".join(repr(c) for c in known[:20])
+            raise ValueError(f"the label must be one of the model's classes: {listed}")
+        return value
+
+    schema = cast(dict[str, Any], {"enum": known})
+    if all(isinstance(c, bool) for c in known):
+        base: Any = StrictBool
+    elif all(isinstance(c, int) for c in known):
+        base = StrictInt
+    elif all(isinstance(c, float) for c in known):
+        base = FiniteFloat
+    else:
+        base = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
+    return Annotated[base, AfterValidator(one_of_the_classes), Field(json_schema_extra=schema)]
+
+
+def row_values(row: BaseModel, features: Sequence[str]) -> list[Any]:
+    """A validated row's values in feature order."""
+    return [getattr(row, f"f{index}") for index in range(len(features))]

@@ -7,7 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from feedbackloop.api import ENV_MODEL_SHA256, ENV_MODEL_URI
 from feedbackloop.core import contract
+from feedbackloop_serve.ids import IdKeyError, parse_keys
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -22,18 +24,25 @@ class ServeSettings:
     model_sha256: str
     model_name: str | None
     feedback_uri: str | None
+    redis_url: str | None
+    id_keys: dict[str, bytes] | None  # None: a process-local key (no shared store)
     host: str
     port: int
-    prediction_store_size: int
-    prediction_ttl_seconds: float
+    prediction_ttl_seconds: int
     drift_window: int
+    scoring_threads: int
     feedback_flush_rows: int
     feedback_flush_seconds: float
     feedback_buffer_rows: int
+    claim_idle_seconds: float
+    drain_seconds: float
     shutdown_flush_seconds: float
     s3_endpoint_url: str | None
     s3_region: str
     source: str
+
+    def __repr__(self) -> str:
+        return f"ServeSettings(model_uri={self.model_uri!r}, …)"  # never the keys or the store's password
 
 
 def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
@@ -49,14 +58,14 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
 
 def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
     env = os.environ if env is None else env
-    uri = env.get("MODEL_URI", "").strip()
-    sha256 = env.get("MODEL_SHA256", "").strip().lower()
+    uri = env.get(ENV_MODEL_URI, "").strip()
+    sha256 = env.get(ENV_MODEL_SHA256, "").strip().lower()
     if not uri:
-        raise SettingsError("MODEL_URI is not set")
+        raise SettingsError(f"{ENV_MODEL_URI} is not set")
     if not _SHA256.match(sha256):
-        raise SettingsError("MODEL_SHA256 must be 64 hex characters")
+        raise SettingsError(f"{ENV_MODEL_SHA256} must be 64 hex characters")
     feedback = env.get("FEEDBACK_URI", "").strip() or None
-    for name, value in (("MODEL_URI", uri), ("FEEDBACK_URI", feedback)):
+    for name, value in ((ENV_MODEL_URI, uri), ("FEEDBACK_URI", feedback)):
         if value is not None:
             try:
                 contract.split_s3_uri(value)
@@ -64,19 +73,35 @@ def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
                 raise SettingsError(f"{name}={value!r} is not an s3://bucket/prefix/ URI") from None
     if feedback is not None and not feedback.endswith("/"):
         feedback += "/"
+    redis_url = env.get("FBL_REDIS_URL", "").strip() or None
+    if redis_url is not None and not re.match(r"^(redis|rediss|unix)://", redis_url):
+        raise SettingsError("FBL_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    keys_text = env.get("FBL_PREDICTION_ID_KEYS", "").strip()
+    if redis_url is not None and not keys_text:
+        raise SettingsError(
+            "FBL_PREDICTION_ID_KEYS is required with FBL_REDIS_URL: every replica must check ids"
+        )
+    try:
+        keys = parse_keys(keys_text) if keys_text else None
+    except IdKeyError as err:
+        raise SettingsError(f"FBL_PREDICTION_ID_KEYS: {err}") from None
     return ServeSettings(
         model_uri=uri,
         model_sha256=sha256,
         model_name=env.get("MODEL_NAME", "").strip() or None,
         feedback_uri=feedback,
+        redis_url=redis_url,
+        id_keys=keys,
         host=env.get("HOST", "0.0.0.0"),  # noqa: S104 - a server in a pod listens on its pod IP
         port=int(_number(env, "PORT", 8080, 1)),
-        prediction_store_size=int(_number(env, "FBL_PREDICTION_STORE_SIZE", 100_000, 1)),
-        prediction_ttl_seconds=_number(env, "FBL_PREDICTION_TTL_SECONDS", 3600, 1),
+        prediction_ttl_seconds=int(_number(env, "FBL_PREDICTION_TTL_SECONDS", 3600, 1)),
         drift_window=int(_number(env, "FBL_DRIFT_WINDOW", 1000, 1)),
+        scoring_threads=int(_number(env, "FBL_SCORING_THREADS", min(4, os.cpu_count() or 1), 1)),
         feedback_flush_rows=int(_number(env, "FBL_FEEDBACK_FLUSH_ROWS", 1000, 1)),
         feedback_flush_seconds=_number(env, "FBL_FEEDBACK_FLUSH_SECONDS", 60, 0.1),
-        feedback_buffer_rows=int(_number(env, "FBL_FEEDBACK_BUFFER_ROWS", 100_000, 1)),
+        feedback_buffer_rows=int(_number(env, "FBL_FEEDBACK_BUFFER_ROWS", 1_000_000, 1)),
+        claim_idle_seconds=_number(env, "FBL_FEEDBACK_CLAIM_IDLE_SECONDS", 60, 1),
+        drain_seconds=_number(env, "FBL_DRAIN_SECONDS", 5, 0),
         shutdown_flush_seconds=_number(env, "FBL_SHUTDOWN_FLUSH_SECONDS", 20, 0),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("FBL_S3_ENDPOINT_URL") or None,
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",

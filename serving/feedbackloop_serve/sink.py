@@ -1,53 +1,51 @@
-"""Labelled rows, buffered and written to the loop's feedback prefix as Parquet in the trainer's schema.
+"""Labelled rows as Parquet in the trainer's schema, and the object key a batch of them is written under.
 
-A flush seals the buffer into a batch with a fixed key, so a retried upload rewrites the same object rather
-than adding a duplicate. The buffer is bounded; past the bound the oldest rows are dropped and counted.
+Pure: no I/O. Encoding tells a row the schema cannot hold (set aside, never retried) from a batch that can be
+written; the key is a function of the batch's stream entries, so writing the same batch again rewrites the
+same object instead of adding a duplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import logging
-import threading
-import uuid
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feedbackloop.core import contract
 from feedbackloop_serve.rows import NUMERIC
 
-log = logging.getLogger("feedbackloop-serve.sink")
-_TIME = pa.timestamp("us", tz="UTC")
+_TIME = pa.timestamp("ms", tz="UTC")
 
 
-@dataclass
-class _Batch:
-    key: str
-    rows: list[dict[str, Any]]
+@dataclass(frozen=True)
+class StreamRow:
+    """One joined label as it waits in the store's stream."""
+
+    entry_id: bytes
+    prediction_id: str
+    record: bytes  # the stored prediction: {"row", "prediction", "version", "at"}
+    label_json: bytes
+    labelled_at_ms: int
 
 
-class FeedbackSink:
-    def __init__(
-        self,
-        put: Callable[[str, bytes], None],
-        prefix: str,
-        features: Sequence[str],
-        feature_types: Mapping[str, str],
-        label_type: pa.DataType,
-        flush_rows: int,
-        max_rows: int,
-        source: str,
-        on_dropped: Callable[[int], None] = lambda rows: None,
-    ) -> None:
-        self._put = put
-        self._prefix = prefix
-        self._schema = pa.schema(
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    rows: list[StreamRow]  # written
+    set_aside: list[tuple[StreamRow, str]]  # rows the schema cannot hold, with why
+
+
+class FeedbackSchema:
+    def __init__(self, features: Sequence[str], feature_types: Mapping[str, str], label_type: pa.DataType):
+        self.features = list(features)
+        self.schema = pa.schema(
             [(name, _arrow_type(feature_types.get(name, ""))) for name in features]
             + [
                 (contract.FEEDBACK_LABEL, label_type),
@@ -58,86 +56,63 @@ class FeedbackSink:
                 (contract.FEEDBACK_LABELLED_AT, _TIME),
             ]
         )
-        self.flush_rows = flush_rows
-        self.max_rows = max_rows
-        self._source = f"{source}-{uuid.uuid4().hex[:8]}"
-        self._on_dropped = on_dropped
-        self._rows: deque[dict[str, Any]] = deque()
-        self._sealed: deque[_Batch] = deque()
-        self._uploading: _Batch | None = None
-        self._sequence = 0
-        self._lock = threading.Lock()
-        self._flushing = threading.Lock()
+        self._numeric = {name for name in features if feature_types.get(name) == NUMERIC}
 
-    @property
-    def buffered(self) -> int:
-        with self._lock:
-            return self._count()
-
-    def _count(self) -> int:
-        return len(self._rows) + sum(len(batch.rows) for batch in self._sealed)
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        with self._lock:
-            self._rows.append(dict(row))
-            dropped = self._trim(self._count() - self.max_rows)
-        if dropped:
-            log.warning("feedback buffer full (%d rows): dropped the %d oldest", self.max_rows, dropped)
-            self._on_dropped(dropped)
-
-    def _trim(self, excess: int) -> int:
-        """Drop the `excess` oldest rows, except those of a batch being uploaded right now."""
-        dropped = 0
-        for batch in list(self._sealed):
-            if excess <= 0:
-                break
-            if batch is self._uploading:
+    def encode(self, rows: Sequence[StreamRow]) -> Encoded:
+        """One Parquet object of every row the schema holds; a bad row costs one more pass, not the batch."""
+        try:
+            return Encoded(self._parquet([self._record(row) for row in rows]), list(rows), [])
+        except (ValueError, TypeError, KeyError, OverflowError, pa.ArrowException):
+            pass
+        good: list[StreamRow] = []
+        good_records: list[dict[str, Any]] = []
+        bad: list[tuple[StreamRow, str]] = []
+        for row in rows:
+            try:
+                record = self._record(row)
+                pa.Table.from_pylist([record], schema=self.schema)
+            except (ValueError, TypeError, KeyError, OverflowError, pa.ArrowException) as err:
+                bad.append((row, f"{type(err).__name__}: {err}"[:500]))
                 continue
-            cut = min(excess, len(batch.rows))
-            batch.rows = batch.rows[cut:]
-            batch.key = self._next_key(datetime.now(UTC))  # new content, so a new object
-            excess, dropped = excess - cut, dropped + cut
-            if not batch.rows:
-                self._sealed.remove(batch)
-        while excess > 0 and self._rows:
-            self._rows.popleft()
-            excess, dropped = excess - 1, dropped + 1
-        return dropped
+            good.append(row)
+            good_records.append(record)
+        return Encoded(self._parquet(good_records) if good_records else b"", good, bad)
 
-    def flush(self, now: datetime | None = None) -> int:
-        """Seal what is buffered and upload every sealed batch in order; returns the rows written.
+    def _record(self, row: StreamRow) -> dict[str, Any]:
+        stored = orjson.loads(row.record)
+        values = stored["row"]
+        record: dict[str, Any] = {
+            name: _feature(values[name], name in self._numeric) for name in self.features
+        }
+        record[contract.FEEDBACK_LABEL] = orjson.loads(row.label_json)
+        record[contract.FEEDBACK_PREDICTION] = stored["prediction"]
+        record[contract.FEEDBACK_MODEL_VERSION] = stored["version"]
+        record[contract.FEEDBACK_PREDICTION_ID] = row.prediction_id
+        record[contract.FEEDBACK_PREDICTED_AT] = _time(stored["at"])
+        record[contract.FEEDBACK_LABELLED_AT] = _time(row.labelled_at_ms)
+        return record
 
-        A failed upload stays sealed, under the same key, for the next flush; the error propagates.
-        """
-        with self._flushing:
-            with self._lock:
-                if self._rows:
-                    self._sealed.append(_Batch(self._next_key(now or datetime.now(UTC)), list(self._rows)))
-                    self._rows.clear()
-            written = 0
-            while True:
-                with self._lock:
-                    if not self._sealed:
-                        return written
-                    batch = self._uploading = self._sealed[0]
-                    key, rows = batch.key, batch.rows
-                try:
-                    self._put(key, self._encode(rows))
-                finally:
-                    with self._lock:
-                        self._uploading = None
-                with self._lock:
-                    self._sealed.remove(batch)
-                written += len(rows)
-
-    def _next_key(self, now: datetime) -> str:
-        self._sequence += 1
-        return f"{self._prefix}{now:%Y/%m/%d/%H%M%S}-{self._source}-{self._sequence:06d}.parquet"
-
-    def _encode(self, rows: list[dict[str, Any]]) -> bytes:
+    def _parquet(self, records: list[dict[str, Any]]) -> bytes:
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=self._schema), buffer)
+        pq.write_table(pa.Table.from_pylist(records, schema=self.schema), buffer)
         return buffer.getvalue()
+
+
+def batch_key(prefix: str, rows: Sequence[StreamRow]) -> str:
+    """`<prefix><yyyy>/<mm>/<dd>/<HHMMSS>-<hash of the entry ids>.parquet`, dated by the first entry."""
+    first_ms = int(rows[0].entry_id.split(b"-")[0])
+    digest = hashlib.sha256(b"\n".join(sorted(row.entry_id for row in rows))).hexdigest()[:20]
+    return f"{prefix}{_time(first_ms):%Y/%m/%d/%H%M%S}-{digest}.parquet"
+
+
+def _feature(value: Any, numeric: bool) -> Any:
+    if value is None:
+        return None
+    return float(value) if numeric else str(value)
+
+
+def _time(milliseconds: int) -> datetime:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
 
 
 def _arrow_type(kind: str) -> pa.DataType:

@@ -70,9 +70,23 @@ kwok_stages() {
   note "kwok stages $KWOK_VERSION: written from $dir ($out)"
 }
 
+# Redis (the model servers' shared prediction store) comes from Debian's package; the harness runs the binary.
+debian_redis() {
+  if command -v redis-server >/dev/null; then
+    note "redis-server: installed ($(redis-server --version | cut -d' ' -f3))"
+    return
+  fi
+  note "redis-server: installing Debian's package"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  built=$((built + 1))
+}
+
 helm_k8s_stamp() { echo "-X helm.sh/helm/v3/pkg/$1.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$1.k8sVersionMinor=37"; }
 
-want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus helm}"
+want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus helm redis}"
 for component in $want; do
   case "$component" in
     etcd) build etcd "$ETCD_VERSION" "$here/etcd" . ;;
@@ -87,6 +101,7 @@ for component in $want; do
     # assume offline (1.37: helm v3.22 is built on client-go v0.37); unstamped they are v3.22 and 1.20.
     helm) install_module helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_k8s_stamp chartutil) $(helm_k8s_stamp lint/rules)" ;;
+    redis) debian_redis ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done

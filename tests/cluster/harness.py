@@ -41,6 +41,8 @@ ADMIN_USER = "fbl-admin"
 PLAIN_USER = "fbl-user"
 S3_REGION = "us-east-1"
 DEFAULT_FAKE_NODES = 2
+# Debian's package (build.sh installs it); the harness runs the binary itself, never the service.
+REDIS_SERVER = Path("/usr/bin/redis-server")
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION.
 KWOK_OUTCOME_ANNOTATION = "kwok.feedbackloop.dev/outcome"
@@ -132,6 +134,7 @@ def binary_paths() -> dict[str, Path]:
     paths["kwok-stages"] = bins.parent / f"kwok-stages-{v['KWOK_VERSION']}.yaml"
     paths["prometheus"] = bins / f"prometheus-{v['PROMETHEUS_VERSION']}"
     paths["helm"] = bins / f"helm-{v['HELM_VERSION']}"
+    paths["redis-server"] = REDIS_SERVER
     return paths
 
 
@@ -190,6 +193,7 @@ class Endpoints:
     s3_secret_key: str
     bin_dir: Path
     prometheus_targets_file: Path
+    redis_url: str = ""
 
     def env(self) -> dict[str, str]:
         return {
@@ -202,6 +206,7 @@ class Endpoints:
             "AWS_DEFAULT_REGION": S3_REGION,
             "FBL_CLUSTER_DIR": str(self.directory),
             "FBL_PROMETHEUS_TARGETS_FILE": str(self.prometheus_targets_file),
+            "REDIS_URL": self.redis_url,
         }
 
     def write_env_file(self, path: Path) -> None:
@@ -232,6 +237,7 @@ class Endpoints:
             s3_secret_key=values["AWS_SECRET_ACCESS_KEY"],
             bin_dir=directory / "bin",
             prometheus_targets_file=Path(values["FBL_PROMETHEUS_TARGETS_FILE"]),
+            redis_url=values["REDIS_URL"],
         )
 
 
@@ -309,7 +315,7 @@ class Cluster:
         started = time.monotonic()
         bins = binary_paths()
         d = self.directory
-        for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta"):
+        for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta", "redis"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         for name in ("kubectl", "helm"):
             link = d / "bin" / name
@@ -464,6 +470,7 @@ class Cluster:
 
         self._start_prometheus(bins)
         self._start_versitygw(bins)
+        self._start_redis()
         self._wait("kwok nodes", self._fake_nodes_ready, 90)
         self.timings["all_ready_s"] = time.monotonic() - started
 
@@ -579,6 +586,22 @@ class Cluster:
         self.endpoints.s3_endpoint_url = url
         self.endpoints.s3_access_key = access_key
         self.endpoints.s3_secret_key = secret_key
+
+    def _start_redis(self) -> None:
+        """The model servers' shared prediction store, with a password and an append-only file."""
+        assert self.endpoints is not None
+        port, password = free_port(), secrets.token_urlsafe(18)
+        self._spawn(
+            "redis",
+            [
+                str(REDIS_SERVER),
+                "--bind", LOCALHOST, "--port", str(port), "--requirepass", password,
+                "--dir", str(self.directory / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--save", "", "--daemonize", "no", "--loglevel", "warning",
+            ],
+        )  # fmt: skip
+        self._wait("redis", lambda: _redis_answers(port, password), 30)
+        self.endpoints.redis_url = f"redis://:{password}@{LOCALHOST}:{port}/0"
 
     def _write_kwok_stages(self, upstream: Path) -> Path:
         """kwok's default stages plus one the tests use: a Job pod annotated to fail does, with a message."""
@@ -732,6 +755,22 @@ def _http_ok(url: str, token: str | None = None, context: ssl.SSLContext | None 
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
         return bool(response.status == 200)
+
+
+def _redis_answers(port: int, password: str) -> bool:
+    """AUTH then PING in the Redis protocol, without a client library in the harness."""
+    try:
+        with socket.create_connection((LOCALHOST, port), timeout=2) as connection:
+            connection.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = connection.recv(64)
+                if not chunk:
+                    return False
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
+    except OSError:
+        return False
 
 
 def _http_answers(url: str) -> bool:

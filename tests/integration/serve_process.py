@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +17,9 @@ import httpx
 
 import harness
 from operator_process import start_module
+
+# One key for every server a test starts, so replicas check each other's prediction ids.
+ID_KEYS = f"test:{base64.b64encode(secrets.token_bytes(32)).decode()}"
 
 
 class ServerProcess:
@@ -32,7 +37,10 @@ class ServerProcess:
             "AWS_DEFAULT_REGION": harness.S3_REGION,
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
-            "POD_NAME": "server-test",
+            "POD_NAME": f"server-{self.port}",
+            "FBL_REDIS_URL": endpoints.redis_url,
+            "FBL_PREDICTION_ID_KEYS": ID_KEYS,
+            "FBL_DRAIN_SECONDS": "0",  # tests of draining set it
             **env,
         }
         self.popen: subprocess.Popen[bytes] | None = None

@@ -91,13 +91,19 @@ def test_a_verified_model_serves_predictions_and_joins_feedback(
     assert server.metric("fbl_feedback_total", model="churn", model_version="v1") == 30.0
     assert server.metric("fbl_feedback_correct_total", model="churn", model_version="v1") == float(correct)
 
-    # A label joins its prediction once; an unknown id is an error of that item only.
+    # A label joins its prediction once; a refused id is an error of that item only, counted by reason.
     again = server.feedback([labels[0], {"id": "no-such-id", "label": 1}, {"id": one["id"], "label": 0}])
     assert again.status_code == 200
-    assert [r["status"] for r in again.json()["results"]] == ["error", "error", "accepted"]
-    assert again.json()["results"][1]["error"] == "unknown or expired prediction id"
-    assert server.metric("fbl_feedback_unmatched_total", model="churn", model_version="v1") == 2.0
-    assert server.metric("fbl_prediction_store_entries") == 0.0
+    results = again.json()["results"]
+    assert [(r["status"], r.get("reason")) for r in results] == [
+        ("error", "duplicate"),
+        ("error", "malformed"),
+        ("accepted", None),
+    ]
+    assert results[0]["error"] == "a label for this prediction id was already accepted"
+    assert server.metric("fbl_feedback_refused_total", model="churn", reason="duplicate") == 1.0
+    assert server.metric("fbl_feedback_refused_total", model="churn", reason="malformed") == 1.0
+    assert server.metric("fbl_feedback_total", model="churn", model_version="v1") == 31.0
 
 
 def test_a_sha256_mismatch_never_becomes_ready(
@@ -173,12 +179,26 @@ def test_a_version_without_a_manifest_never_becomes_ready(
         (
             {"row": {"tenure": 3, "monthly": 50.0, "plan": ["pro"], "region": "north"}},
             ["body", "row", "plan"],
-            "Input should be a string or a number",
+            "Input should be a string of at most 1024 characters or a finite number",
         ),
-        ({"rows": []}, ["body", "rows"], "Input should be a non-empty list"),
-        ({"rows": ["a row"]}, ["body", "rows", 0], "Input should be an object of feature values"),
-        ([1, 2], ["body"], "Input should be an object with 'row' or 'rows'"),
-        ({"row": {}, "rows": []}, ["body"], "Give exactly one of 'row' or 'rows'"),
+        (
+            {"row": {"tenure": 3, "monthly": 50.0, "plan": True, "region": "north"}},
+            ["body", "row", "plan"],
+            "Input should be a string of at most 1024 characters or a finite number",
+        ),
+        (
+            {"row": {"tenure": 10**400, "monthly": 50.0, "plan": "pro", "region": "north"}},
+            ["body", "row", "tenure"],
+            "Input should be a valid number",
+        ),
+        ({"rows": []}, ["body", "rows"], "List should have at least 1 item after validation, not 0"),
+        (
+            {"rows": ["a row"]},
+            ["body", "rows", 0],
+            "Input should be a valid dictionary or object to extract fields from",
+        ),
+        ([1, 2], ["body"], "Input should be a valid dictionary or object to extract fields from"),
+        ({"row": {}, "rows": []}, ["body"], "Value error, give exactly one of 'row' or 'rows'"),
     ],
     ids=[
         "missing",
@@ -186,6 +206,8 @@ def test_a_version_without_a_manifest_never_becomes_ready(
         "string-for-number",
         "bool-for-number",
         "list-for-category",
+        "bool-for-category",
+        "too-big-for-float64",
         "empty",
         "not-object",
         "not-a-body",
@@ -213,13 +235,25 @@ def test_malformed_json_and_feedback_get_422(
     server.wait_ready()
     broken = server.http.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 422
-    assert broken.json()["detail"][0]["loc"] == ["body"]
+    assert broken.json()["detail"][0]["loc"][0] == "body"
+    assert broken.json()["detail"][0]["type"] == "json_invalid"
     no_label = server.http.post("/feedback", json={"feedback": [{"id": "x"}]})
     assert no_label.status_code == 422
-    assert no_label.json()["detail"][0]["loc"] == ["body", "feedback", 0]
+    assert no_label.json()["detail"][0]["loc"] == ["body", "feedback", 0, "label"]
     prediction = server.predict(rows_of(churn_frame(1))).json()["predictions"][0]
-    wrong_type = server.feedback([{"id": prediction["id"], "label": "yes"}])
-    assert wrong_type.json()["results"][0]["error"].startswith("label 'yes' is not of the model's class type")
+    for label, message in [
+        ("yes", "Input should be a valid integer"),
+        (7, "Value error, the label must be one of the model's classes: 0, 1"),
+        (10**19, "Value error, the label must be one of the model's classes: 0, 1"),
+        (True, "Input should be a valid integer"),
+    ]:
+        refused = server.feedback([{"id": prediction["id"], "label": label}])
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0] == {
+            "loc": ["body", "feedback", 0, "label"],
+            "msg": message,
+            "type": refused.json()["detail"][0]["type"],
+        }
     # The prediction is kept, so the corrected label still joins.
     assert server.feedback([{"id": prediction["id"], "label": 1}]).json()["accepted"] == 1
 
@@ -251,19 +285,21 @@ def test_feedback_lands_in_s3_in_the_trainers_schema_and_nothing_is_lost_on_stop
     predictions = server.predict(rows_of(frame)).json()["predictions"]
     items = [{"id": p["id"], "label": int(y)} for p, y in zip(predictions, frame["churned"], strict=True)]
     assert server.feedback(items[:25]).json()["accepted"] == 25
-    flushed = harness.wait_until(lambda: len(read_feedback(store, bucket, "feedback/")), lambda n: n > 0, 15)
-    assert flushed == 25  # past FBL_FEEDBACK_FLUSH_ROWS: everything buffered goes in one object
-    assert server.feedback(items[25:]).json()["accepted"] == 5
+    # Past FBL_FEEDBACK_FLUSH_ROWS, full batches of 10 are written; the 5 left wait for size, time or stop.
+    flushed = harness.wait_until(
+        lambda: len(read_feedback(store, bucket, "feedback/")), lambda n: n >= 20, 15
+    )
+    assert flushed == 20
+    assert len(store.list_keys(bucket, "feedback/")) == 2
+    assert server.feedback(items[25:28]).json()["accepted"] == 3
     time.sleep(2)
-    assert (
-        len(read_feedback(store, bucket, "feedback/")) == 25
-    )  # 5 rows: below the size, long before the time
-    assert server.metric("fbl_feedback_buffered_rows") == 5.0
+    assert len(read_feedback(store, bucket, "feedback/")) == 20  # 8 rows: below the size, before the time
+    assert server.metric("fbl_feedback_buffered_rows") == 8.0
     assert server.stop() == -signal.SIGTERM  # uvicorn re-raises SIGTERM once its graceful stop has flushed
 
     rows = read_feedback(store, bucket, "feedback/")
-    assert len(rows) == 30
-    assert sorted(rows["fbl_prediction_id"]) == sorted(p["id"] for p in predictions)
+    assert len(rows) == 28
+    assert sorted(rows["fbl_prediction_id"]) == sorted(p["id"] for p in predictions[:28])
     assert list(rows.columns[:4]) == FEATURES
     assert {"fbl_label", "fbl_labelled_at", "fbl_prediction", "fbl_model_version", "fbl_predicted_at"} <= set(
         rows
@@ -282,10 +318,10 @@ def test_feedback_lands_in_s3_in_the_trainers_schema_and_nothing_is_lost_on_stop
     )
     assert code == 0, message or stderr
     manifest = store.read_manifest(f"s3://{bucket}/models/ml/churn/v2/", "v2")
-    assert manifest.raw["data"]["rows"]["feedback"] == 30
+    assert manifest.raw["data"]["rows"]["feedback"] == 28
 
 
-def test_an_s3_outage_delays_flushing_and_the_buffer_bound_drops_oldest(
+def test_an_s3_outage_delays_writing_and_the_bound_refuses_new_labels_without_losing_any(
     endpoints: harness.Endpoints,
     champion: tuple[str, str],
     store: ArtifactStore,
@@ -312,17 +348,24 @@ def test_an_s3_outage_delays_flushing_and_the_buffer_bound_drops_oldest(
         failures = harness.wait_until(lambda: server.metric("fbl_feedback_flush_failures_total"), bool, 30)
         assert failures and failures >= 1
         assert read_feedback(store, bucket, "feedback/").empty
-        assert server.feedback(items[20:]).json()["accepted"] == 20  # 40 rows against a bound of 30
-        assert server.metric("fbl_feedback_dropped_rows_total") == 10.0
-        assert server.metric("fbl_feedback_buffered_rows") == 30.0
+        # 40 labels against a bound of 30: the last 10 are refused (retryable); nothing acknowledged is lost.
+        answer = server.feedback(items[20:]).json()
+        assert answer["accepted"] == 10
+        assert [r.get("reason") for r in answer["results"][10:]] == ["full"] * 10
+        assert server.metric("fbl_feedback_refused_total", reason="full") == 10.0
+        assert (
+            harness.wait_until(lambda: server.metric("fbl_feedback_buffered_rows"), lambda v: v == 30, 10)
+            == 30
+        )
 
         proxy.restore()
         rows = harness.wait_until(
             lambda: read_feedback(store, bucket, "feedback/"), lambda f: len(f) >= 30, 60
         )
         assert len(rows) == 30
-        kept = {p["id"] for p in predictions[10:]}  # the 10 oldest were dropped
-        assert set(rows["fbl_prediction_id"]) == kept
+        assert set(rows["fbl_prediction_id"]) == {p["id"] for p in predictions[:30]}
+        # The refused labels join once there is room again.
+        assert server.feedback(items[30:]).json()["accepted"] == 10
         assert (
             harness.wait_until(lambda: server.metric("fbl_feedback_buffered_rows"), lambda v: v == 0, 10) == 0
         )
@@ -440,8 +483,8 @@ def test_a_label_after_the_ttl_is_unmatched(
     [prediction] = server.predict(rows_of(churn_frame(1))).json()["predictions"]
     time.sleep(1.5)
     answer = server.feedback([{"id": prediction["id"], "label": 1}]).json()
-    assert answer["results"][0]["error"] == "unknown or expired prediction id"
-    assert server.metric("fbl_feedback_unmatched_total", model="ttl") == 1.0
+    assert answer["results"][0]["error"] == "expired prediction id"
+    assert server.metric("fbl_feedback_refused_total", model="ttl", reason="expired") == 1.0
     assert server.metric("fbl_feedback_total", model="ttl", model_version="v1") is None
 
 

@@ -1,4 +1,4 @@
-"""The model server's pure parts: PSI over a sliding window, row checks, the feedback sink's buffer."""
+"""The model server's pure parts: PSI over a sliding window, request models, prediction ids, encoding."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import io
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feedbackloop_serve.drift import DriftWindow, psi
-from feedbackloop_serve.rows import check_rows, rows_of
-from feedbackloop_serve.sink import FeedbackSink, label_type
+from feedbackloop_serve.ids import CheckedId, IdKeyError, IdRefusal, IdSigner, parse_keys
+from feedbackloop_serve.rows import CATEGORICAL, NUMERIC, RequestModels, row_values
+from feedbackloop_serve.sink import FeedbackSchema, StreamRow, batch_key, label_type
+from pydantic import ValidationError
 
 REFERENCE = {
     "features": {
@@ -57,94 +60,97 @@ def test_missing_and_unusable_values_are_left_out_of_numeric_bins() -> None:
     assert found["plan"] > 1  # missing is a category of its own, unseen in training
 
 
-def test_rows_are_checked_against_the_models_features() -> None:
-    rows, errors = rows_of({"rows": [{"x": 1, "plan": "pro"}, {"x": "1", "plan": {}, "extra": 1}]})
-    assert not errors
-    found = check_rows(rows, ["x", "plan"], {"x": "numeric", "plan": "categorical"}, single=False)
-    assert [(e.loc, e.type) for e in found] == [
-        (("body", "rows", 1, "x"), "float_type"),
-        (("body", "rows", 1, "plan"), "string_type"),
-        (("body", "rows", 1, "extra"), "extra_forbidden"),
+def test_request_models_name_each_bad_field_and_accept_only_what_the_sink_can_hold() -> None:
+    models = RequestModels(["x", "plan"], {"x": NUMERIC, "plan": CATEGORICAL}, "classification", [0, 1])
+    good = models.predict.model_validate({"rows": [{"x": 1, "plan": "pro"}, {"x": None, "plan": 3}]})
+    rows = good.rows  # type: ignore[attr-defined]
+    assert [row_values(row, ["x", "plan"]) for row in rows] == [[1.0, "pro"], [None, 3]]
+    with pytest.raises(ValidationError) as bad:
+        models.predict.model_validate(
+            {"rows": [{"x": "1", "plan": {}, "extra": 1}, {"x": 1e308 * 10, "plan": True}]}
+        )
+    assert [(e["loc"], e["type"]) for e in bad.value.errors()] == [
+        (("rows", 0, "x"), "float_type"),
+        (("rows", 0, "plan"), "string_type"),
+        (("rows", 0, "extra"), "extra_forbidden"),
+        (("rows", 1, "x"), "finite_number"),
+        (("rows", 1, "plan"), "string_type"),
     ]
+    with pytest.raises(ValidationError) as label:
+        models.feedback.model_validate(
+            {"feedback": [{"id": "a", "label": 10**19}, {"id": "b", "label": True}]}
+        )
+    assert [e["loc"] for e in label.value.errors()] == [("feedback", 0, "label"), ("feedback", 1, "label")]
+    schema = models.feedback.model_json_schema()
+    assert schema["$defs"]["FeedbackItem"]["properties"]["label"] == {
+        "enum": [0, 1],
+        "title": "Label",
+        "type": "integer",
+    }
 
 
-def sink_with(store: dict[str, bytes], fail: list[bool], max_rows: int = 100) -> FeedbackSink:
-    def put(key: str, body: bytes) -> None:
-        if fail and fail[0]:
-            raise ConnectionError("store down")
-        store[key] = body
+def test_prediction_ids_are_checked_without_a_store_lookup() -> None:
+    old, new = {"k1": b"1" * 32}, {"k2": b"2" * 32, "k1": b"1" * 32}
+    signer = IdSigner(new, ttl_ms=60_000)
+    issued = signer.issue(now_ms=1_000_000)
+    assert issued.startswith("k2.") and len(issued) <= 64
+    assert signer.check(issued, now_ms=1_030_000) == CheckedId(1_000_000)
+    assert signer.check(issued, now_ms=1_060_001) is IdRefusal.EXPIRED
+    kid, payload, tag = issued.split(".")
+    tampered = f"{kid}.{payload[:-2]}{'AB' if payload[-2:] != 'AB' else 'CD'}.{tag}"
+    assert signer.check(tampered, now_ms=1_000_000) is IdRefusal.BAD_SIGNATURE
+    assert IdSigner({"k2": b"3" * 32}, 60_000).check(issued, 1_000_000) is IdRefusal.BAD_SIGNATURE  # forged
+    assert signer.check("not-an-id", 1_000_000) is IdRefusal.MALFORMED
+    # Rotation: ids signed with the old key still verify while it is listed second.
+    assert signer.check(IdSigner(old, 60_000).issue(1_000_000), 1_000_000) == CheckedId(1_000_000)
 
-    return FeedbackSink(
-        put=put,
-        prefix="fb/",
-        features=["x", "plan"],
-        feature_types={"x": "numeric", "plan": "categorical"},
-        label_type=pa.int64(),
-        flush_rows=10,
-        max_rows=max_rows,
-        source="pod",
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "no key listed"),
+        ("k1:c2hvcnQ=", "use at least 32"),
+        ("bad id!:" + "A" * 44, "key id"),
+        ("k:@@", "base64"),
+    ],
+)
+def test_id_key_settings_name_the_problem_never_the_key(text: str, problem: str) -> None:
+    with pytest.raises(IdKeyError, match=problem):
+        parse_keys(text)
+
+
+SCHEMA = FeedbackSchema(["x", "plan"], {"x": NUMERIC, "plan": CATEGORICAL}, pa.int64())
+
+
+def stream_row(n: int, label: object = 1, x: object = 1.5) -> StreamRow:
+    record = orjson.dumps(
+        {"row": {"x": x, "plan": "pro"}, "prediction": 0, "version": "v1", "at": 1_764_000_000_000}
+    )
+    return StreamRow(
+        f"1764000000{n:03d}-0".encode(), f"id-{n}", record, orjson.dumps(label), 1_764_000_001_000
     )
 
 
-def labelled(n: int, start: int = 0) -> list[dict[str, object]]:
-    at = datetime(2026, 11, 28, tzinfo=UTC)
-    return [
-        {
-            "x": float(i),
-            "plan": "pro",
-            "fbl_label": 1,
-            "fbl_prediction": 0,
-            "fbl_model_version": "v1",
-            "fbl_prediction_id": f"id-{i}",
-            "fbl_predicted_at": at,
-            "fbl_labelled_at": at,
-        }
-        for i in range(start, start + n)
+def test_a_row_the_schema_cannot_hold_is_set_aside_and_the_others_are_written() -> None:
+    rows = [stream_row(0), stream_row(1, label=10**19), stream_row(2, x="not a number"), stream_row(3)]
+    encoded = SCHEMA.encode(rows)
+    assert [row.prediction_id for row in encoded.rows] == ["id-0", "id-3"]
+    assert [(row.prediction_id, why.split(":")[0]) for row, why in encoded.set_aside] == [
+        ("id-1", "OverflowError"),
+        ("id-2", "ValueError"),
     ]
+    table = pq.read_table(io.BytesIO(encoded.body))
+    assert table["fbl_prediction_id"].to_pylist() == ["id-0", "id-3"]
+    assert table["x"].to_pylist() == [1.5, 1.5]
+    assert table["fbl_labelled_at"].to_pylist()[0] == datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
 
 
-def test_a_failed_flush_retries_the_same_object_and_loses_nothing() -> None:
-    store: dict[str, bytes] = {}
-    down = [True]
-    sink = sink_with(store, down)
-    for row in labelled(5):
-        sink.add(row)
-    with pytest.raises(ConnectionError):
-        sink.flush()
-    for row in labelled(3, start=5):
-        sink.add(row)
-    assert sink.buffered == 8
-    down[0] = False
-    assert sink.flush() == 8
-    assert len(store) == 2  # the sealed batch under its first key, then the newer rows
-    ids = [
-        i
-        for body in (store[k] for k in sorted(store))
-        for i in pq.read_table(io.BytesIO(body))["fbl_prediction_id"].to_pylist()
-    ]
-    assert ids == [f"id-{i}" for i in range(8)]
-    assert sink.buffered == 0
-
-
-def test_past_the_bound_the_oldest_rows_are_dropped_and_counted() -> None:
-    store: dict[str, bytes] = {}
-    dropped: list[int] = []
-    sink = sink_with(store, [True], max_rows=6)
-    sink._on_dropped = dropped.append
-    for row in labelled(4):
-        sink.add(row)
-    with pytest.raises(ConnectionError):
-        sink.flush()  # 4 rows sealed, waiting
-    for row in labelled(5, start=4):
-        sink.add(row)
-    assert sum(dropped) == 3
-    assert sink.buffered == 6
-    sink._put = lambda key, body: store.__setitem__(key, body)
-    assert sink.flush() == 6
-    ids = [
-        i for k in sorted(store) for i in pq.read_table(io.BytesIO(store[k]))["fbl_prediction_id"].to_pylist()
-    ]
-    assert ids == [f"id-{i}" for i in range(3, 9)]
+def test_a_batch_is_written_under_a_key_its_entries_decide() -> None:
+    rows = [stream_row(n) for n in range(3)]
+    key = batch_key("fb/", rows)
+    assert key == batch_key("fb/", list(reversed(rows)))
+    assert key != batch_key("fb/", rows[:2])
+    assert key.startswith("fb/2025/11/24/160000-") and key.endswith(".parquet")
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,9 @@ def _feedback_rows(data: pd.DataFrame, label: str, since: datetime | None, uri: 
         data = data[times >= pd.Timestamp(since)]
     if contract.FEEDBACK_LABELLED_AT in data.columns:
         data = data.sort_values(contract.FEEDBACK_LABELLED_AT, kind="stable")
+    if contract.FEEDBACK_PREDICTION_ID in data.columns:
+        # The server writes a batch again after a crash between upload and acknowledgement: one row per id.
+        data = data.drop_duplicates(contract.FEEDBACK_PREDICTION_ID, keep="last")
     renamed = data.rename(columns={contract.FEEDBACK_LABEL: label})
     return renamed[[c for c in renamed.columns if not c.startswith(contract.FEEDBACK_COLUMN_PREFIX)]]
 

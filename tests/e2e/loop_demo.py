@@ -19,10 +19,12 @@ that fails its gates; it is never rolled out and the Deployment keeps v2.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -84,6 +86,7 @@ class Plan:
     poison_s: float = 55.0
     act_timeout_s: float = 360.0
     training_rows: int = 1500
+    replicas: int = 2
 
 
 DEMO = Plan()
@@ -129,15 +132,22 @@ class Served:
 
 
 class Traffic(threading.Thread):
-    """Predictions to ready server pods, and each label to the pod that made the prediction, after a delay."""
+    """Predictions spread over the ready server pods in turn, as a Service would; each label, after a delay,
+    to a ready pod chosen at random, usually not the one that predicted."""
 
     def __init__(self, core: client.CoreV1Api, world: World, plan: Plan, started: float) -> None:
         super().__init__(daemon=True, name="traffic")
         self.core, self.world, self.plan, self.started = core, world, plan, started
         self.served: list[Served] = []
         self.errors = 0
+        self.labels_sent = 0
+        self.labels_joined = 0
+        self.labels_refused = 0
+        self.pods_seen: set[str] = set()
         self._stopping = threading.Event()
-        self._pending: deque[tuple[float, str, str, int]] = deque()
+        self._pending: deque[tuple[float, str, int]] = deque()
+        self._pods: list[str] = []
+        self._choice = np.random.default_rng(plan.seed + 1)
         self._http = httpx.Client(timeout=5)
 
     def stop(self) -> None:
@@ -146,6 +156,7 @@ class Traffic(threading.Thread):
         self._http.close()
 
     def _ready_pods(self) -> list[str]:
+        """Endpoints as a Service has them: ready pods, none being deleted."""
         pods = self.core.list_namespaced_pod(NAMESPACE, label_selector="app=churn").items
         return [
             p.status.pod_ip
@@ -155,13 +166,18 @@ class Traffic(threading.Thread):
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         ]
 
+    def ready_replicas(self) -> int:
+        return len(self._ready_pods())
+
     def run(self) -> None:
         tick, per_tick, turn, pods, refreshed = 0.25, 0.0, 0, [], 0.0
         while not self._stopping.wait(tick):
             now = time.monotonic()
             try:
-                if now - refreshed > 1:
+                if now - refreshed > 0.5:
                     pods, refreshed = self._ready_pods(), now
+                    self._pods = pods
+                    self.pods_seen.update(pods)
                 self._send_due_labels(now)
                 per_tick += self.plan.rows_per_second * tick
                 if not pods or per_tick < 1:
@@ -186,20 +202,30 @@ class Traffic(threading.Thread):
                             self.world.poisoned,
                         )
                     )
-                    self._pending.append((now + self.plan.label_delay_s, ip, prediction["id"], int(label)))
+                    self._pending.append((now + self.plan.label_delay_s, prediction["id"], int(label)))
             except (httpx.HTTPError, client.ApiException):
                 self.errors += 1
 
     def _send_due_labels(self, now: float) -> None:
-        due: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        items = []
         while self._pending and self._pending[0][0] <= now:
-            _, ip, prediction_id, label = self._pending.popleft()
-            due[ip].append({"id": prediction_id, "label": label})
-        for ip, items in due.items():
-            try:
-                self._http.post(f"http://{ip}:8080/feedback", json={"feedback": items})
-            except httpx.HTTPError:
-                self.errors += 1  # that pod is gone; its predictions cannot be labelled any more
+            _, prediction_id, label = self._pending.popleft()
+            items.append({"id": prediction_id, "label": label})
+        if not items or not self._pods:
+            return
+        ip = self._pods[int(self._choice.integers(len(self._pods)))]
+        self.labels_sent += len(items)
+        try:
+            answer = self._http.post(f"http://{ip}:8080/feedback", json={"feedback": items})
+        except httpx.HTTPError:
+            self.errors += 1
+            return
+        if answer.status_code != 200:
+            self.errors += 1
+            return
+        body = answer.json()
+        self.labels_joined += body["accepted"]
+        self.labels_refused += len(items) - body["accepted"]
 
     def accuracy(
         self, version: str, drifted: bool, since: float = 0.0, until: float = math.inf
@@ -213,16 +239,16 @@ class Traffic(threading.Thread):
 
 
 # ---------------------------------------------------------------- the cluster side
-def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str, Any]:
-    def secret(name: str) -> dict[str, Any]:
-        return {"name": name, "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": name}}}
+def deployment(uri: str, sha256: str, endpoints: harness.Endpoints, plan: Plan) -> dict[str, Any]:
+    def secret(name: str, source: str = "s3-credentials") -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": source, "key": name}}}
 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "churn-server", "namespace": NAMESPACE},
         "spec": {
-            "replicas": 1,
+            "replicas": plan.replicas,
             "selector": {"matchLabels": {"app": "churn"}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
@@ -259,6 +285,8 @@ def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str,
                                 {"name": "AWS_DEFAULT_REGION", "value": harness.S3_REGION},
                                 secret("AWS_ACCESS_KEY_ID"),
                                 secret("AWS_SECRET_ACCESS_KEY"),
+                                secret("FBL_REDIS_URL", "prediction-store"),
+                                secret("FBL_PREDICTION_ID_KEYS", "prediction-store"),
                                 {"name": "FBL_FEEDBACK_FLUSH_SECONDS", "value": "5"},
                                 {"name": "FBL_DRIFT_WINDOW", "value": "300"},
                             ],
@@ -270,6 +298,8 @@ def deployment(uri: str, sha256: str, endpoints: harness.Endpoints) -> dict[str,
                                 "httpGet": {"path": "/healthz", "port": "http"},
                                 "periodSeconds": 10,
                             },
+                            # Endpoints drop a terminating pod while it still serves; then it drains.
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]},
@@ -597,6 +627,18 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                     },
                 ),
             )
+            # The replicas share one prediction store and one key to sign prediction ids with.
+            id_key = base64.b64encode(secrets.token_bytes(32)).decode()
+            core.create_namespaced_secret(
+                NAMESPACE,
+                client.V1Secret(
+                    metadata=client.V1ObjectMeta(name="prediction-store"),
+                    string_data={
+                        "FBL_REDIS_URL": endpoints.redis_url,
+                        "FBL_PREDICTION_ID_KEYS": f"demo:{id_key}",
+                    },
+                ),
+            )
             store = ArtifactStore(
                 s3_client(
                     endpoints.s3_endpoint_url,
@@ -613,7 +655,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
             v1_uri = contract.version_uri(MODELS_BUCKET, PREFIX, NAMESPACE, LOOP, "v1")
             timeline.mark("v1 trained on the initial concept")
             client.AppsV1Api(api).create_namespaced_deployment(
-                NAMESPACE, deployment(v1_uri, sha256, endpoints)
+                NAMESPACE, deployment(v1_uri, sha256, endpoints, plan)
             )
             operator = OperatorProcess(
                 endpoints,
@@ -746,6 +788,9 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
         and after_rollout > after_drift
         and "v3" in rejected
         and v2_check == ArtifactCheck.VERIFIED.value
+        and traffic.errors == 0
+        and traffic.labels_refused == 0
+        and traffic.labels_joined == traffic.labels_sent > 0
     )
     summary = {
         "retrains": len(jobs),
@@ -758,6 +803,11 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
         "job_to_rollout_s": seconds_between(v2.get("startedAt"), v2.get("rolloutStartedAt")),
         "rollout_to_analysis_passed_s": seconds_between(v2.get("rolloutStartedAt"), v2.get("finishedAt")),
         "traffic_errors": traffic.errors,
+        "replicas": plan.replicas,
+        "server_pods_used": len(traffic.pods_seen),
+        "labels_sent": traffic.labels_sent,
+        "labels_joined": traffic.labels_joined,
+        "unmatched_labels": traffic.labels_refused,
         "wall_s": round(timeline.now(), 1),
     }
     plot(timeline, out / "timeline.png")

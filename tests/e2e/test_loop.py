@@ -57,6 +57,14 @@ def test_the_loop_closes_and_a_poisoned_candidate_is_refused(tmp_path: Path) -> 
     reasons = {event["reason"] for event in result.events}
     assert {"RetrainStarted", "GatesPassed", "AnalysisSuccessful", "GatesFailed"} <= reasons, reasons
 
+    # Two replicas behind round-robin, each label sent to a random one: every label joined, no request lost,
+    # through a rollout of both pods.
+    assert summary["replicas"] == 2
+    assert summary["server_pods_used"] >= 4  # two v1 pods, then two v2 pods
+    assert summary["traffic_errors"] == 0
+    assert summary["unmatched_labels"] == 0
+    assert summary["labels_joined"] == summary["labels_sent"] > 1000
+
     out = tmp_path / "demo-out"
     assert (out / "timeline.png").stat().st_size > 10_000
     assert summary["loop_closed"] is True

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feedbackloop_train import evaluate, reference, report
+from feedbackloop_train import data, evaluate, reference, report
 from feedbackloop_train.model import load_estimator_class
 from feedbackloop_train.settings import TrainerError, load_settings
 
@@ -219,3 +219,17 @@ def test_classifiers_with_their_own_decision_rule_predict_separately() -> None:
     np.testing.assert_array_equal(found.labels, model.predict(features))
     assert found.probabilities is not None
     assert (found.labels != np.argmax(found.probabilities, axis=1)).any()
+
+
+def test_feedback_written_twice_counts_once_per_prediction() -> None:
+    at = pd.Timestamp("2026-11-28T12:00:00Z")
+    rows = pd.DataFrame(
+        {
+            "x": [1.0, 1.0, 2.0],
+            "fbl_label": [0, 0, 1],
+            "fbl_prediction_id": ["a", "a", "b"],
+            "fbl_labelled_at": [at, at, at + pd.Timedelta(seconds=1)],
+        }
+    )
+    feedback = data._feedback_rows(rows, "churned", None, "s3://data/feedback/")
+    assert feedback.to_dict(orient="list") == {"x": [1.0, 2.0], "churned": [0, 1]}

@@ -267,6 +267,27 @@ def resolve_port(port: int | str, container: dict[str, Any]) -> int:
     raise ValueError(f"container {container['name']} has no port named {port!r}")
 
 
+def http_get(
+    action: dict[str, Any], container: dict[str, Any], pod_ip: str, timeout: float, agent: str
+) -> int:
+    """An httpGet action's request as the kubelet sends it, for probes and hooks; returns the status."""
+    host, port = action.get("host") or pod_ip, resolve_port(action["port"], container)
+    connection: http.client.HTTPConnection
+    if str(action.get("scheme") or "HTTP").upper() == "HTTPS":
+        # The kubelet does not verify a probe's or a hook's certificate either.
+        unverified = ssl._create_unverified_context()  # noqa: S323
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"User-Agent": agent, "Accept": "*/*"}
+    headers.update({h["name"]: h["value"] for h in action.get("httpHeaders") or []})
+    try:
+        connection.request("GET", action.get("path") or "/", headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def run_probe(
     probe: dict[str, Any], container: dict[str, Any], pod_ip: str, env: dict[str, str], cwd: Path
 ) -> bool:
@@ -274,22 +295,8 @@ def run_probe(
     timeout = float(probe.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in probe:
-            action = probe["httpGet"]
-            host, port = action.get("host") or pod_ip, resolve_port(action["port"], container)
-            connection: http.client.HTTPConnection
-            if str(action.get("scheme") or "HTTP").upper() == "HTTPS":
-                # The kubelet does not verify a probe's certificate either.
-                unverified = ssl._create_unverified_context()  # noqa: S323
-                connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified)
-            else:
-                connection = http.client.HTTPConnection(host, port, timeout=timeout)
-            headers = {"User-Agent": "kube-probe/local-runner", "Accept": "*/*"}
-            headers.update({h["name"]: h["value"] for h in action.get("httpHeaders") or []})
-            try:
-                connection.request("GET", action.get("path") or "/", headers=headers)
-                return 200 <= connection.getresponse().status < 400
-            finally:
-                connection.close()
+            status = http_get(probe["httpGet"], container, pod_ip, timeout, "kube-probe/local-runner")
+            return 200 <= status < 400
         if "tcpSocket" in probe or "grpc" in probe:
             action = probe.get("tcpSocket") or probe["grpc"]
             address = (action.get("host") or pod_ip, resolve_port(action["port"], container))

@@ -16,8 +16,15 @@ and Ready condition fresh, watches the pods bound to it and runs each container 
   are rewritten to it. FallbackToLogsOnError uses the log tail when the file is empty and the exit fails.
 - Probes (startup, readiness, liveness): httpGet, tcpSocket, exec, and grpc approximated by a TCP connect.
 - restartPolicy Always / OnFailure / Never with a short back-off (0.5 s doubling to 10 s); init containers
-  run in order before the others. Deletion: SIGTERM to each process group, SIGKILL after the grace period,
-  then the final delete with grace 0.
+  run in order before the others.
+- Deletion, for all containers at once: each runs its `lifecycle.preStop` hook, then gets SIGTERM to its
+  process group and SIGKILL when the grace period (deletionGracePeriodSeconds, else
+  terminationGracePeriodSeconds) is over; then the final delete with grace 0. The hook's time counts
+  against the grace period, but SIGTERM always gets at least 2 s. Hooks: `sleep`, `exec` (a host process
+  like the container, with its env, in its pod directory) and `httpGet` (host defaults to the pod IP; any
+  response will do, as for the kubelet). A hook that fails is logged with a FailedPreStopHook event; one
+  still running at the end of the grace period is cut short (an exec hook's process group killed); neither
+  stops the deletion. A pod removed at once (grace 0) runs no hook.
 
 A runner that starts finds pods a previous instance had started (a container has a container ID): it kills
 any of their process groups still alive in their pod directory and marks them Failed (reason
@@ -25,7 +32,7 @@ RunnerRestarted, containers terminated with ContainerStatusUnknown), as a lost n
 replaces them and a Job counts a failure. Bound pods that were never started are started normally.
 
 Not supported: images and their entrypoints (a container needs `command`), volumes and volumeMounts,
-workingDir, securityContext, resource limits, lifecycle hooks, sidecar init containers, pod
+workingDir, securityContext, resource limits, postStart hooks, sidecar init containers, pod
 activeDeadlineSeconds, hostAliases and DNS. Every process is its own session and process group, dies with
 the runner (PR_SET_PDEATHSIG) and is killed by `stop()`.
 
@@ -52,6 +59,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -267,6 +275,27 @@ def resolve_port(port: int | str, container: dict[str, Any]) -> int:
     raise ValueError(f"container {container['name']} has no port named {port!r}")
 
 
+def http_get(
+    action: dict[str, Any], container: dict[str, Any], pod_ip: str, timeout: float, agent: str
+) -> int:
+    """An httpGet action's request as the kubelet sends it, for probes and hooks; returns the status."""
+    host, port = action.get("host") or pod_ip, resolve_port(action["port"], container)
+    connection: http.client.HTTPConnection
+    if str(action.get("scheme") or "HTTP").upper() == "HTTPS":
+        # The kubelet does not verify a probe's or a hook's certificate either.
+        unverified = ssl._create_unverified_context()  # noqa: S323
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"User-Agent": agent, "Accept": "*/*"}
+    headers.update({h["name"]: h["value"] for h in action.get("httpHeaders") or []})
+    try:
+        connection.request("GET", action.get("path") or "/", headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def run_probe(
     probe: dict[str, Any], container: dict[str, Any], pod_ip: str, env: dict[str, str], cwd: Path
 ) -> bool:
@@ -274,22 +303,8 @@ def run_probe(
     timeout = float(probe.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in probe:
-            action = probe["httpGet"]
-            host, port = action.get("host") or pod_ip, resolve_port(action["port"], container)
-            connection: http.client.HTTPConnection
-            if str(action.get("scheme") or "HTTP").upper() == "HTTPS":
-                # The kubelet does not verify a probe's certificate either.
-                unverified = ssl._create_unverified_context()  # noqa: S323
-                connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified)
-            else:
-                connection = http.client.HTTPConnection(host, port, timeout=timeout)
-            headers = {"User-Agent": "kube-probe/local-runner", "Accept": "*/*"}
-            headers.update({h["name"]: h["value"] for h in action.get("httpHeaders") or []})
-            try:
-                connection.request("GET", action.get("path") or "/", headers=headers)
-                return 200 <= connection.getresponse().status < 400
-            finally:
-                connection.close()
+            status = http_get(probe["httpGet"], container, pod_ip, timeout, "kube-probe/local-runner")
+            return 200 <= status < 400
         if "tcpSocket" in probe or "grpc" in probe:
             action = probe.get("tcpSocket") or probe["grpc"]
             address = (action.get("host") or pod_ip, resolve_port(action["port"], container))
@@ -304,6 +319,83 @@ def run_probe(
     except (OSError, http.client.HTTPException, ValueError, subprocess.TimeoutExpired):
         return False
     return False
+
+
+# --------------------------------------------------------------------------------------------- hooks
+class HookError(Exception):
+    """A lifecycle hook ran and failed: the kubelet logs it, records an event and goes on."""
+
+
+def run_hook(
+    hook: dict[str, Any],
+    container: Container,
+    pod_ip: str,
+    cwd: Path,
+    deadline: float,
+    cancel: threading.Event,
+) -> bool:
+    """One lifecycle handler (sleep, exec or httpGet) until it ends, `deadline` passes or `cancel` is set.
+    True when it completed in time; raises HookError when it failed."""
+    if "sleep" in hook:
+        return sleep_hook(float(hook["sleep"].get("seconds") or 0), deadline, cancel)
+    if "exec" in hook:
+        return exec_hook(hook["exec"].get("command") or [], container.env, cwd, deadline, cancel)
+    if "httpGet" in hook:
+        return http_hook(hook["httpGet"], container.spec, pod_ip, deadline)
+    raise HookError(f"invalid handler: {sorted(hook)}")
+
+
+def sleep_hook(seconds: float, deadline: float, cancel: threading.Event) -> bool:
+    remaining = deadline - time.monotonic()
+    return not cancel.wait(max(0.0, min(seconds, remaining))) and seconds <= remaining
+
+
+def exec_hook(
+    command: list[str], env: dict[str, str], cwd: Path, deadline: float, cancel: threading.Event
+) -> bool:
+    """The command as a host process of its own, like the container: with its env, in its pod directory."""
+    if not command:
+        raise HookError("exec hook without a command")
+    with tempfile.TemporaryFile() as output:
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_runner,
+            )
+        except OSError as err:
+            raise HookError(f"exec hook {command} cannot start: {err}") from err
+        while process.poll() is None and time.monotonic() < deadline and not cancel.is_set():
+            time.sleep(0.1)
+        completed = process.poll() is not None
+        # In a container the hook would end with it; a host process must not outlive the container.
+        signal_group(process.pid, signal.SIGKILL)
+        returncode = process.wait()
+        if not completed:
+            return False
+        if returncode != 0:
+            output.seek(0)
+            message = output.read()[-MAX_MESSAGE_BYTES:].decode(errors="replace")
+            raise HookError(f"exec hook {command} exited with {exit_code_of(returncode)}: {message!r}")
+    return True
+
+
+def http_hook(action: dict[str, Any], container: dict[str, Any], pod_ip: str, deadline: float) -> bool:
+    """Any HTTP response completes the hook: the kubelet only fails one that gets none."""
+    try:
+        http_get(
+            action, container, pod_ip, max(deadline - time.monotonic(), 0.1), "kube-lifecycle/local-runner"
+        )
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        if time.monotonic() >= deadline:
+            return False
+        raise HookError(f"http hook {action.get('path') or '/'}: {err}") from err
+    return True
 
 
 # --------------------------------------------------------------------------------------------- containers
@@ -698,21 +790,62 @@ class PodWorker:
             self._record_exit(container, container.popen.returncode, allow_restart=False)
 
     def _delete(self, pod: dict[str, Any]) -> None:
-        """Graceful deletion as the kubelet does it: SIGTERM, the grace period, SIGKILL, the final delete."""
+        """Graceful deletion as the kubelet does it: each container's preStop hook, SIGTERM, SIGKILL at the
+        end of the grace period, then the final delete."""
         grace = pod["metadata"].get("deletionGracePeriodSeconds")
         if grace is None:
             grace = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
-        grace = max(int(grace), MINIMUM_GRACE_SECONDS)
         running = [c for c in self.all_containers if c.popen is not None]
         if running:
             LOG.info("pod %s/%s: deleting, grace %ss", self.namespace, self.name, grace)
-            processes = [c.popen for c in running if c.popen is not None]
-            terminate_groups(processes, grace, self.runner.stopping, self.runner.stop_grace_seconds)
+            self._stop_side_by_side(running, int(grace))
             for container in running:
                 assert container.popen is not None
                 self._record_exit(container, container.popen.returncode, allow_restart=False)
             self._sync_status(pod)
         self.runner.final_delete(self.namespace, self.name, self.uid)
+
+    def _stop_side_by_side(self, containers: list[Container], grace: int) -> None:
+        """As the kubelet, one thread per container: a slow hook delays no other container's SIGTERM."""
+        stoppers = [
+            threading.Thread(
+                target=self._stop, args=(c, grace), name=f"{self.thread.name} stop {c.name}", daemon=True
+            )
+            for c in containers
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+
+    def _stop(self, container: Container, grace: int) -> None:
+        """One container: its preStop hook within the grace period, then SIGTERM with what is left of it
+        (never less than the minimum), then SIGKILL."""
+        spent = self._pre_stop(container, grace)
+        assert container.popen is not None
+        window = max(grace - spent, MINIMUM_GRACE_SECONDS)
+        terminate_groups([container.popen], window, self.runner.stopping, self.runner.stop_grace_seconds)
+
+    def _pre_stop(self, container: Container, budget: int) -> float:
+        """Runs the container's preStop hook for at most `budget` seconds; returns the seconds it took."""
+        hook = (container.spec.get("lifecycle") or {}).get("preStop")
+        # As the kubelet: a forced delete (grace 0) leaves no time for a hook.
+        if not hook or budget <= 0:
+            return 0.0
+        started = time.monotonic()
+        pod_ip, deadline = self.pod_ip or HOST_IP, started + budget
+        try:
+            if not run_hook(hook, container, pod_ip, self.pod_dir, deadline, self.runner.stopping):
+                LOG.warning(
+                    "pod %s/%s: preStop hook of %s cut short", self.namespace, self.name, container.name
+                )
+        except HookError as err:
+            LOG.warning(
+                "pod %s/%s: preStop hook of %s failed: %s", self.namespace, self.name, container.name, err
+            )
+            # The kubelet's message, which leaves out the hook's output: it could hold secrets.
+            self.runner.record_event(self, container, "FailedPreStopHook", "PreStopHook failed")
+        return time.monotonic() - started
 
     # ---------------------------------------------------------------- status
     def _phase(self) -> str:
@@ -1092,6 +1225,29 @@ class PodRunner:
         except ApiException as err:
             if err.status not in {404, 409}:
                 raise
+
+    def record_event(self, worker: PodWorker, container: Container, reason: str, message: str) -> None:
+        """A Warning event on one container, as the kubelet records it; one that fails is only logged."""
+        now = rfc3339_now()
+        field_path = f"spec.{'initContainers' if container.init else 'containers'}{{{container.name}}}"
+        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": worker.namespace, "name": worker.name}
+        event = {
+            "metadata": {"generateName": f"{worker.name}."},
+            "involvedObject": {**involved, "uid": worker.uid, "fieldPath": field_path},
+            "type": "Warning",
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+        }
+        try:
+            self.core.create_namespaced_event(worker.namespace, event)
+        except ApiException as err:
+            LOG.warning("node %s: event %s not recorded: %s", self.node_name, reason, err.reason)
 
     # ---------------------------------------------------------------- env
     def container_env(self, pod: dict[str, Any], container: dict[str, Any], pod_ip: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import itertools
 import json
 import signal
 import subprocess
@@ -60,6 +61,33 @@ address = (os.environ["POD_IP"], 8080)
 http.server.ThreadingHTTPServer(address, http.server.SimpleHTTPRequestHandler).serve_forever()
 """
 SLEEPER = "import time; time.sleep(600)"
+# Appends the time to <OUT>/<NAME>.beats every 0.2 s and writes it to <OUT>/<NAME>.sigterm on SIGTERM, then
+# exits (or, with KEEP_RUNNING, goes on until SIGKILL). With PORT it also serves HTTP on the pod's address and
+# appends each request to <OUT>/<NAME>.requests as JSON.
+WITNESS = """
+import http.server, json, os, signal, sys, threading, time
+out = os.path.join(os.environ["OUT"], os.environ["NAME"])
+def on_sigterm(signum, frame):
+    with open(out + ".sigterm", "w") as handle:
+        handle.write(repr(time.time()))
+    if not os.environ.get("KEEP_RUNNING"):
+        sys.exit(0)
+signal.signal(signal.SIGTERM, on_sigterm)
+class Recorder(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        seen = {"path": self.path, "agent": self.headers["User-Agent"], "at": time.time()}
+        with open(out + ".requests", "a") as handle:
+            handle.write(json.dumps(seen) + "\\n")
+        self.send_response(200)
+        self.end_headers()
+if os.environ.get("PORT"):
+    server = http.server.ThreadingHTTPServer((os.environ["POD_IP"], int(os.environ["PORT"])), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+while True:
+    with open(out + ".beats", "a") as handle:
+        handle.write(f"{time.time()}\\n")
+    time.sleep(0.2)
+"""
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -154,6 +182,69 @@ def http_server(port_name: str = "http") -> dict[str, Any]:
         env=[POD_IP_ENV],
         ports=[{"name": port_name, "containerPort": 8080}],
     )
+
+
+def witness(name: str, out: Path, pre_stop: dict[str, Any] | None = None, **env: str) -> dict[str, Any]:
+    """A container running WITNESS, recording into `out` under its own name."""
+    values = {"OUT": str(out), "NAME": name, **env}
+    variables: list[dict[str, Any]] = [POD_IP_ENV, *({"name": k, "value": v} for k, v in values.items())]
+    spec = container(["python", "-c", WITNESS], variables)
+    spec["name"] = name
+    if pre_stop is not None:
+        spec["lifecycle"] = {"preStop": pre_stop}
+    return spec
+
+
+def start_witnesses(
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    node: str,
+    name: str,
+    out: Path,
+    containers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Runs the pod until every container has beaten once, so each has its SIGTERM handler in place."""
+    manifest = pod_manifest(name, node, containers[0], restart="Always", containers=containers)
+    core_v1.create_namespaced_pod(namespace, manifest)
+    names = [c["name"] for c in containers]
+    beating = wait_until(lambda: all((out / f"{n}.beats").exists() for n in names), bool, 30, interval=0.1)
+    assert beating, f"{names} never started"
+    return wait_pod(core_v1, namespace, name, lambda p: len(container_pids(p)) == len(names))
+
+
+def container_pids(pod: dict[str, Any]) -> dict[str, int]:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return {
+        s["name"]: int(s["containerID"].removeprefix("local://")) for s in statuses if "running" in s["state"]
+    }
+
+
+def sigterm_at(out: Path, name: str, timeout: float = 20) -> float:
+    path = out / f"{name}.sigterm"
+    text = wait_until(lambda: path.read_text() if path.exists() else "", bool, timeout, interval=0.1)
+    assert text, f"{name} never got SIGTERM"
+    return float(text)
+
+
+def beats(out: Path, name: str) -> list[float]:
+    return [float(line) for line in (out / f"{name}.beats").read_text().split()]
+
+
+def death_times(pids: dict[str, int], timeout: float) -> dict[str, float]:
+    """When each process was first seen gone, polled every 50 ms."""
+    died: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(died) < len(pids) and time.monotonic() < deadline:
+        died |= {
+            name: time.time() for name, pid in pids.items() if name not in died and not process_alive(pid)
+        }
+        time.sleep(0.05)
+    return died
+
+
+def pod_dir_of(runner: PodRunner, namespace: str, name: str) -> Path:
+    (found,) = (runner.state_dir / "pods").glob(f"{namespace}_{name}_*")
+    return found
 
 
 def force_delete_pods(core_v1: client.CoreV1Api, node: str) -> None:
@@ -494,6 +585,104 @@ def test_deletion_sends_sigterm_then_removes_the_pod(
     assert wait_until(lambda: process_alive(pid), lambda alive: not alive, 5) is False
     assert wait_until(lambda: process_alive(forced_pid), lambda alive: not alive, 15) is False
     assert (tmp_path / "forced").read_text() == f"SIGTERM {forced_pid}"
+
+
+def test_a_pre_stop_sleep_delays_sigterm_while_the_process_keeps_running(
+    runner: PodRunner, core_v1: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    sleep = {"sleep": {"seconds": 2}}
+    containers = [witness("first", tmp_path, sleep), witness("second", tmp_path, sleep)]
+    start_witnesses(core_v1, namespace, runner.node_name, "sleepy", tmp_path, containers)
+
+    begun = time.time()
+    core_v1.delete_namespaced_pod("sleepy", namespace)
+    terminated = {name: sigterm_at(tmp_path, name) for name in ("first", "second")}
+    wait_gone(core_v1, namespace, "sleepy", timeout=15)
+
+    for name, at in terminated.items():
+        # Both containers sleep side by side: one after the other, the second would see SIGTERM after 4 s.
+        assert 2.0 <= at - begun < 3.8, f"{name}: SIGTERM {at - begun:.2f}s after the delete"
+        during = [beat for beat in beats(tmp_path, name) if begun <= beat <= at]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(during)]
+        assert len(during) >= 8 and max(gaps) < 1.0, f"{name} stalled during its preStop sleep: {during}"
+        assert during[0] - begun < 1.0 and at - during[-1] < 1.0
+
+
+def test_an_exec_pre_stop_hook_runs_before_sigterm_and_a_failing_one_does_not_hold_it_up(
+    runner: PodRunner, core_v1: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    record = "import os, time; open('pre-stop-ran', 'w').write(f\"{time.time()!r} {os.environ['NAME']}\")"
+    fail = "import sys; print('draining failed'); sys.exit(3)"
+    containers = [
+        witness("main", tmp_path, {"exec": {"command": ["python", "-c", record]}}),
+        witness("failing", tmp_path, {"exec": {"command": ["python", "-c", fail]}}),
+    ]
+    start_witnesses(core_v1, namespace, runner.node_name, "hooked", tmp_path, containers)
+    pod_dir = pod_dir_of(runner, namespace, "hooked")
+
+    begun = time.time()
+    core_v1.delete_namespaced_pod("hooked", namespace)
+    main_at, failing_at = sigterm_at(tmp_path, "main"), sigterm_at(tmp_path, "failing")
+    wait_gone(core_v1, namespace, "hooked", timeout=15)
+
+    ran_at, seen_name = (pod_dir / "pre-stop-ran").read_text().split()
+    assert begun <= float(ran_at) <= main_at, "the hook runs first, in the pod directory"
+    assert seen_name == "main", "the hook sees its container's env"
+    assert failing_at - begun < 2.0, "a failed hook is followed by SIGTERM at once"
+    selector = "involvedObject.name=hooked,reason=FailedPreStopHook"
+    events = core_v1.list_namespaced_event(namespace, field_selector=selector).items
+    assert [(e.type, e.message, e.involved_object.field_path, e.source.component) for e in events] == [
+        ("Warning", "PreStopHook failed", "spec.containers{failing}", "kubelet")
+    ]
+
+
+def test_an_http_pre_stop_hook_reaches_the_container_on_its_named_port(
+    runner: PodRunner, core_v1: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    server = witness("main", tmp_path, {"httpGet": {"path": "/drain", "port": "http"}}, PORT="8080")
+    server["ports"] = [{"name": "http", "containerPort": 8080}]
+    start_witnesses(core_v1, namespace, runner.node_name, "drained", tmp_path, [server])
+
+    begun = time.time()
+    core_v1.delete_namespaced_pod("drained", namespace)
+    at = sigterm_at(tmp_path, "main")
+    wait_gone(core_v1, namespace, "drained", timeout=15)
+
+    requests = [json.loads(line) for line in (tmp_path / "main.requests").read_text().splitlines()]
+    # The server listens on the pod's address only: the hook's host defaults to it.
+    assert [(r["path"], r["agent"]) for r in requests] == [("/drain", "kube-lifecycle/local-runner")]
+    assert begun <= requests[0]["at"] <= at
+
+
+def test_hook_time_counts_against_the_grace_period_and_a_hung_hook_is_cut(
+    runner: PodRunner, core_v1: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    # The hook beats too, into its pod directory, until it is killed.
+    hang = (
+        "import time\nwhile True:\n    print(time.time(), file=open('hook.beats', 'a'))\n    time.sleep(0.2)"
+    )
+    containers = [
+        witness("counted", tmp_path, {"sleep": {"seconds": 1}}, KEEP_RUNNING="1"),
+        witness("hung", tmp_path, {"exec": {"command": ["python", "-c", hang]}}, KEEP_RUNNING="1"),
+    ]
+    pod = start_witnesses(core_v1, namespace, runner.node_name, "stubborn", tmp_path, containers)
+    pids = container_pids(pod)
+
+    begun = time.time()
+    core_v1.delete_namespaced_pod("stubborn", namespace, grace_period_seconds=3)
+    died = death_times(pids, timeout=15)
+    terminated = {name: sigterm_at(tmp_path, name) for name in pids}
+    wait_gone(core_v1, namespace, "stubborn", timeout=15)
+
+    since = {name: round(at - begun, 2) for name, at in terminated.items()}
+    killed = {name: round(at - begun, 2) for name, at in died.items()}
+    # A 1 s hook leaves 2 s of the grace period: SIGKILL arrives when the grace period ends.
+    assert 1.0 <= since["counted"] < 2.2 and 3.0 <= killed["counted"] < 4.2, (since, killed)
+    # A hook that outlasts the grace period is cut at its end; SIGTERM still gets the minimum 2 s.
+    assert 3.0 <= since["hung"] < 4.2 and 5.0 <= killed["hung"] < 6.2, (since, killed)
+    hook_beats = (pod_dir_of(runner, namespace, "stubborn") / "hook.beats").read_text().split()
+    assert 2.5 <= float(hook_beats[-1]) - begun <= since["hung"], "the hook is killed before SIGTERM"
+    assert max(beats(tmp_path, "hung")) >= terminated["hung"] + 1.5, "it ran on after SIGTERM until SIGKILL"
 
 
 # --------------------------------------------------------------------------------------------- workloads

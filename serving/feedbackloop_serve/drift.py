@@ -28,17 +28,21 @@ class _Feature:
     categories: dict[str, int] | None  # categorical: value -> bin
     expected: np.ndarray[Any, Any]
 
-    def code(self, value: Any) -> int:
-        """The bin of one value; -1 for a numeric value that is missing or not a number."""
+    def codes(self, values: Sequence[Any]) -> np.ndarray[Any, Any]:
+        """The bin of each value; -1 for a numeric value that is missing or not a number."""
         if self.edges is not None:
-            if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-                return -1
-            if math.isnan(value):
-                return -1
-            return int(np.searchsorted(self.edges, value, side="left"))
+            numbers = np.array(
+                [v if isinstance(v, int | float) and not isinstance(v, bool) else math.nan for v in values],
+                dtype=float,
+            )
+            found = np.searchsorted(self.edges, numbers, side="left")
+            found[np.isnan(numbers)] = -1
+            return found
         assert self.categories is not None
-        text = MISSING if value is None else str(value)
-        return self.categories.get(text, self.categories[OTHER])
+        other = self.categories[OTHER]
+        return np.array(
+            [self.categories.get(MISSING if v is None else str(v), other) for v in values], dtype=np.int64
+        )
 
 
 def _feature(name: str, spec: Mapping[str, Any]) -> _Feature | None:
@@ -79,18 +83,28 @@ class DriftWindow:
         self._rows = 0
 
     def observe(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        for row in rows[-self.window :]:
-            slot = self._next
-            for index, feature in enumerate(self.features):
-                old = self._codes[slot, index]
-                if self._rows >= self.window and old >= 0:
-                    self._counts[index][old] -= 1
-                new = feature.code(row.get(feature.name))
-                self._codes[slot, index] = new
-                if new >= 0:
-                    self._counts[index][new] += 1
-            self._next = (slot + 1) % self.window
-            self._rows += 1
+        rows = rows[-self.window :]
+        self.observe_columns({f.name: [row.get(f.name) for row in rows] for f in self.features}, len(rows))
+
+    def observe_columns(self, columns: Mapping[str, Sequence[Any]], count: int) -> None:
+        """`count` rows given as one sequence of values per feature; only the last `window` count."""
+        count = min(count, self.window)
+        if count == 0 or not self.features:
+            return
+        codes = np.column_stack(
+            [
+                feature.codes(list(columns.get(feature.name, [None] * count))[-count:])
+                for feature in self.features
+            ]
+        )
+        slots = (self._next + np.arange(count)) % self.window
+        replaced = self._codes[slots]
+        for index, counts in enumerate(self._counts):
+            counts -= _tally(replaced[:, index], len(counts))
+            counts += _tally(codes[:, index], len(counts))
+        self._codes[slots] = codes
+        self._next = int((self._next + count) % self.window)
+        self._rows += count
 
     def psi(self) -> dict[str, float]:
         """PSI per feature over the window; a feature with too few values in it is left out."""
@@ -100,3 +114,8 @@ class DriftWindow:
             if total >= min(MIN_VALUES, self.window):
                 result[feature.name] = psi(feature.expected, counts / total)
         return result
+
+
+def _tally(codes: np.ndarray[Any, Any], bins: int) -> np.ndarray[Any, Any]:
+    """How many of the codes fall in each bin; -1 (no value) counts nowhere."""
+    return np.bincount(codes[codes >= 0], minlength=bins)

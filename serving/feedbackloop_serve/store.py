@@ -24,17 +24,37 @@ from feedbackloop_serve.sink import StreamRow
 
 GROUP = "sink"
 TOMBSTONE = b"\x00labelled"
-# Atomic per label: the prediction must exist and be unlabelled, and the stream must have room.
-_JOIN = """
-local record = redis.call('GET', KEYS[1])
-if not record then return {'unknown'} end
-if record == ARGV[1] then return {'duplicate'} end
-if ARGV[6] == '1' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return {'full'} end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-if ARGV[6] == '1' then
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'record', record, 'label', ARGV[4], 'at', ARGV[5])
+# One call per request. KEYS: the predictions' keys. ARGV: the TTL, then one record per key.
+_SAVE = """
+for index, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[index + 1], 'EX', ARGV[1])
 end
-return {'joined', record}
+return #KEYS
+"""
+# One call per request, each label atomic: the prediction must exist and be unlabelled, and the stream must
+# have room. KEYS: the stream, then the predictions' keys. ARGV: tombstone, bound, keep rows, labelled at,
+# then id and label per key. Returns, per label, its status and (when joined) the record.
+_JOIN = """
+local tombstone, bound, keep, at = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local answers = {}
+for index = 2, #KEYS do
+  local record = redis.call('GET', KEYS[index])
+  local id, label = ARGV[3 + 2 * (index - 1)], ARGV[4 + 2 * (index - 1)]
+  if not record then
+    answers[#answers + 1] = 'unknown'; answers[#answers + 1] = ''
+  elseif record == tombstone then
+    answers[#answers + 1] = 'duplicate'; answers[#answers + 1] = ''
+  elseif keep and redis.call('XLEN', KEYS[1]) >= bound then
+    answers[#answers + 1] = 'full'; answers[#answers + 1] = ''
+  else
+    redis.call('SET', KEYS[index], tombstone, 'KEEPTTL')
+    if keep then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'record', record, 'label', label, 'at', at)
+    end
+    answers[#answers + 1] = 'joined'; answers[#answers + 1] = record
+  end
+end
+return answers
 """
 
 
@@ -74,6 +94,7 @@ class PredictionStore:
         self._ttl = ttl_seconds
         self._bound = stream_bound
         self._keep_rows = b"1" if keep_rows else b"0"  # no feedback prefix: count labels, keep no rows
+        self._save = client.register_script(_SAVE)
         self._join = client.register_script(_JOIN)
 
     @classmethod
@@ -99,36 +120,28 @@ class PredictionStore:
             raise StoreUnavailableError(str(err)) from err
 
     async def save(self, records: Sequence[tuple[str, bytes]]) -> None:
-        """Every prediction of one request in one round trip."""
+        """Every prediction of one request in one call."""
+        if not records:
+            return
+        keys = [self._key(prediction_id) for prediction_id, _ in records]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for prediction_id, record in records:
-                    pipe.set(self._key(prediction_id), record, ex=self._ttl)
-                await pipe.execute()
+            await self._save(keys=keys, args=[self._ttl, *(record for _, record in records)])
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err
 
     async def join(self, labels: Sequence[Label]) -> list[Join]:
+        """Every label of one request in one call; all share one labelled-at time."""
+        if not labels:
+            return []
+        keys = [self.stream, *(self._key(label.prediction_id) for label in labels)]
+        args: list[bytes | int | str] = [TOMBSTONE, self._bound, self._keep_rows, labels[0].labelled_at_ms]
+        for label in labels:
+            args += [label.prediction_id, label.label_json]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for label in labels:
-                    args = (
-                        TOMBSTONE,
-                        self._bound,
-                        label.prediction_id,
-                        label.label_json,
-                        label.labelled_at_ms,
-                        self._keep_rows,
-                    )
-                    await self._join(
-                        keys=[self._key(label.prediction_id), self.stream], args=args, client=pipe
-                    )
-                answers = await pipe.execute()
+            answer = cast(list[bytes], await self._join(keys=keys, args=args))
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err
-        return [
-            Join(JoinStatus(answer[0].decode()), answer[1] if len(answer) > 1 else b"") for answer in answers
-        ]
+        return [Join(JoinStatus(answer[i].decode()), answer[i + 1]) for i in range(0, len(answer), 2)]
 
     # ---------------------------------------------------------------- the stream, for the S3 writer
     async def own_pending(self, consumer: str, count: int) -> list[StreamRow]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import secrets
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from feedbackloop_serve.ids import IdSigner
 from model_helpers import churn_frame, put_parquet, regression_env, run_trainer, train_champion, version_env
 from prometheus_api_client import PrometheusConnect
 from serve_process import ServerProcess, TcpProxy
@@ -195,9 +197,9 @@ def test_a_version_without_a_manifest_never_becomes_ready(
         (
             {"rows": ["a row"]},
             ["body", "rows", 0],
-            "Input should be a valid dictionary or object to extract fields from",
+            "Input should be an object",
         ),
-        ([1, 2], ["body"], "Input should be a valid dictionary or object to extract fields from"),
+        ([1, 2], ["body"], "Input should be an object"),
         ({"row": {}, "rows": []}, ["body"], "Value error, give exactly one of 'row' or 'rows'"),
     ],
     ids=[
@@ -510,3 +512,57 @@ class _IntOf:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (int, (self.text,))
+
+
+def test_forged_and_tampered_ids_are_refused_before_any_lookup_and_counted(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion, MODEL_NAME="ids")
+    server.wait_ready()
+    [prediction] = server.predict(rows_of(churn_frame(1))).json()["predictions"]
+    kid, payload, tag = prediction["id"].split(".")
+    flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B")
+    forged = IdSigner({kid: secrets.token_bytes(32)}, ttl_ms=3_600_000).issue(int(time.time() * 1000))
+    answer = server.feedback(
+        [
+            {"id": f"{kid}.{flipped}.{tag}", "label": 1},
+            {"id": forged, "label": 1},
+            {"id": prediction["id"], "label": 1},
+        ]
+    ).json()
+    assert [r.get("reason") for r in answer["results"]] == ["bad_signature", "bad_signature", None]
+    assert server.metric("fbl_feedback_refused_total", model="ids", reason="bad_signature") == 2.0
+    assert server.metric("fbl_feedback_total", model="ids", model_version="v1") == 1.0
+
+
+def test_healthz_answers_while_a_large_batch_is_scored(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion)
+    server.wait_ready()
+    rows = rows_of(churn_frame(2000, seed=61)) * 5  # 10,000 rows
+    scoring = threading.Thread(target=lambda: server.predict(rows))
+    answered_while_scoring = 0
+    scoring.start()
+    while scoring.is_alive():
+        if server.http.get("/healthz").status_code == 200 and scoring.is_alive():
+            answered_while_scoring += 1
+        time.sleep(0.01)
+    assert answered_while_scoring >= 3  # the event loop kept answering: scoring ran in the pool
+
+
+def test_the_openapi_schema_documents_the_loaded_models_fields(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion)
+    server.wait_ready()
+    document = server.http.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert list(schemas["Row"]["properties"]) == FEATURES
+    assert schemas["Row"]["additionalProperties"] is False
+    assert schemas["FeedbackItem"]["properties"]["label"]["enum"] == [0, 1]
+    for path, model in (("/predict", "PredictRequest"), ("/feedback", "FeedbackRequest")):
+        operation = document["paths"][path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(model)
+        assert {"200", "422", "503"} <= set(operation["responses"])
+    assert server.http.get("/metrics").headers["content-type"].startswith("text/plain")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
@@ -14,6 +16,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from feedbackloop_train.settings import TrainerError
 
+MISSING = "__missing__"  # the category a missing categorical value becomes, in training and serving
 # Only dotted sklearn paths, checked before anything is imported: an estimator name is user input.
 ALLOWED_CLASS = re.compile(r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 # Trees split on thresholds; scaling changes nothing for them, so their numbers pass through.
@@ -80,8 +83,35 @@ def _categorical_as_text(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFram
                 values = out[column]
                 if not isinstance(values.dtype, pd.StringDtype):
                     values = values.astype("string")
-                out[column] = values.fillna("__missing__") if values.hasnans else values
+                out[column] = values.fillna(MISSING) if values.hasnans else values
     return out
+
+
+def categorical_columns(model: Any) -> frozenset[str]:
+    """The columns the default pipeline one-hot encodes (empty for a model without our preprocess step)."""
+    steps = getattr(model, "named_steps", {})
+    if "preprocess" not in steps:
+        return frozenset()
+    return frozenset(
+        column
+        for name, _, columns in steps["preprocess"].transformers
+        if name == "categorical"
+        for column in columns
+    )
+
+
+def frame_of(columns: Mapping[str, Sequence[Any]], numeric: Set[str], categorical: Set[str]) -> pd.DataFrame:
+    """prepare(pd.DataFrame(columns)) built directly: numbers as float64, one-hot columns as pandas strings
+    with missing values named. A request's rows skip the copy and conversion prepare() makes of a frame."""
+    built: dict[str, Any] = {}
+    for name, values in columns.items():
+        if name in categorical:
+            built[name] = pd.array([MISSING if v is None else str(v) for v in values], dtype="string")
+        elif name in numeric:
+            built[name] = np.array([np.nan if v is None else v for v in values], dtype=float)
+        else:
+            built[name] = values
+    return pd.DataFrame(built, index=range(len(next(iter(columns.values()), []))))
 
 
 def prepare(frame: pd.DataFrame, model: Any, features: list[str]) -> pd.DataFrame:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
-import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -28,22 +24,21 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
-from threadpoolctl import threadpool_limits
 
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core import contract
 from feedbackloop_serve.drift import DriftWindow
 from feedbackloop_serve.ids import CheckedId, IdSigner, random_keys
-from feedbackloop_serve.loader import LoadedModel, ModelRefusedError, StoreUnavailableError, load_model
+from feedbackloop_serve.loader import ModelRefusedError, StoreUnavailableError, load_model
 from feedbackloop_serve.metrics import ServerMetrics
-from feedbackloop_serve.rows import NUMERIC, RequestModels
+from feedbackloop_serve.rows import RequestModels, errors_of
+from feedbackloop_serve.scoring import Rejected, Scorer
+from feedbackloop_serve.served import LoadedModel
 from feedbackloop_serve.settings import ServeSettings
-from feedbackloop_serve.sink import FeedbackSchema, label_type
-from feedbackloop_serve.store import JoinStatus, Label, PredictionStore, decode_record, encode_record
+from feedbackloop_serve.sink import FeedbackSchema, decode_record, label_type
+from feedbackloop_serve.store import JoinStatus, Label, PredictionStore
 from feedbackloop_serve.store import StoreUnavailableError as PredictionStoreUnavailableError
 from feedbackloop_serve.writer import FeedbackWriter
-from feedbackloop_train import evaluate
-from feedbackloop_train.model import prepare
 
 log = logging.getLogger("feedbackloop-serve")
 RETRY_SECONDS = (1, 2, 5, 10, 30)
@@ -63,13 +58,6 @@ _REFUSAL_TEXT = {
 }
 
 
-@dataclass(frozen=True)
-class Scored:
-    rows: int
-    payload: dict[str, Any]
-    records: list[tuple[str, bytes]]  # (prediction id, record) to store before answering
-
-
 class ModelServer:
     def __init__(self, settings: ServeSettings, store: ArtifactStore, metrics: ServerMetrics | None = None):
         self.settings = settings
@@ -79,16 +67,12 @@ class ModelServer:
         self.requests: RequestModels | None = None
         self.not_ready = "loading the model"
         self.draining = False
-        self.drift: DriftWindow | None = None
+        self.scorer: Scorer | None = None
         self.predictions: PredictionStore | None = None
         self.writer: FeedbackWriter | None = None
         self.signer = IdSigner(settings.id_keys or random_keys(), settings.prediction_ttl_seconds * 1000)
         self.on_loaded: list[Any] = []
         self._wake_writer = asyncio.Event()
-        self._scoring = ThreadPoolExecutor(
-            settings.scoring_threads, thread_name_prefix="score", initializer=_one_native_thread
-        )
-        self._drift_lock = threading.Lock()
         self._workdir = tempfile.TemporaryDirectory(prefix="fbl-serve-")
         self.metrics.feedback_buffered.set_function(lambda: self.writer.waiting if self.writer else 0)
         self.metrics.watch_drift(self._drift_labels, self._psi)
@@ -118,7 +102,6 @@ class ModelServer:
             self._serve(model)
 
     def _serve(self, model: LoadedModel) -> None:
-        self.drift = DriftWindow(model.reference or {}, self.settings.drift_window)
         self.requests = RequestModels(model.features, model.feature_types, model.task, model.classes)
         if self.settings.redis_url:
             self.predictions = PredictionStore.connect(
@@ -130,6 +113,17 @@ class ModelServer:
             )
         if self.predictions is not None and self.settings.feedback_uri:
             self.writer = self._writer(model, self.predictions, self.settings.feedback_uri)
+        self.scorer = Scorer(
+            model,
+            self.requests,
+            self.signer,
+            DriftWindow(model.reference or {}, self.settings.drift_window),
+            keep_records=self.predictions is not None,
+            threads=self.settings.scoring_threads,
+        )
+        # The loaded model and libraries never become garbage: keeping them out of the collector's full passes
+        # keeps those short, so a large request's garbage does not pause every other request for 100+ ms.
+        gc.freeze()
         self.metrics.model_info.labels(model.name, model.version, model.version, model.sha256).set(1)
         self.model = model
         self.not_ready = ""
@@ -170,8 +164,7 @@ class ModelServer:
         return None if self.model is None else (self.model.name, self.model.version)
 
     def _psi(self) -> dict[str, float]:
-        with self._drift_lock:
-            return self.drift.psi() if self.drift else {}
+        return self.scorer.psi() if self.scorer else {}
 
     @property
     def ready(self) -> bool:
@@ -179,17 +172,14 @@ class ModelServer:
 
     # ------------------------------------------------------------ predict
     async def predict(self, body: bytes) -> Response:
-        """Parsing, validation and scoring run in the scoring pool; the event loop only moves bytes."""
-        model, requests = self.model, self.requests
+        """The scoring threads parse, validate and score; the event loop only moves bytes and stores ids."""
+        model, scorer = self.model, self.scorer
         assert model is not None
-        assert requests is not None
+        assert scorer is not None
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
-            self._scoring, self._predict, model, requests, body, int(time.time() * 1000)
-        )
-        if isinstance(answer, Response):
-            return answer
+        answer = await scorer.submit(body, int(time.time() * 1000))
+        if isinstance(answer, Rejected):
+            return _json({"detail": answer.detail}, 422)
         if answer.records and self.predictions is not None:
             try:
                 await self.predictions.save(answer.records)
@@ -199,60 +189,13 @@ class ModelServer:
                 log.warning("prediction store unavailable, answering without ids: %s", err)
                 for item in answer.payload["predictions"]:
                     item["id"] = None
-        self.metrics.predictions.labels(model.name, model.version).inc(answer.rows)
-        self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
-        return _json(answer.payload)
+                return self._answered(model, answer.rows, started, _json(answer.payload))
+        return self._answered(model, answer.rows, started, Response(answer.body, media_type=JSON))
 
-    def _predict(
-        self, model: LoadedModel, requests: RequestModels, body: bytes, now_ms: int
-    ) -> Scored | Response:
-        try:
-            request = requests.predict.model_validate_json(body)
-        except ValidationError as err:
-            return _invalid(err)
-        rows = [request.row] if request.row is not None else request.rows  # type: ignore[attr-defined]
-        columns = {
-            name: [getattr(row, f"f{index}") for row in rows] for index, name in enumerate(model.features)
-        }
-        try:
-            scored = evaluate.predict(model.estimator, _frame(columns, len(rows), model))
-        except (ValueError, TypeError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            detail = [
-                {"loc": ["body"], "msg": f"the model cannot score these rows: {first}", "type": "value_error"}
-            ]
-            return _json({"detail": detail}, 422)
-        with self._drift_lock:
-            assert self.drift is not None
-            self.drift.observe_columns(columns, len(rows))
-        labels = np.asarray(scored.labels).tolist()
-        probabilities = scored.probabilities if model.classes is not None else None
-        ids: list[str | None] = [None] * len(rows)
-        records: list[tuple[str, bytes]] = []
-        if self.predictions is not None:
-            issued = [self.signer.issue(now_ms) for _ in rows]
-            by_row = [
-                dict(zip(model.features, values, strict=True))
-                for values in zip(*columns.values(), strict=True)
-            ]
-            records = [
-                (prediction_id, encode_record(row, label, model.version, now_ms))
-                for prediction_id, row, label in zip(issued, by_row, labels, strict=True)
-            ]
-            ids = list(issued)
-        names = [str(c) for c in model.classes] if model.classes is not None else []
-        shares = probabilities.tolist() if probabilities is not None else None
-        out = [
-            {"id": prediction_id, "prediction": label}
-            if shares is None
-            else {
-                "id": prediction_id,
-                "prediction": label,
-                "probabilities": dict(zip(names, shares[index], strict=True)),
-            }
-            for index, (prediction_id, label) in enumerate(zip(ids, labels, strict=True))
-        ]
-        return Scored(len(rows), {"model_version": model.version, "predictions": out}, records)
+    def _answered(self, model: LoadedModel, rows: int, started: float, response: Response) -> Response:
+        self.metrics.predictions.labels(model.name, model.version).inc(rows)
+        self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
+        return response
 
     # ------------------------------------------------------------ feedback
     async def feedback(self, body: bytes) -> Response:
@@ -262,7 +205,7 @@ class ModelServer:
         if self.predictions is None:
             return _json({"detail": "feedback needs the shared prediction store: set FBL_REDIS_URL"}, 503)
         loop = asyncio.get_running_loop()
-        parsed = await loop.run_in_executor(self._scoring, _validated, requests.feedback, body)
+        parsed = await loop.run_in_executor(None, _validated, requests.feedback, body)
         if isinstance(parsed, Response):
             return parsed
         items = parsed.feedback if parsed.feedback is not None else [parsed]  # type: ignore[attr-defined]
@@ -341,15 +284,9 @@ class ModelServer:
                 log.warning("shutdown: feedback left in the shared store for another replica: %s", err)
         if self.predictions is not None:
             await self.predictions.close()
-        self._scoring.shutdown(wait=True, cancel_futures=False)
+        if self.scorer is not None:
+            self.scorer.close()
         self._workdir.cleanup()
-
-
-def _one_native_thread() -> None:
-    """Requests run in parallel on the pool's threads, so each scores with one OpenMP/BLAS thread: a native
-    team per pool thread would oversubscribe the cores (measured: a 1-row HistGradientBoosting predict from a
-    pool thread takes 3x longer with the default two OpenMP threads on two cores)."""
-    threadpool_limits(limits=1)
 
 
 def _json(payload: Any, status: int = 200, retry_after: int | None = None) -> Response:
@@ -359,30 +296,11 @@ def _json(payload: Any, status: int = 200, retry_after: int | None = None) -> Re
     )
 
 
-def _frame(columns: dict[str, list[Any]], rows: int, model: LoadedModel) -> pd.DataFrame:
-    frame: dict[str, Any] = {}
-    for name, values in columns.items():
-        if model.feature_types[name] == NUMERIC:
-            frame[name] = np.array([np.nan if v is None else v for v in values], dtype=float)
-        else:
-            frame[name] = values
-    return prepare(pd.DataFrame(frame, index=range(rows)), model.estimator, model.features)
-
-
 def _validated(model: type[BaseModel], body: bytes) -> BaseModel | Response:
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
-        return _invalid(err)
-
-
-def _invalid(err: ValidationError) -> Response:
-    """A 422 in FastAPI's shape, the location prefixed with `body`."""
-    detail = [
-        {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-        for e in err.errors(include_url=False)
-    ]
-    return _json({"detail": detail}, 422)
+        return _json({"detail": errors_of(err, ())}, 422)
 
 
 def create_app(server: ModelServer) -> FastAPI:

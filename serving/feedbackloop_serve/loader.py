@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from feedbackloop.adapters.artifacts import (
 )
 from feedbackloop.core import contract
 from feedbackloop_serve.rows import ANY
+from feedbackloop_serve.served import LoadedModel
 
 
 class ModelRefusedError(Exception):
@@ -26,20 +26,6 @@ class ModelRefusedError(Exception):
 
 class StoreUnavailableError(Exception):
     """The store could not be read; trying again later may work."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    uri: str
-    version: str
-    sha256: str
-    name: str
-    estimator: Any
-    features: list[str]
-    feature_types: dict[str, str]
-    task: str
-    classes: list[Any] | None
-    reference: dict[str, Any] | None
 
 
 def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name: str | None) -> LoadedModel:

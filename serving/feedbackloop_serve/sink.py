@@ -130,3 +130,12 @@ def label_type(task: str, classes: Sequence[Any] | None) -> pa.DataType:
     if all(isinstance(c, float) for c in classes):
         return pa.float64()
     return pa.string()
+
+
+def encode_record(row: dict[str, object], prediction: object, version: str, predicted_at_ms: int) -> bytes:
+    return orjson.dumps({"row": row, "prediction": prediction, "version": version, "at": predicted_at_ms})
+
+
+def decode_record(record: bytes) -> dict[str, object]:
+    decoded: dict[str, object] = orjson.loads(record)
+    return decoded

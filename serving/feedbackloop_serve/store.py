@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from feedbackloop_serve.sink import StreamRow
 
 GROUP = "sink"
+SAVE_CHUNK = 500
 TOMBSTONE = b"\x00labelled"
 # One call per request. KEYS: the predictions' keys. ARGV: the TTL, then one record per key.
 _SAVE = """
@@ -120,12 +120,13 @@ class PredictionStore:
             raise StoreUnavailableError(str(err)) from err
 
     async def save(self, records: Sequence[tuple[str, bytes]]) -> None:
-        """Every prediction of one request in one call."""
-        if not records:
-            return
-        keys = [self._key(prediction_id) for prediction_id, _ in records]
+        """Every prediction of one request; a large batch in calls of SAVE_CHUNK, so neither Redis nor the
+        event loop is held for long by one call."""
         try:
-            await self._save(keys=keys, args=[self._ttl, *(record for _, record in records)])
+            for start in range(0, len(records), SAVE_CHUNK):
+                chunk = records[start : start + SAVE_CHUNK]
+                keys = [self._key(prediction_id) for prediction_id, _ in chunk]
+                await self._save(keys=keys, args=[self._ttl, *(record for _, record in chunk)])
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err
 
@@ -209,12 +210,3 @@ def _row(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamRow:
         label_json=fields[b"label"],
         labelled_at_ms=int(fields[b"at"]),
     )
-
-
-def encode_record(row: dict[str, object], prediction: object, version: str, predicted_at_ms: int) -> bytes:
-    return orjson.dumps({"row": row, "prediction": prediction, "version": version, "at": predicted_at_ms})
-
-
-def decode_record(record: bytes) -> dict[str, object]:
-    decoded: dict[str, object] = orjson.loads(record)
-    return decoded

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from feedbackloop_train import data, evaluate, reference, report
-from feedbackloop_train.model import load_estimator_class
+from feedbackloop_train.model import (
+    build_pipeline,
+    categorical_columns,
+    frame_of,
+    load_estimator_class,
+    prepare,
+)
 from feedbackloop_train.settings import TrainerError, load_settings
 
 BASE_ENV = {
@@ -233,3 +241,17 @@ def test_feedback_written_twice_counts_once_per_prediction() -> None:
     )
     feedback = data._feedback_rows(rows, "churned", None, "s3://data/feedback/")
     assert feedback.to_dict(orient="list") == {"x": [1.0, 2.0], "churned": [0, 1]}
+
+
+def test_a_request_frame_is_what_prepare_makes_of_the_same_rows() -> None:
+    train = pd.DataFrame(
+        {"x": [1.0, 2.0, 3.0, 4.0] * 10, "plan": ["a", "b", "a", "c"] * 10, "y": [0, 1, 0, 1] * 10}
+    )
+    pipeline = build_pipeline(
+        "sklearn.linear_model.LogisticRegression", {}, "classification", train, ["x", "plan"]
+    )
+    columns: dict[str, list[Any]] = {"x": [1.5, None, 3.0], "plan": ["a", None, 7]}
+    expected = prepare(pd.DataFrame(columns), pipeline, ["x", "plan"])
+    built = frame_of(columns, {"x"}, categorical_columns(pipeline))
+    pd.testing.assert_frame_equal(built, expected, check_dtype=True)
+    assert built["plan"].tolist() == ["a", "__missing__", "7"]

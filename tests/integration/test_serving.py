@@ -566,3 +566,26 @@ def test_the_openapi_schema_documents_the_loaded_models_fields(
         assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(model)
         assert {"200", "422", "503"} <= set(operation["responses"])
     assert server.http.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_a_label_too_big_for_the_schema_is_refused_and_later_labels_still_reach_s3(
+    champion: tuple[str, str], store: ArtifactStore, bucket: str, serve: Callable[..., ServerProcess]
+) -> None:
+    """The outside finding: label 1e19 for int classes was accepted, then every flush failed for ever."""
+    server = serve(
+        *champion, MODEL_NAME="big", FEEDBACK_URI=f"s3://{bucket}/feedback/", FBL_FEEDBACK_FLUSH_SECONDS="1"
+    )
+    server.wait_ready()
+    predictions = server.predict(rows_of(churn_frame(7, seed=71))).json()["predictions"]
+    refused = server.http.post("/feedback", json={"id": predictions[0]["id"], "label": 1e19})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "label"]
+    answer = server.feedback([{"id": p["id"], "label": 1} for p in predictions[1:]])
+    assert answer.json()["accepted"] == 6
+    rows = harness.wait_until(lambda: read_feedback(store, bucket, "feedback/"), lambda f: len(f) == 6, 30)
+    assert sorted(rows["fbl_prediction_id"]) == sorted(p["id"] for p in predictions[1:])
+    assert server.metric("fbl_feedback_total", model="big", model_version="v1") == 6.0
+    assert server.metric("fbl_feedback_flushed_rows_total") == 6.0
+    assert server.metric("fbl_feedback_flush_failures_total") == 0.0
+    # The refused label left its prediction waiting: the right one still joins.
+    assert server.feedback([{"id": predictions[0]["id"], "label": 0}]).json()["accepted"] == 1

@@ -24,15 +24,11 @@ class ServerMetrics:
             LABELS,
             registry=r,
         )
-        # Gauges only rise here; a Counter would be renamed with a _total suffix.
-        self.feedback_abs_error = Gauge(
-            "fbl_feedback_abs_error_sum", "Sum of |label - prediction| (regression).", LABELS, registry=r
+        self.feedback_abs_error = Counter(
+            "fbl_feedback_abs_error", "Sum of |label - prediction| (regression).", LABELS, registry=r
         )
-        self.feedback_squared_error = Gauge(
-            "fbl_feedback_squared_error_sum",
-            "Sum of (label - prediction)^2 (regression).",
-            LABELS,
-            registry=r,
+        self.feedback_squared_error = Counter(
+            "fbl_feedback_squared_error", "Sum of (label - prediction)^2 (regression).", LABELS, registry=r
         )
         self.feedback_refused = Counter(
             "fbl_feedback_refused",

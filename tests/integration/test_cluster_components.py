@@ -16,6 +16,8 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from redis import Redis
+from redis.exceptions import AuthenticationError
 
 import harness
 from harness import wait_until
@@ -251,9 +253,25 @@ COMPONENTS = (
     "kwok",
     "prometheus",
     "versitygw",
+    "redis",
 )
-ENV_KEYS: tuple[str, ...] = ("KUBECONFIG", "LIMITED_KUBECONFIG", "PROMETHEUS_URL", "S3_ENDPOINT_URL")
+ENV_KEYS: tuple[str, ...] = (
+    "KUBECONFIG",
+    "LIMITED_KUBECONFIG",
+    "PROMETHEUS_URL",
+    "S3_ENDPOINT_URL",
+    "REDIS_URL",
+)
 ENV_KEYS += ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def test_redis_asks_for_its_password(endpoints: harness.Endpoints) -> None:
+    authorised = Redis.from_url(endpoints.redis_url)
+    assert authorised.ping() is True
+    assert authorised.config_get("appendonly") == {"appendonly": "yes"}
+    anonymous = Redis(host="127.0.0.1", port=authorised.connection_pool.connection_kwargs["port"])
+    with pytest.raises(AuthenticationError):
+        anonymous.ping()
 
 
 def test_harness_shell_up_and_down_leaves_no_process(tmp_path: Path) -> None:

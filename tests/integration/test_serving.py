@@ -465,8 +465,8 @@ def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     assert first["prediction"] == pytest.approx(4.5, abs=0.1)
     server.feedback([{"id": first["id"], "label": 5.0}, {"id": second["id"], "label": -3.0}])
     errors = [5.0 - first["prediction"], -3.0 - second["prediction"]]
-    assert server.metric("fbl_feedback_abs_error_sum", model="reg") == pytest.approx(sum(map(abs, errors)))
-    assert server.metric("fbl_feedback_squared_error_sum", model="reg") == pytest.approx(
+    assert server.metric("fbl_feedback_abs_error_total", model="reg") == pytest.approx(sum(map(abs, errors)))
+    assert server.metric("fbl_feedback_squared_error_total", model="reg") == pytest.approx(
         sum(e * e for e in errors)
     )
 

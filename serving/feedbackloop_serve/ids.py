@@ -4,7 +4,8 @@ An id is `<key id>.<payload>.<tag>` in base64url: the payload holds the issue ti
 random bytes, the tag is the first 16 bytes of HMAC-SHA256 over key id and payload. The keys come from a
 Secret; the first signs, every listed key verifies, so a key is rotated by listing the new one first for one
 TTL.
-A forged or tampered id fails the tag, an old one fails the TTL, and neither costs a store lookup.
+A forged or tampered id fails the tag, an old one fails the TTL, and neither costs a store lookup. Only the
+canonical base64url spelling is accepted, so one prediction never has two ids.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class IdSigner:
             payload, tag = _unb64(payload_text), _unb64(tag_text)
         except (binascii.Error, ValueError):
             return IdRefusal.MALFORMED
+        if _b64(payload) != payload_text or _b64(tag) != tag_text:
+            return IdRefusal.MALFORMED  # unused low bits set: one id must have exactly one spelling
         if len(payload) != _PAYLOAD.size or not hmac.compare_digest(tag, self._tag(kid, payload)):
             return IdRefusal.BAD_SIGNATURE
         issued_ms, _nonce = _PAYLOAD.unpack(payload)

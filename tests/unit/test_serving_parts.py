@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import string
 from datetime import UTC, datetime
 
 import numpy as np
@@ -97,12 +99,30 @@ def test_prediction_ids_are_checked_without_a_store_lookup() -> None:
     assert signer.check(issued, now_ms=1_030_000) == CheckedId(1_000_000)
     assert signer.check(issued, now_ms=1_060_001) is IdRefusal.EXPIRED
     kid, payload, tag = issued.split(".")
-    tampered = f"{kid}.{payload[:-2]}{'AB' if payload[-2:] != 'AB' else 'CD'}.{tag}"
+    tampered = f"{kid}.{flip_first(payload)}.{tag}"
     assert signer.check(tampered, now_ms=1_000_000) is IdRefusal.BAD_SIGNATURE
     assert IdSigner({"k2": b"3" * 32}, 60_000).check(issued, 1_000_000) is IdRefusal.BAD_SIGNATURE  # forged
     assert signer.check("not-an-id", 1_000_000) is IdRefusal.MALFORMED
     # Rotation: ids signed with the old key still verify while it is listed second.
     assert signer.check(IdSigner(old, 60_000).issue(1_000_000), 1_000_000) == CheckedId(1_000_000)
+
+
+BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+
+def flip_first(text: str) -> str:
+    # The first base64 character carries six payload bits; the last may carry unused ones.
+    return ("B" if text[0] == "A" else "A") + text[1:]
+
+
+def test_a_prediction_id_has_one_spelling() -> None:
+    signer = IdSigner({"k": b"1" * 32}, ttl_ms=60_000)
+    kid, payload, tag = signer.issue(now_ms=1_000_000).split(".")
+    # 20 payload bytes are 27 characters whose last has two unused low bits; setting one changes no byte.
+    respelt = payload[:-1] + BASE64URL[BASE64URL.index(payload[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(respelt + "=") == base64.urlsafe_b64decode(payload + "=")
+    assert signer.check(f"{kid}.{respelt}.{tag}", 1_000_000) is IdRefusal.MALFORMED
+    assert signer.check(f"{kid}.{payload}.{tag}", 1_000_000) == CheckedId(1_000_000)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pandas as pd
 
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.core import contract
 
 RNG_SEED = 7
 
@@ -108,3 +109,13 @@ def regression_env(bucket: str, version: str = "v1") -> dict[str, str]:
         bucket, version, FBL_TASK="regression", FBL_LABEL_COLUMN="target",
         FBL_ESTIMATOR_CLASS="sklearn.linear_model.Ridge", FBL_ESTIMATOR_PARAMS="{}",
     )  # fmt: skip
+
+
+def copy_version(store: ArtifactStore, source: tuple[str, str], bucket: str) -> tuple[str, str]:
+    """The trained version at `source` (its URI and sha256) and the data it was trained on, copied byte for
+    byte into `bucket` at the same keys: a test may tamper with its copy without retraining."""
+    uri, sha256 = source
+    from_bucket, prefix = contract.split_s3_uri(uri)
+    for key in store.list_keys(from_bucket, ""):
+        store.put_bytes(bucket, key, store.get_bytes(from_bucket, key))
+    return f"s3://{bucket}/{prefix}", sha256

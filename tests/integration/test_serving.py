@@ -8,6 +8,7 @@ import secrets
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from feedbackloop_serve.ids import IdSigner
-from model_helpers import churn_frame, put_parquet, regression_env, run_trainer, train_champion, version_env
+from model_helpers import (
+    churn_frame,
+    copy_version,
+    put_parquet,
+    regression_env,
+    run_trainer,
+    train_champion,
+    version_env,
+)
 from prometheus_api_client import PrometheusConnect
 from serve_process import ServerProcess, TcpProxy
 
@@ -30,11 +39,20 @@ FEATURES = ["tenure", "monthly", "plan", "region"]
 TARGETS_LOCK = threading.Lock()
 
 
-@pytest.fixture
-def champion(
-    endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path
+@pytest.fixture(scope="module")
+def trained(
+    endpoints: harness.Endpoints, store: ArtifactStore, s3: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str]:
-    return train_champion(endpoints, store, bucket, tmp_path, rows=3000)
+    """v1, trained once for the module: training is most of a test's set-up time otherwise."""
+    bucket = f"champion-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    return train_champion(endpoints, store, bucket, tmp_path_factory.mktemp("champion"), rows=3000)
+
+
+@pytest.fixture
+def champion(trained: tuple[str, str], store: ArtifactStore, bucket: str) -> tuple[str, str]:
+    """The module's v1, copied into this test's bucket."""
+    return copy_version(store, trained, bucket)
 
 
 @pytest.fixture
@@ -521,7 +539,7 @@ def test_forged_and_tampered_ids_are_refused_before_any_lookup_and_counted(
     server.wait_ready()
     [prediction] = server.predict(rows_of(churn_frame(1))).json()["predictions"]
     kid, payload, tag = prediction["id"].split(".")
-    flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B")
+    flipped = ("B" if payload[0] == "A" else "A") + payload[1:]  # the first character is all payload bits
     forged = IdSigner({kid: secrets.token_bytes(32)}, ttl_ms=3_600_000).issue(int(time.time() * 1000))
     answer = server.feedback(
         [

@@ -7,8 +7,8 @@ from __future__ import annotations
 import io
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from kubernetes import client
-from model_helpers import churn_frame, train_champion
+from model_helpers import churn_frame, copy_version, train_champion
 from pod_runner import PodRunner
 from prometheus_api_client import PrometheusConnect
 from serving_pods import (
@@ -42,6 +42,16 @@ def runner(
 ) -> Iterator[PodRunner]:
     with pod_runner(endpoints, core_v1, tmp_path_factory.mktemp("pods")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def trained(
+    endpoints: harness.Endpoints, store: ArtifactStore, s3: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    """v1, trained once for the module and copied into each test's bucket."""
+    bucket = f"champion-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    return train_champion(endpoints, store, bucket, tmp_path_factory.mktemp("champion"), rows=2000)
 
 
 @pytest.fixture
@@ -133,10 +143,10 @@ def test_every_label_joins_once_on_a_replica_other_than_the_one_that_predicted(
     store: ArtifactStore,
     bucket: str,
     prometheus: PrometheusConnect,
-    tmp_path: Path,
+    trained: tuple[str, str],
 ) -> None:
     name = f"join{replicas}-{time.monotonic_ns() % 10**6}"
-    champion = train_champion(endpoints, store, bucket, tmp_path, rows=2000)
+    champion = copy_version(store, trained, bucket)
     deploy(
         replicas,
         name,
@@ -187,10 +197,10 @@ def test_a_replica_killed_mid_stream_loses_nothing_it_acknowledged(
     endpoints: harness.Endpoints,
     store: ArtifactStore,
     bucket: str,
-    tmp_path: Path,
+    trained: tuple[str, str],
 ) -> None:
     name = f"kill-{time.monotonic_ns() % 10**6}"
-    champion = train_champion(endpoints, store, bucket, tmp_path, rows=2000)
+    champion = copy_version(store, trained, bucket)
     deploy(
         2, name, runner, core_v1, apps_v1, namespace, endpoints, champion, bucket,
         FBL_FEEDBACK_FLUSH_SECONDS="2", FBL_FEEDBACK_CLAIM_IDLE_SECONDS="3",
@@ -227,10 +237,10 @@ def test_a_rollout_under_load_drops_no_request(
     endpoints: harness.Endpoints,
     store: ArtifactStore,
     bucket: str,
-    tmp_path: Path,
+    trained: tuple[str, str],
 ) -> None:
     name = f"roll-{time.monotonic_ns() % 10**6}"
-    champion = train_champion(endpoints, store, bucket, tmp_path, rows=2000)
+    champion = copy_version(store, trained, bucket)
     deploy(2, name, runner, core_v1, apps_v1, namespace, endpoints, champion, bucket, FBL_DRAIN_SECONDS="2")
     service = ServiceClient(core_v1, namespace, name)
     stop = threading.Event()

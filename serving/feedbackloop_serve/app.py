@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from pydantic import BaseModel, ValidationError
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core import contract
 from feedbackloop_serve.drift import DriftWindow
-from feedbackloop_serve.ids import CheckedId, IdSigner, random_keys
+from feedbackloop_serve.ids import CheckedId, IdRefusal, IdSigner, random_keys
 from feedbackloop_serve.loader import ModelRefusedError, StoreUnavailableError, load_model
 from feedbackloop_serve.metrics import ServerMetrics
-from feedbackloop_serve.rows import RequestModels, errors_of
+from feedbackloop_serve.rows import RefusalReason, RequestModels, errors_of
 from feedbackloop_serve.scoring import Rejected, Scorer
 from feedbackloop_serve.served import LoadedModel
 from feedbackloop_serve.settings import ServeSettings
@@ -43,12 +44,17 @@ from feedbackloop_serve.writer import FeedbackWriter
 log = logging.getLogger("feedbackloop-serve")
 RETRY_SECONDS = (1, 2, 5, 10, 30)
 JSON = "application/json"
-_REFUSED_BY_STATUS = {
+_REFUSED_BY_STATUS: dict[JoinStatus, RefusalReason] = {
     JoinStatus.UNKNOWN: "unknown",
     JoinStatus.DUPLICATE: "duplicate",
     JoinStatus.FULL: "full",
 }
-_REFUSAL_TEXT = {
+_REFUSED_BY_ID: dict[IdRefusal, RefusalReason] = {
+    IdRefusal.MALFORMED: "malformed",
+    IdRefusal.BAD_SIGNATURE: "bad_signature",
+    IdRefusal.EXPIRED: "expired",
+}
+_REFUSAL_TEXT: dict[RefusalReason, str] = {
     "malformed": "malformed prediction id",
     "bad_signature": "prediction id not issued by this model server (bad signature)",
     "expired": "expired prediction id",
@@ -217,7 +223,7 @@ class ModelServer:
             if isinstance(checked, CheckedId):
                 labels.append((index, item.label, Label(item.id, orjson.dumps(item.label), now_ms)))
             else:
-                results[index] = self._refuse(model, item.id, str(checked))
+                results[index] = self._refuse(model, item.id, _REFUSED_BY_ID[checked])
         try:
             joins = await self.predictions.join([label for _, _, label in labels])
         except PredictionStoreUnavailableError as err:
@@ -238,7 +244,7 @@ class ModelServer:
                 self._wake_writer.set()
         return _json({"accepted": accepted, "results": results})
 
-    def _refuse(self, model: LoadedModel, prediction_id: str, reason: str) -> dict[str, Any]:
+    def _refuse(self, model: LoadedModel, prediction_id: str, reason: RefusalReason) -> dict[str, Any]:
         self.metrics.feedback_refused.labels(model.name, reason).inc()
         return {"id": prediction_id, "status": "error", "reason": reason, "error": _REFUSAL_TEXT[reason]}
 
@@ -303,6 +309,21 @@ def _validated(model: type[BaseModel], body: bytes) -> BaseModel | Response:
         return _json({"detail": errors_of(err, ())}, 422)
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | Response:
+    """The body, read only up to `limit` bytes: a client cannot make a replica buffer gigabytes."""
+    too_large = _json({"detail": f"the body is larger than {limit} bytes"}, 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(server: ModelServer) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -338,11 +359,11 @@ def create_app(server: ModelServer) -> FastAPI:
     app.add_api_route("/feedback", not_ready, methods=["POST"], name="feedback")
     server.on_loaded.append(lambda model: _register_model_routes(app, server))
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=_documented(200, _HEALTHY))
     async def healthz() -> Response:
         return _json({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={**_documented(200, _READY), **_documented(503, _NOT_READY)})
     async def readyz() -> Response:
         model = server.model
         if server.draining:
@@ -351,7 +372,7 @@ def create_app(server: ModelServer) -> FastAPI:
             return _json({"status": "not ready", "reason": server.not_ready}, 503)
         return _json({"status": "ready", "model": model.name, "model_version": model.version})
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=_METRICS_RESPONSE)
     async def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -363,20 +384,24 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
     assert server.requests is not None
     requests = server.requests
 
+    limit = server.settings.max_body_bytes
+
     async def predict(request: Request) -> Response:
-        return await server.predict(await request.body())
+        body = await _bounded_body(request, limit)
+        return body if isinstance(body, Response) else await server.predict(body)
 
     async def feedback(request: Request) -> Response:
-        return await server.feedback(await request.body())
+        body = await _bounded_body(request, limit)
+        return body if isinstance(body, Response) else await server.feedback(body)
 
     app.router.routes = [
         route
         for route in app.router.routes
         if not (isinstance(route, APIRoute) and route.path in ("/predict", "/feedback"))
     ]
-    for path, endpoint, body in (
-        ("/predict", predict, requests.predict),
-        ("/feedback", feedback, requests.feedback),
+    for path, endpoint, body, answer in (
+        ("/predict", predict, requests.predict, requests.predict_response),
+        ("/feedback", feedback, requests.feedback, requests.feedback_response),
     ):
         app.add_api_route(
             path,
@@ -384,13 +409,13 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
             methods=["POST"],
             name=path.strip("/"),
             openapi_extra={"requestBody": _request_body(body)},
-            responses=_ERROR_RESPONSES,
+            responses={**_documented(200, _ref(answer)), **_ERROR_RESPONSES},
         )
     schemas = {}
-    for body in (requests.predict, requests.feedback):
-        schema = body.model_json_schema(ref_template=_REF)
+    for model in requests.models:
+        schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
-        schemas[body.__name__] = schema
+        schemas[model.__name__] = schema
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -405,16 +430,47 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
 
 _REF = "#/components/schemas/{model}"
 _DETAIL = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+_HEALTHY = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
+_READY = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ready"},
+        "model": {"type": "string"},
+        "model_version": {"type": "string"},
+    },
+    "required": ["status", "model", "model_version"],
+}
+_NOT_READY = {
+    "type": "object",
+    "properties": {"status": {"const": "not ready"}, "reason": {"type": "string"}},
+    "required": ["status", "reason"],
+}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait, when the store is down", "schema": {"type": "integer"}}
+}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body is larger than FBL_MAX_BODY_BYTES (32 MiB by default).",
+          "content": {"application/json": {"schema": _DETAIL}}},
     422: {"description": "The body names a field it must not, or lacks one; `detail` lists each problem.",
           "content": {"application/json": {"schema": _DETAIL}}},
     503: {"description": "No verified model loaded yet, draining, or the shared store is unavailable.",
-          "content": {"application/json": {"schema": _DETAIL}}},
+          "content": {"application/json": {"schema": _DETAIL}}, "headers": _RETRY_AFTER},
 }  # fmt: skip
+_METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _documented(status: int, schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": HTTPStatus(status).phrase, "content": {JSON: {"schema": schema}}}}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
 def _request_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
-    }
+    return {"required": True, "content": {JSON: {"schema": _ref(model)}}}

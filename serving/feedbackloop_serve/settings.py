@@ -37,6 +37,7 @@ class ServeSettings:
     claim_idle_seconds: float
     drain_seconds: float
     shutdown_flush_seconds: float
+    max_body_bytes: int
     s3_endpoint_url: str | None
     s3_region: str
     source: str
@@ -103,6 +104,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
         claim_idle_seconds=_number(env, "FBL_FEEDBACK_CLAIM_IDLE_SECONDS", 60, 1),
         drain_seconds=_number(env, "FBL_DRAIN_SECONDS", 5, 0),
         shutdown_flush_seconds=_number(env, "FBL_SHUTDOWN_FLUSH_SECONDS", 20, 0),
+        max_body_bytes=int(_number(env, "FBL_MAX_BODY_BYTES", 32 * 1024 * 1024, 1024)),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("FBL_S3_ENDPOINT_URL") or None,
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         source=env.get("POD_NAME") or env.get("HOSTNAME") or "server",

@@ -119,3 +119,19 @@ def copy_version(store: ArtifactStore, source: tuple[str, str], bucket: str) -> 
     for key in store.list_keys(from_bucket, ""):
         store.put_bytes(bucket, key, store.get_bytes(from_bucket, key))
     return f"s3://{bucket}/{prefix}", sha256
+
+
+def train_regressor(
+    endpoints: harness.Endpoints, store: ArtifactStore, bucket: str, tmp_path: Path
+) -> tuple[str, str]:
+    """A Ridge v1 on `target = 3a + 1.5 [kind == x]`; its URI and model sha256."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=500), "kind": rng.choice(["x", "y"], 500)})
+    frame["target"] = 3 * frame["a"] + (frame["kind"] == "x") * 1.5
+    store.put_bytes(bucket, "data/train/all.csv", frame.to_csv(index=False).encode())
+    code, message, stderr = run_trainer(endpoints, tmp_path, **regression_env(bucket))
+    assert code == 0, message + stderr[-2000:]
+    uri = f"s3://{bucket}/models/ml/churn/v1/"
+    model = store.read_manifest(uri, "v1").file("model.joblib")
+    assert model is not None
+    return uri, model.sha256

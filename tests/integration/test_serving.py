@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -22,10 +21,9 @@ from feedbackloop_serve.ids import IdSigner
 from model_helpers import (
     churn_frame,
     copy_version,
-    put_parquet,
-    regression_env,
     run_trainer,
     train_champion,
+    train_regressor,
     version_env,
 )
 from prometheus_api_client import PrometheusConnect
@@ -458,22 +456,12 @@ def test_settings_errors_stop_the_server_with_the_variable_named(
 def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
     endpoints: harness.Endpoints,
     store: ArtifactStore,
-    s3: Any,
     bucket: str,
     serve: Callable[..., ServerProcess],
     tmp_path: Path,
 ) -> None:
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"a": rng.normal(size=500), "kind": rng.choice(["x", "y"], 500)})
-    frame["target"] = 3 * frame["a"] + (frame["kind"] == "x") * 1.5
-    put_parquet(s3, bucket, "data/train/all.parquet", frame)
-    env = regression_env(bucket)
-    code, message, stderr = run_trainer(endpoints, tmp_path, **env)
-    assert code == 0, message + stderr[-2000:]
-    uri = f"s3://{bucket}/models/ml/churn/v1/"
-    model = store.read_manifest(uri, "v1").file("model.joblib")
-    assert model is not None
-    server = serve(uri, model.sha256, MODEL_NAME="reg")
+    uri, sha256 = train_regressor(endpoints, store, bucket, tmp_path)
+    server = serve(uri, sha256, MODEL_NAME="reg")
     server.wait_ready()
 
     response = server.predict([{"a": 1.0, "kind": "x"}, {"a": -1.0, "kind": "y"}])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import string
+import sys
 from datetime import UTC, datetime
 
+import jsonschema_rs
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -88,7 +90,62 @@ def test_request_models_name_each_bad_field_and_accept_only_what_the_sink_can_ho
         "enum": [0, 1],
         "title": "Label",
         "type": "integer",
+        "minimum": -(2**63),
+        "maximum": 2**63 - 1,
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"id": "a"},
+        {"label": 1},
+        {"id": "a", "label": 1, "feedback": [{"id": "b", "label": 0}]},
+        {"id": None, "label": None},
+        {"feedback": []},
+    ],
+)
+def test_a_feedback_body_is_one_label_or_a_batch_never_a_mix(body: dict[str, object]) -> None:
+    models = RequestModels(["x"], {"x": NUMERIC}, "classification", [0, 1])
+    with pytest.raises(ValidationError):
+        models.feedback.model_validate(body)
+    # The schema states the same rule, so a generated client or a fuzzer sees it too.
+    assert jsonschema_accepts(models.feedback.model_json_schema(), body) is False
+
+
+def test_the_schema_bounds_what_the_sink_can_hold() -> None:
+    models = RequestModels(["x", "plan"], {"x": NUMERIC, "plan": CATEGORICAL}, "classification", [0, 1])
+    for row in ({"x": 10**400, "plan": "a"}, {"x": 1.0, "plan": 10**400}, {"x": 1.0, "plan": "p" * 1025}):
+        with pytest.raises(ValidationError):
+            models.predict.model_validate({"row": row})
+        assert jsonschema_accepts(models.predict.model_json_schema(), {"row": row}) is False
+    edge = {"row": {"x": sys.float_info.max, "plan": 2**63 - 1}}
+    assert models.predict.model_validate(edge).row is not None  # type: ignore[attr-defined]
+    assert jsonschema_accepts(models.predict.model_json_schema(), edge) is True
+
+
+def test_the_responses_are_documented_from_the_models_classes() -> None:
+    classifier = RequestModels(["x"], {"x": NUMERIC}, "classification", ["no", "yes"])
+    shares = {"no": 0.2, "yes": 0.8}
+    predicted = {
+        "model_version": "v1",
+        "predictions": [{"id": None, "prediction": "yes", "probabilities": shares}],
+    }
+    schema = classifier.predict_response.model_json_schema()
+    assert jsonschema_accepts(schema, predicted) is True
+    predicted["predictions"][0]["prediction"] = "maybe"  # type: ignore[index]
+    assert jsonschema_accepts(schema, predicted) is False
+    regressor = RequestModels(["x"], {"x": NUMERIC}, "regression", None).predict_response.model_json_schema()
+    assert "probabilities" not in regressor["$defs"]["Prediction"]["properties"]
+    refused = {"accepted": 0, "results": [{"id": "a", "status": "error", "reason": "expired", "error": "…"}]}
+    assert jsonschema_accepts(classifier.feedback_response.model_json_schema(), refused) is True
+    refused["results"][0]["reason"] = None  # type: ignore[index]
+    assert jsonschema_accepts(classifier.feedback_response.model_json_schema(), refused) is False
+
+
+def jsonschema_accepts(schema: dict[str, object], document: object) -> bool:
+    return bool(jsonschema_rs.Draft202012Validator(schema).is_valid(document))
 
 
 def test_prediction_ids_are_checked_without_a_store_lookup() -> None:

@@ -73,6 +73,7 @@ class Reason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
     ARTIFACT_STORE_UNREACHABLE = "ArtifactStoreUnreachable"
+    ARTIFACT_BUCKET_NOT_FOUND = "ArtifactBucketNotFound"
     TARGET_NOT_FOUND = "TargetNotFound"
     CONTAINER_NOT_FOUND = "ContainerNotFound"
     FORBIDDEN = "Forbidden"

@@ -118,9 +118,9 @@ def test_probe_distinguishes_missing_bucket_and_wrong_credentials(
 ) -> None:
     assert ArtifactStore(s3).probe_bucket(bucket).ok is True
     missing = ArtifactStore(s3).probe_bucket("no-such-bucket-here")
-    assert (missing.ok, missing.message) == (False, "bucket does not exist")
+    assert (missing.ok, missing.message, missing.not_found) == (False, "bucket does not exist", True)
     denied = ArtifactStore(s3_with_secret("wrong-secret")).probe_bucket(bucket)
-    assert denied.ok is False
+    assert (denied.ok, denied.not_found) == (False, False)
     assert "access denied" in denied.message
 
 

@@ -331,6 +331,16 @@ def test_preflight_failures_become_ready_conditions(
     assert "unreachable" in healthy["message"]
 
 
+def test_a_loop_naming_a_missing_bucket_is_not_ready_with_its_own_reason(
+    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    scenario.apply_loop(loop_spec(scenario.model, **{"artifacts.bucket": "no-such-bucket-here"}))
+
+    ready = scenario.wait_condition("Ready", "False", "ArtifactBucketNotFound")
+    assert ready["message"] == "artifact store: bucket no-such-bucket-here does not exist"
+
+
 def test_operator_stops_cleanly_on_sigterm(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess]
 ) -> None:

@@ -214,6 +214,19 @@ def test_an_empty_prefix_lists_no_keys(stubbed: tuple[ArtifactStore, Stubber]) -
     assert store.list_keys(BUCKET, "nothing/") == []
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "not_found"), [("404", 404, True), ("403", 403, False), ("500", 500, False)]
+)
+def test_the_bucket_probe_says_when_the_bucket_does_not_exist(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int, not_found: bool
+) -> None:
+    store, stubber = stubbed
+    # head_bucket has no body: the store's answer is the bare HTTP status.
+    stubber.add_client_error("head_bucket", service_error_code=code, http_status_code=status)
+    probe = store.probe_bucket(BUCKET)
+    assert (probe.ok, probe.not_found) == (False, not_found)
+
+
 def test_a_version_in_a_missing_bucket_is_unreachable_not_missing(
     stubbed: tuple[ArtifactStore, Stubber],
 ) -> None:

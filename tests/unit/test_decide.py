@@ -353,6 +353,21 @@ def test_preflight_failures_block_launches_and_name_the_dependency() -> None:
     assert condition(decision, "Retraining")[:2] == ("False", "Blocked")
 
 
+def test_a_missing_bucket_is_its_own_reason_and_names_the_bucket() -> None:
+    observed = healthy_dependencies(
+        retrain_request="r1", artifact_store=Probe(ok=False, message="bucket does not exist", not_found=True)
+    )
+    decision = run(loop_state(), observed)
+    assert condition(decision, "Ready") == (
+        "False", "ArtifactBucketNotFound", "artifact store: bucket models does not exist",
+    )  # fmt: skip
+    assert decision.actions == ()
+    unreachable = healthy_dependencies(artifact_store=Probe(ok=False, message="connection refused"))
+    assert condition(run(loop_state(), unreachable), "Ready") == (
+        "False", "ArtifactStoreUnreachable", "artifact store: connection refused",
+    )  # fmt: skip
+
+
 def test_missing_container_is_its_own_reason() -> None:
     observed = healthy_dependencies(
         target=TargetObservation(deployment_found=True, container_found=False, containers=("web", "proxy"))

@@ -196,7 +196,9 @@ class ArtifactStore:
             with _translated(bucket):
                 self._client.head_bucket(Bucket=bucket)
         except ArtifactStoreError as err:
-            return Probe(ok=False, message=_bucket_problem(err))
+            return Probe(
+                ok=False, message=_bucket_problem(err), not_found=isinstance(err, ArtifactNotFoundError)
+            )
         return Probe(ok=True)
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:

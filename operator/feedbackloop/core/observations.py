@@ -52,6 +52,7 @@ class Probe:
 
     ok: bool
     message: str = ""
+    not_found: bool = False  # the dependency answered that the probed thing (the bucket) does not exist
 
 
 @dataclass(frozen=True)

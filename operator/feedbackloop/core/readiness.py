@@ -51,9 +51,13 @@ def preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> b
     if observed.prometheus is not None and not observed.prometheus.ok:
         message = f"Prometheus {spec.prometheus.url}: {observed.prometheus.message}"
         problems.append((Reason.PROMETHEUS_UNREACHABLE, message))
-    if observed.artifact_store is not None and not observed.artifact_store.ok:
-        message = f"artifact store: {observed.artifact_store.message}"
-        problems.append((Reason.ARTIFACT_STORE_UNREACHABLE, message))
+    store = observed.artifact_store
+    if store is not None and not store.ok and store.not_found and spec.artifacts is not None:
+        # The store answered: retrying will not help until someone creates the bucket or fixes its name.
+        message = f"artifact store: bucket {spec.artifacts.bucket} does not exist"
+        problems.append((Reason.ARTIFACT_BUCKET_NOT_FOUND, message))
+    elif store is not None and not store.ok:
+        problems.append((Reason.ARTIFACT_STORE_UNREACHABLE, f"artifact store: {store.message}"))
     if observed.target is not None:
         target = spec.target
         if not observed.target.deployment_found:

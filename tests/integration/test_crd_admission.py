@@ -388,8 +388,8 @@ def test_printer_columns_show_the_status(cluster: harness.Cluster, namespace: st
     assert applied.returncode == 0, applied.stderr
 
     header = cluster.kubectl("get", "fbl", "churn", "-n", namespace).stdout.splitlines()[0]
-    for column in ("NAME", "MODE", "HEALTHY", "VERSION", "PHASE", "LAST RETRAIN", "AGE"):
-        assert column in header
+    columns = ("NAME", "MODE", "HEALTHY", "VERSION", "PHASE", "READY", "LAST RETRAIN", "AGE")
+    assert [header.index(column) for column in columns] == sorted(header.index(column) for column in columns)
 
     status = {
         "observedGeneration": 1,
@@ -402,7 +402,15 @@ def test_printer_columns_show_the_status(cluster: harness.Cluster, namespace: st
                 "message": "all metrics within thresholds",
                 "lastTransitionTime": "2026-01-02T03:04:05Z",
                 "observedGeneration": 1,
-            }
+            },
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ArtifactBucketNotFound",
+                "message": "artifact store: bucket models does not exist",
+                "lastTransitionTime": "2026-01-02T03:04:05Z",
+                "observedGeneration": 1,
+            },
         ],
         "currentModel": {"version": "v3", "metrics": {"accuracy": 0.91}},
         "lastRetrainTime": "2026-01-02T03:04:05Z",
@@ -410,7 +418,7 @@ def test_printer_columns_show_the_status(cluster: harness.Cluster, namespace: st
     patched = patch_status(cluster, namespace, status)
     assert patched.returncode == 0, patched.stderr
     row = cluster.kubectl("get", "fbl", "churn", "-n", namespace, "--no-headers").stdout.split()
-    assert row[:5] == ["churn", "Auto", "True", "v3", "Monitoring"]
+    assert row[:6] == ["churn", "Auto", "True", "v3", "Monitoring", "False"]
 
 
 NOW = "2026-01-02T03:04:05.123456+00:00"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILE_SECONDS = Histogram(
@@ -45,7 +47,7 @@ ROLLOUTS_STARTED = Counter(
 )
 ROLLOUTS_FINISHED = Counter(
     "feedbackloop_rollouts_finished_total",
-    "Rollouts that ended, by outcome (RolledOut, RolledBack, RollbackFailed, Degraded).",
+    "Rollouts that ended, by outcome (RolledOut, RolledBack, RollbackFailed, Degraded, Aborted).",
     ["namespace", "loop", "outcome"],
 )
 ROLLBACKS = Counter(
@@ -54,3 +56,31 @@ ROLLBACKS = Counter(
 EVENTS_LOST = Counter(
     "feedbackloop_events_lost_total", "Kubernetes Events the operator could not post (best effort)."
 )
+LOOP_READY = Gauge(
+    "feedbackloop_loop_ready",
+    "1 when the FeedbackLoop's Ready condition is True, else 0; reason is the condition's reason. "
+    "One series per loop.",
+    ["namespace", "loop", "reason"],
+)
+
+_ready_reasons: dict[tuple[str, str], str] = {}
+_ready_guard = threading.Lock()
+
+
+def set_loop_ready(namespace: str, loop: str, ready: bool, reason: str) -> None:
+    """Exactly one series per loop: a new reason replaces the old reason's series instead of adding one."""
+    with _ready_guard:
+        LOOP_READY.labels(namespace, loop, reason).set(1.0 if ready else 0.0)
+        previous = _ready_reasons.get((namespace, loop))
+        # Set first, then remove: a scrape in between sees two series for an instant, never none.
+        if previous is not None and previous != reason:
+            LOOP_READY.remove(namespace, loop, previous)
+        _ready_reasons[(namespace, loop)] = reason
+
+
+def forget_loop(namespace: str, loop: str) -> None:
+    """A deleted loop leaves no readiness series behind."""
+    with _ready_guard:
+        previous = _ready_reasons.pop((namespace, loop), None)
+        if previous is not None:
+            LOOP_READY.remove(namespace, loop, previous)

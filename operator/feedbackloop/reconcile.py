@@ -2,7 +2,8 @@
 
 Reads go through the adapters, `core.decide` chooses, and writes go back through the adapters in a fixed
 order: status first (it names what the actions create), then the actions, then the Events. The transitions
-a decision reports are counted in the operator's metrics once its status is written.
+a decision reports are counted in the operator's metrics once its status is written, and the readiness
+gauge follows the Ready condition of every status written (or found unchanged).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from feedbackloop import metrics
-from feedbackloop.api import PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.api import (
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ConditionStatus,
+    ConditionType,
+)
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import (
     ApplyModel,
@@ -105,6 +112,9 @@ class Reconciler:
             return self._loop_locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
+        """A deleted loop: drop its readiness series (after any reconcile of it in flight) and its lock."""
+        with self._lock_for(namespace, name):
+            metrics.forget_loop(namespace, name)
         with self._locks_guard:
             self._loop_locks.pop((namespace, name), None)
 
@@ -136,6 +146,7 @@ class Reconciler:
         # A fresh read, not the watch cache: our own last status write must be visible here.
         body = self.cluster.get_loop(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            metrics.forget_loop(namespace, name)
             return None
         loop, annotations = loop_state_from_body(body)
         now = self.clock()
@@ -236,6 +247,11 @@ class Reconciler:
         patch = merge_patch(to_status_dict(before), to_status_dict(after))
         if patch:
             self.cluster.patch_loop_status(ref.namespace, ref.name, patch)
+        # Also when nothing changed: an operator that restarts publishes every loop on its first reconcile.
+        if (ready := after.condition(ConditionType.READY)) is not None:
+            metrics.set_loop_ready(
+                ref.namespace, ref.name, ready.status == ConditionStatus.TRUE, ready.reason
+            )
 
     def _post(self, ref: LoopRef, event: Event) -> None:
         try:

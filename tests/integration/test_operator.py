@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import (
@@ -317,10 +319,22 @@ def test_operator_wide_cap_queues_the_second_loop_and_says_why(
     assert "deleted before it finished" in missing["message"]
 
 
+def ready_series(operator: OperatorProcess, namespace: str) -> dict[str, float]:
+    """reason -> value of the loop's feedbackloop_loop_ready series on the operator's /metrics."""
+    body = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "feedbackloop_loop_ready"
+        and (sample.labels["namespace"], sample.labels["loop"]) == (namespace, LOOP)
+    }
+
+
 def test_preflight_failures_become_ready_conditions(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    start_operator()
+    operator = start_operator()
     spec = loop_spec(scenario.model, **{"target.deployment": "no-such-server"})
     spec["prometheus"]["url"] = f"http://127.0.0.1:{harness.free_port()}"
     scenario.apply_loop(spec)
@@ -329,6 +343,16 @@ def test_preflight_failures_become_ready_conditions(
     assert "Deployment no-such-server not found" in ready["message"]
     healthy = scenario.wait_condition("Healthy", "Unknown", "NoData")
     assert "unreachable" in healthy["message"]
+    assert ready_series(operator, scenario.namespace) == {"PrometheusUnreachable": 0.0}
+
+    # Fixed, the loop turns Ready: its one readiness series follows, the old reason's is gone.
+    scenario.apply_loop(loop_spec(scenario.model))
+    scenario.wait_condition("Ready", "True", "Ready")
+    now_ready = wait_until(lambda: ready_series(operator, scenario.namespace), lambda s: "Ready" in s, 10)
+    assert now_ready == {"Ready": 1.0}
+
+    scenario.kubectl("delete", "fbl", LOOP, "--timeout=30s")
+    assert wait_until(lambda: ready_series(operator, scenario.namespace), lambda s: not s, 10) == {}
 
 
 def test_a_loop_naming_a_missing_bucket_is_not_ready_with_its_own_reason(

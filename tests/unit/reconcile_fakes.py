@@ -133,6 +133,7 @@ class FakePrometheus:
     journal: list[Call]
     value: float = 0.9  # what every value query answers
     samples: float = 500.0  # what every samples query answers
+    reachable: bool = True  # what every probe answers
 
     def query(self, url: str, query: str, timeout_seconds: float) -> QueryResult:
         self.journal.append(Call("query", (query,)))
@@ -140,7 +141,7 @@ class FakePrometheus:
 
     def probe(self, url: str, timeout_seconds: float) -> Probe:
         self.journal.append(Call("probe", (url,)))
-        return Probe(ok=True)
+        return Probe(ok=True) if self.reachable else Probe(ok=False, message="connection refused")
 
 
 @dataclass

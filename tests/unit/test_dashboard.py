@@ -185,6 +185,13 @@ def test_every_query_uses_exposed_metrics_and_their_labels(where: str, expr: str
     assert grouped <= available, f"{where}: no metric in the query has {sorted(grouped - available)}"
 
 
+def test_the_loop_variables_list_every_loop_whatever_it_monitors() -> None:
+    """feedbackloop_loop_ready has one series per loop; a loop not yet evaluated has no metric value."""
+    variables = {variable["name"]: variable for variable in load_dashboard()["templating"]["list"]}
+    assert variables["namespace"]["definition"] == "label_values(feedbackloop_loop_ready, namespace)"
+    assert variables["loop"]["definition"].startswith("label_values(feedbackloop_loop_ready{")
+
+
 def test_the_dashboard_covers_every_operator_metric_and_the_server_essentials() -> None:
     used = set().union(*(metric_names(expr) for _, expr in QUERIES))
     families = {name.removesuffix("_total").removesuffix("_bucket") for name in used}

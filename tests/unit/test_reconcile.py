@@ -243,3 +243,99 @@ def test_every_reconcile_is_timed(world: World) -> None:
     world.reconcile(after_seconds=1)
     after = REGISTRY.get_sample_value("feedbackloop_reconcile_duration_seconds_count", {"outcome": "ok"})
     assert after == before + 2
+
+
+# ---------------------------------------------------------------- readiness gauge
+
+
+def ready_series(world: World) -> dict[str, float]:
+    """reason -> value of every feedbackloop_loop_ready series of this loop."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in REGISTRY.collect()
+        if family.name == "feedbackloop_loop_ready"
+        for sample in family.samples
+        if (sample.labels["namespace"], sample.labels["loop"]) == (world.namespace, world.name)
+    }
+
+
+def test_the_readiness_gauge_keeps_one_series_per_loop_that_follows_the_ready_condition(world: World) -> None:
+    world.reconcile()
+    assert ready_series(world) == {"Ready": 1.0}
+
+    world.prometheus.reachable = False
+    world.reconcile(after_seconds=INTERVAL)
+    ready = next(c for c in world.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PrometheusUnreachable")
+    assert ready_series(world) == {"PrometheusUnreachable": 0.0}
+
+    world.prometheus.reachable = True
+    world.reconcile(after_seconds=INTERVAL)
+    assert ready_series(world) == {"Ready": 1.0}
+
+
+def test_a_kubernetes_failure_reported_in_ready_sets_the_gauge_to_zero(world: World) -> None:
+    world.reconcile()
+    world.reconciler.report_failure(world.namespace, world.name, FakeApiError("patch_loop_status"))
+    assert ready_series(world) == {"KubernetesAPIError": 0.0}
+
+
+def test_an_unwritten_status_leaves_the_gauge_as_it_was(world: World) -> None:
+    world.cluster.failing.add("patch_loop_status")
+    with pytest.raises(FakeApiError):
+        world.reconcile()
+    assert ready_series(world) == {}
+
+
+def test_an_operator_restart_publishes_readiness_without_writing_status(world: World) -> None:
+    world.reconcile()
+    restarted = World(world.name, spec(), T0)
+    restarted.cluster.loops = world.cluster.loops
+    restarted.clock.now = world.clock.now
+    world.reconciler.forget(world.namespace, world.name)
+    assert ready_series(world) == {}
+    restarted.reconcile(after_seconds=1)
+    assert restarted.writes() == []
+    assert ready_series(world) == {"Ready": 1.0}
+
+
+def test_a_deleted_loop_leaves_no_readiness_series(world: World) -> None:
+    world.reconcile()
+    world.reconciler.forget(world.namespace, world.name)
+    assert ready_series(world) == {}
+
+    world.reconcile(after_seconds=1)
+    assert ready_series(world) == {"Ready": 1.0}
+    world.body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    world.reconcile(after_seconds=1)
+    assert ready_series(world) == {}
+
+    del world.body["metadata"]["deletionTimestamp"]
+    world.reconcile(after_seconds=1)
+    del world.cluster.loops[(world.namespace, world.name)]
+    world.reconcile(after_seconds=1)  # missed the delete event: the next reconcile finds no loop
+    assert ready_series(world) == {}
+
+
+def test_a_thousand_loops_have_a_thousand_readiness_series() -> None:
+    worlds = [World(f"many-{index}", spec(), T0) for index in range(1000)]
+    for index, each in enumerate(worlds):
+        each.prometheus.reachable = index % 2 == 0
+        each.reconcile()
+        each.prometheus.reachable = index % 2 == 1  # every loop changes its reason once
+        each.reconcile(after_seconds=INTERVAL)
+
+    def series() -> list[float]:
+        return [
+            sample.value
+            for family in REGISTRY.collect()
+            if family.name == "feedbackloop_loop_ready"
+            for sample in family.samples
+            if sample.labels["loop"].startswith("many-")
+        ]
+
+    assert len(series()) == 1000
+    assert sum(series()) == 500
+    for each in worlds:
+        each.reconciler.forget(each.namespace, each.name)
+    assert series() == []

@@ -1,4 +1,8 @@
-"""The operator's own Prometheus metrics (prometheus-client)."""
+"""The operator's own Prometheus metrics (prometheus-client); README.md lists them with their labels.
+
+The per-loop metrics carry a `namespace` label, the loop's: scrape the operator with honor_labels (the
+chart's ServiceMonitor does), or Prometheus renames it `exported_namespace` to make room for the target's.
+"""
 
 from __future__ import annotations
 

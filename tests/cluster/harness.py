@@ -498,6 +498,8 @@ class Cluster:
         token.chmod(0o600)
         return (
             "  - job_name: kubernetes-pods\n"
+            # The operator's per-loop metrics name their loop's namespace: keep it, not exported_namespace.
+            "    honor_labels: true\n"
             "    kubernetes_sd_configs:\n"
             "      - role: pod\n"
             f"        api_server: {self.endpoints.api_server_url}\n"

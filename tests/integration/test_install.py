@@ -61,6 +61,9 @@ def test_variant_values_render_roles_per_namespace_monitor_dashboard_and_secret_
     assert ("RoleBinding", "fbl-feedbackloop-operator", "team-b") in found
     assert not [k for k in found if k[0] in ("ClusterRole", "ClusterRoleBinding")]
     assert ("ServiceMonitor", "fbl-feedbackloop-operator", "ops") in found
+    # The per-loop metrics carry their loop's namespace: kept, not renamed exported_namespace.
+    monitor = next(o for o in rendered if o["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     dashboard = next(o for o in rendered if o["kind"] == "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["feedbackloop.json"])["panels"]

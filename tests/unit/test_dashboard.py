@@ -1,5 +1,5 @@
 """The Grafana dashboard shipped with the chart queries only metrics and labels the operator and the model
-server expose, so renaming a metric or a label breaks this test rather than a panel."""
+server expose, or the scrape adds, so renaming a metric or a label breaks this test rather than a panel."""
 
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ PROMQL_WORDS = {
     "nan",
 }
 IDENTIFIER = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+# What every scrape adds: Prometheus's job and instance, and the target's namespace and pod (the chart's
+# ServiceMonitor and the usual prometheus.io/* pod discovery both add them). The operator's per-loop metrics
+# bring their own namespace, the loop's, which the ServiceMonitor keeps with honorLabels: without it they
+# would arrive as exported_namespace, a label no query may rely on.
+TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 
 
 # ---------------------------------------------------------------- what the two processes expose
@@ -81,6 +86,10 @@ def server_collectors(server: ServerMetrics) -> Iterator[Collector]:
 
 def exposed_metrics() -> dict[str, set[str]]:
     return {**exposed_by(operator_collectors()), **exposed_by(server_collectors(server_metrics()))}
+
+
+def scraped_metrics() -> dict[str, set[str]]:
+    return {name: labels | TARGET_LABELS for name, labels in exposed_metrics().items()}
 
 
 def test_the_description_of_the_server_metrics_matches_what_it_really_exposes() -> None:
@@ -174,7 +183,7 @@ def test_the_dashboard_has_queries() -> None:
 
 @pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[where for where, _ in QUERIES])
 def test_every_query_uses_exposed_metrics_and_their_labels(where: str, expr: str) -> None:
-    exposed = exposed_metrics()
+    exposed = scraped_metrics()
     names = metric_names(expr)
     assert names, f"{where}: no metric found in {expr!r}"
     assert names <= exposed.keys(), f"{where}: not exposed: {sorted(names - exposed.keys())}"
@@ -183,6 +192,20 @@ def test_every_query_uses_exposed_metrics_and_their_labels(where: str, expr: str
     available = set().union(*(exposed[name] for name in names))
     grouped = grouping_labels(expr)
     assert grouped <= available, f"{where}: no metric in the query has {sorted(grouped - available)}"
+
+
+@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[where for where, _ in QUERIES])
+def test_the_namespace_filter_applies_exactly_to_series_of_a_loops_namespace(where: str, expr: str) -> None:
+    """A per-loop operator series is in its loop's namespace, a model server's in its pod's: both filter.
+    An operator-wide series is in the operator's namespace, which a loop's filter would hide."""
+    if where == "variable namespace":
+        return
+    exposed = exposed_metrics()
+    for metric, labels in selectors(expr):
+        operator_wide = metric.startswith("feedbackloop_") and "namespace" not in exposed[metric]
+        assert ("namespace" in labels) != operator_wide, f"{where}: {metric}"
+    for name in metric_names(expr) - {metric for metric, _ in selectors(expr)}:
+        assert name.startswith("feedbackloop_") and "namespace" not in exposed[name], f"{where}: {name}"
 
 
 def test_the_loop_variables_list_every_loop_whatever_it_monitors() -> None:

@@ -86,7 +86,7 @@ debian_redis() {
 
 helm_k8s_stamp() { echo "-X helm.sh/helm/v3/pkg/$1.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$1.k8sVersionMinor=37"; }
 
-want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus helm redis}"
+want="${*:-etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages versitygw prometheus promtool helm redis}"
 for component in $want; do
   case "$component" in
     etcd) build etcd "$ETCD_VERSION" "$here/etcd" . ;;
@@ -97,6 +97,8 @@ for component in $want; do
     versitygw) install_module versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
     # Debian's package is built without kubernetes_sd_configs, which pod discovery needs.
     prometheus) install_module prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
+    # The tests lint /metrics with it; same module as prometheus, so mostly already-compiled packages.
+    promtool) install_module promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool ;;
     # The stamps helm's Makefile sets: its version, and the Kubernetes version `helm template` and `helm lint`
     # assume offline (1.37: helm v3.22 is built on client-go v0.37); unstamped they are v3.22 and 1.20.
     helm) install_module helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \

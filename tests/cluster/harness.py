@@ -134,6 +134,7 @@ def binary_paths() -> dict[str, Path]:
     paths["kwok-stages"] = bins.parent / f"kwok-stages-{v['KWOK_VERSION']}.yaml"
     paths["prometheus"] = bins / f"prometheus-{v['PROMETHEUS_VERSION']}"
     paths["helm"] = bins / f"helm-{v['HELM_VERSION']}"
+    paths["promtool"] = bins / f"promtool-{v['PROMETHEUS_VERSION']}"
     paths["redis-server"] = REDIS_SERVER
     return paths
 
@@ -317,7 +318,7 @@ class Cluster:
         d = self.directory
         for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta", "redis"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("kubectl", "helm"):
+        for name in ("kubectl", "helm", "promtool"):
             link = d / "bin" / name
             if not link.exists():
                 link.symlink_to(bins[name])

@@ -8,6 +8,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from metrics_lint import assert_promtool_clean
+
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import (
@@ -50,7 +52,10 @@ def write_version(
 
 
 def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
-    scenario: Scenario, start_operator: Callable[..., OperatorProcess], store: ArtifactStore
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    endpoints: harness.Endpoints,
 ) -> None:
     candidate_uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
     sha = store.read_manifest(candidate_uri, "v2").file("model.joblib").sha256  # type: ignore[union-attr]
@@ -85,6 +90,7 @@ def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
     assert f'feedbackloop_rollouts_finished_total{{{labels},outcome="RolledOut"}} 1.0' in body
     gate_labels = f'loop="{LOOP}",metric="accuracy",namespace="{scenario.namespace}",verdict="Passed"'
     assert f"feedbackloop_gate_verdicts_total{{{gate_labels}}} 2.0" in body
+    assert_promtool_clean(endpoints, body)  # after a retrain, its gates and a rollout
     assert status["currentModel"]["sha256"] == sha
     assert status["currentModel"]["metrics"] == {"accuracy": 0.93}
     assert "candidateModel" not in status

@@ -639,6 +639,8 @@ class Cluster:
         return path
 
     def _create_fake_nodes(self) -> None:
+        # What a real node reports, ephemeral-storage included: a pod requesting it is unschedulable without.
+        resources = {"cpu": "32", "memory": "256Gi", "ephemeral-storage": "100Gi", "pods": "110"}
         for index in range(self.fake_nodes):
             node = {
                 "apiVersion": "v1",
@@ -653,10 +655,7 @@ class Cluster:
                         "type": "kwok",
                     },
                 },
-                "status": {
-                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                },
+                "status": {"allocatable": resources, "capacity": resources},
             }
             self.kubectl("apply", "-f", "-", input_text=json.dumps(node))
 

@@ -1,9 +1,11 @@
 """`promtool check metrics` on what the operator and the model server really expose: a running operator's
 /metrics with a Ready and a not-Ready loop, and a classifier's and a regressor's after traffic and feedback.
-(The operator after a whole retrain, gates and rollout is linted in test_rollout.py.)"""
+(The operator after a whole retrain, gates and rollout is linted in test_rollout.py.) And the README's alert
+rules, checked and unit-tested by promtool."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from metrics_lint import assert_promtool_clean, promtool_check_metrics
 from model_helpers import churn_frame, put_parquet, regression_env, run_trainer, train_champion
 from serve_process import ServerProcess
@@ -35,6 +38,77 @@ def test_promtool_reports_a_misnamed_counter_and_a_missing_help(endpoints: harne
     assert 'fbl_bad_requests counter metrics should have "_total" suffix' in findings
     assert "fbl_bad_requests no help text" in findings
     assert "fbl_good_total" not in findings
+
+
+# ---------------------------------------------------------------- the README's alert rules
+
+
+def readme_alert_rules() -> str:
+    readme = (harness.REPO / "README.md").read_text()
+    section = readme[readme.index("Alert rules to start from") :]
+    return section.split("```yaml\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+def test_the_readmes_alert_rules_load_and_fire_as_documented(
+    endpoints: harness.Endpoints, tmp_path: Path
+) -> None:
+    """A loop not Ready for 10 minutes alerts once, even when its reason changes on the way."""
+    (tmp_path / "rules.yaml").write_text(readme_alert_rules())
+    promtool = str(endpoints.bin_dir / "promtool")
+    checked = subprocess.run(
+        [promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 3 rules found" in checked.stdout
+
+    not_ready = {"namespace": "ml", "loop": "churn"}
+    annotations = {
+        "summary": "FeedbackLoop ml/churn is not Ready",
+        "description": "kubectl describe feedbackloop -n ml churn says why.",
+    }
+    ready = 'feedbackloop_loop_ready{namespace="ml",loop="%s",reason="%s"}'
+    rollbacks = 'feedbackloop_rollbacks_total{namespace="ml",loop="churn",reason="AnalysisFailed"}'
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # Not ready for 5 minutes with one reason, then with another; a second loop stays Ready.
+                    {"series": ready % ("churn", "PrometheusUnreachable"), "values": "0x5"},
+                    {"series": ready % ("churn", "TargetNotFound"), "values": "_x6 0x14"},
+                    {"series": ready % ("fine", "Ready"), "values": "1x20"},
+                    {"series": rollbacks, "values": "0 0 1 1 1"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "FeedbackLoopNotReady", "exp_alerts": []},
+                    {
+                        "eval_time": "12m",
+                        "alertname": "FeedbackLoopNotReady",
+                        "exp_alerts": [{"exp_labels": not_ready, "exp_annotations": annotations}],
+                    },
+                    {"eval_time": "1m", "alertname": "FeedbackLoopRolledBack", "exp_alerts": []},
+                    {
+                        "eval_time": "3m",
+                        "alertname": "FeedbackLoopRolledBack",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": not_ready,
+                                "exp_annotations": {"summary": "FeedbackLoop ml/churn rolled a version back"},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    tested = subprocess.run(
+        [promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
 
 
 # ---------------------------------------------------------------- the operator

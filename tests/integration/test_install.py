@@ -92,6 +92,21 @@ def test_rendered_chart_is_accepted_by_the_api_server(cluster: harness.Cluster, 
     )
 
 
+def test_the_network_policy_is_accepted_by_the_api_server(cluster: harness.Cluster) -> None:
+    namespace = create_namespace(cluster, "fbl-np")
+    assert cluster.endpoints is not None
+    prometheus = [{"to": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}], "ports": [9090]}]
+    store = [{"to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}], "ports": [9000]}]
+    rendered = helm(
+        cluster.endpoints, "template", "fbl", str(CHART), "-n", namespace,
+        "--set", "networkPolicy.enabled=true", "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "--set-json", f"networkPolicy.prometheus={json.dumps(prometheus)}",
+        "--set-json", f"networkPolicy.artifactStore={json.dumps(store)}",
+    ).stdout  # fmt: skip
+    done = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input_text=rendered)
+    assert "networkpolicy.networking.k8s.io/fbl-feedbackloop-operator created (server dry run)" in done.stdout
+
+
 def normalised(obj: dict[str, Any]) -> dict[str, Any]:
     obj = json.loads(json.dumps(obj))
     metadata = obj["metadata"]

@@ -1,5 +1,5 @@
-"""The chart as `helm template` renders it (helm from the binary cache, offline): the probes and the
-resources."""
+"""The chart as `helm template` renders it (helm from the binary cache, offline): the optional NetworkPolicy,
+the probes and the resources."""
 
 from __future__ import annotations
 
@@ -14,6 +14,21 @@ import yaml
 import harness
 
 CHART = harness.REPO / "helm" / "feedbackloop-operator"
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+PROMETHEUS = {**MONITORING, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+STORE = {"ipBlock": {"cidr": "10.20.0.0/24"}}
+ENABLED = {
+    "networkPolicy": {
+        "enabled": True,
+        "apiServer": {"cidrs": ["10.0.0.10/32", "10.0.0.11/32"], "port": 443},
+        "prometheus": [
+            {"to": [PROMETHEUS], "ports": [9090]},
+            {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [80, 443]},
+        ],
+        "artifactStore": [{"to": [STORE], "ports": [9000]}],
+        "metricsFrom": [MONITORING],
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +60,69 @@ def template(
 
 def objects(rendered: subprocess.CompletedProcess[str], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc and doc["kind"] == kind]
+
+
+def test_no_network_policy_by_default(helm: Path, tmp_path: Path) -> None:
+    assert objects(template(helm, tmp_path), "NetworkPolicy") == []
+
+
+def test_the_network_policy_allows_exactly_the_configured_egress_and_the_two_ports_in(
+    helm: Path, tmp_path: Path
+) -> None:
+    rendered = template(helm, tmp_path, ENABLED)
+    [policy] = objects(rendered, "NetworkPolicy")
+    [deployment] = objects(rendered, "Deployment")
+    assert policy["metadata"]["namespace"] == "ops"
+    spec = policy["spec"]
+    # It selects the operator pod and nothing else.
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": [MONITORING]},
+        {"ports": [{"port": 8081, "protocol": "TCP"}]},
+    ]
+    kube_dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    assert spec["egress"] == [
+        {
+            "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "10.0.0.11/32"}}],
+            "ports": [{"port": 443, "protocol": "TCP"}],
+        },
+        {"to": [PROMETHEUS], "ports": [{"port": 9090, "protocol": "TCP"}]},
+        {
+            "to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}],
+            "ports": [{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}],
+        },
+        {"to": [STORE], "ports": [{"port": 9000, "protocol": "TCP"}]},
+        {"to": [kube_dns], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+    ]
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {p["name"]: p["containerPort"] for p in ports} == {"metrics": 8080, "health": 8081}
+
+
+def test_without_dns_or_metrics_peers_the_policy_has_no_dns_rule_and_any_source_may_scrape(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = {"networkPolicy": {**ENABLED["networkPolicy"], "metricsFrom": [], "dns": {"enabled": False}}}
+    [policy] = objects(template(helm, tmp_path, values), "NetworkPolicy")
+    assert policy["spec"]["ingress"][0] == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert [rule["ports"][0]["port"] for rule in policy["spec"]["egress"]] == [443, 9090, 80, 9000]
+
+
+def test_the_policy_refuses_to_render_without_the_api_server_or_with_an_open_destination(
+    helm: Path, tmp_path: Path
+) -> None:
+    no_api_server = template(helm, tmp_path, {"networkPolicy": {"enabled": True}}, check=False)
+    assert no_api_server.returncode != 0
+    assert "networkPolicy.apiServer.cidrs is required" in no_api_server.stderr
+    # An entry without `to` would allow every destination on its ports.
+    open_entry = {"networkPolicy": {**ENABLED["networkPolicy"], "prometheus": [{"ports": [9090]}]}}
+    refused = template(helm, tmp_path, open_entry, check=False)
+    assert refused.returncode != 0
+    assert "/networkPolicy/prometheus/0" in refused.stderr
+    assert "missing property 'to'" in refused.stderr
 
 
 def test_readiness_differs_from_liveness_and_ephemeral_storage_covers_tmp(helm: Path, tmp_path: Path) -> None:

@@ -8,8 +8,12 @@ CLUSTER_DIR ?= .cluster
 STAMP := $(VENV)/.installed
 include tests/cluster/versions.env
 HELM = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/helm-$(HELM_VERSION)
+KUBE_SCORE = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/kube-score-$(KUBE_SCORE_VERSION)
+# checkov's exact dependency pins clash with the project's: it gets a virtualenv of its own, cached by version.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := $(or $(FBL_CACHE_DIR),$(HOME)/.cache/feedbackloop)/checkov-$(CHECKOV_VERSION)
 
-.PHONY: help demo venv cluster-build manifests lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
+.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,7 +36,18 @@ cluster-build:  ## build or install the control plane, etcd, kwok, versitygw, Pr
 manifests: $(STAMP) cluster-build  ## regenerate manifests/ and the chart's CRD copy from helm/ and crds/
 	$(BIN)/python helm/render_manifests.py --helm $(HELM)
 
-lint: $(STAMP) typecheck  ## ruff, mypy strict, import-linter, hadolint
+$(CHECKOV_VENV)/.installed:
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+chart-scan: $(STAMP) $(CHECKOV_VENV)/.installed  ## checkov and kube-score on the rendered chart; a finding fails unless skipped with a reason
+	tests/cluster/build.sh helm kube-score
+	$(BIN)/python helm/scan_chart.py --helm $(HELM) --kube-score $(KUBE_SCORE) --checkov $(CHECKOV_VENV)/bin/checkov
+
+lint: $(STAMP) typecheck chart-scan  ## ruff, mypy strict, import-linter, hadolint, checkov and kube-score
 	$(BIN)/ruff check operator jobs serving tests bench helm
 	$(BIN)/ruff format --check operator jobs serving tests bench helm
 	$(BIN)/lint-imports

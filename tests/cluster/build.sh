@@ -103,6 +103,9 @@ for component in $want; do
     # assume offline (1.37: helm v3.22 is built on client-go v0.37); unstamped they are v3.22 and 1.20.
     helm) install_module helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_k8s_stamp chartutil) $(helm_k8s_stamp lint/rules)" ;;
+    # `make chart-scan` scores the rendered chart with it; not in the default list, the scan builds it.
+    kube-score) install_module kube-score "$KUBE_SCORE_VERSION" github.com/zegl/kube-score/cmd/kube-score \
+      "-X main.version=$KUBE_SCORE_VERSION" ;;
     redis) debian_redis ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac

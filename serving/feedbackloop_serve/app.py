@@ -108,7 +108,9 @@ class ModelServer:
             self._serve(model)
 
     def _serve(self, model: LoadedModel) -> None:
-        self.requests = RequestModels(model.features, model.feature_types, model.task, model.classes)
+        self.requests = RequestModels(
+            model.features, model.feature_types, model.task, model.classes, nullable=model.nullable
+        )
         if self.settings.redis_url:
             self.predictions = PredictionStore.connect(
                 self.settings.redis_url,

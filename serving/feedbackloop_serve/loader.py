@@ -82,7 +82,7 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
     classes = getattr(estimator, "classes_", None)
     task = str((metrics or {}).get("task") or ("classification" if classes is not None else "regression"))
     loop = manifest.raw.get(contract.MANIFEST_LOOP) or {}
-    return LoadedModel(
+    loaded = LoadedModel(
         uri=uri,
         version=manifest.version,
         sha256=sha256,
@@ -94,6 +94,8 @@ def load_model(store: ArtifactStore, uri: str, sha256: str, workdir: Path, name:
         classes=None if classes is None else np.asarray(classes).tolist(),
         reference=reference,
     )
+    _ = loaded.nullable  # probed here, off the event loop
+    return loaded
 
 
 def _unreadable(what: str, uri: str, err: ArtifactStoreError) -> str:

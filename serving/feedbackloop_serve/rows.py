@@ -71,6 +71,8 @@ def _one_of(single: Sequence[str], batch: str) -> tuple[dict[str, Any], ConfigDi
             return data
         has_single = [name in data for name in single]
         if (batch in data) == any(has_single) or (any(has_single) and not all(has_single)):
+            if len(single) == 1:
+                raise ValueError(f"give exactly one of '{single[0]}' or '{batch}'")
             names = " and ".join(f"'{name}'" for name in single)
             raise ValueError(f"give either {names}, or '{batch}'")
         return data
@@ -96,9 +98,11 @@ class RequestModels:
         feature_types: dict[str, str],
         task: str,
         classes: Sequence[Any] | None,
+        nullable: Collection[str] | None = None,
     ) -> None:
+        """`nullable`: the numeric features that may be null (default: all of them)."""
         forbid = ConfigDict(extra="forbid")
-        self.row = _row_model(features, feature_types)
+        self.row = _row_model(features, feature_types, features if nullable is None else nullable)
         # Absent fields default to None; the schema says "absent", never null (the validator refuses null).
         validators, config = _one_of(["row"], "rows")
         self.predict = create_model(
@@ -131,14 +135,17 @@ class RequestModels:
         return (self.predict, self.feedback, self.predict_response, self.feedback_response)
 
 
-def _row_model(features: Sequence[str], feature_types: dict[str, str]) -> type[BaseModel]:
+def _row_model(
+    features: Sequence[str], feature_types: dict[str, str], nullable: Collection[str]
+) -> type[BaseModel]:
     # Fields are f0, f1, … aliased to the feature names: a feature may be named like a pydantic attribute.
+    def value_type(name: str) -> Any:
+        if feature_types.get(name) != NUMERIC:
+            return CategoricalValue
+        return NumericValue if name in nullable else FiniteFloat
+
     fields: dict[str, Any] = {
-        f"f{index}": (
-            NumericValue if feature_types.get(name) == NUMERIC else CategoricalValue,
-            Field(..., alias=name),
-        )
-        for index, name in enumerate(features)
+        f"f{index}": (value_type(name), Field(..., alias=name)) for index, name in enumerate(features)
     }
     return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -158,7 +165,7 @@ def _label_type(task: str, classes: Sequence[Any] | None) -> Any:
     if all(isinstance(c, bool) for c in known):
         base: Any = StrictBool
     elif all(isinstance(c, int) for c in known):
-        base = Int64
+        base = StrictInt  # the class check refuses every other integer, with a message naming the classes
     elif all(isinstance(c, float) for c in known):
         base = FiniteFloat
     else:

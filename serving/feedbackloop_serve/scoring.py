@@ -48,6 +48,14 @@ class Rejected:
 Outcome = Scored | Rejected
 
 
+NOT_FINITE = "the model's prediction for this row is not a finite number"
+
+
+def _not_finite(request: _Request, rows: list[int]) -> Rejected:
+    where = [["body", "row"]] if request.single else [["body", "rows", row] for row in rows[:20]]
+    return Rejected([{"loc": loc, "msg": NOT_FINITE, "type": "value_error"} for loc in where])
+
+
 @dataclass
 class _Request:
     body: bytes
@@ -55,6 +63,7 @@ class _Request:
     deliver: Callable[[Outcome | BaseException], None]
     columns: dict[str, list[Any]] = field(default_factory=dict)
     count: int = 0
+    single: bool = False  # sent as {"row": ...}
 
 
 class Scorer:
@@ -148,7 +157,8 @@ class Scorer:
         except ValidationError as err:
             request.deliver(Rejected(errors_of(err, self._categorical)))
             return False
-        rows = [parsed.row] if parsed.row is not None else parsed.rows  # type: ignore[attr-defined]
+        request.single = parsed.row is not None  # type: ignore[attr-defined]
+        rows = [parsed.row] if request.single else parsed.rows  # type: ignore[attr-defined]
         request.count = len(rows)
         request.columns = {
             name: [getattr(row, f"f{index}") for row in rows]
@@ -163,12 +173,20 @@ class Scorer:
         scored = evaluate.predict(model.estimator, frame_of(columns, model.numeric, model.categorical))
         with self._drift_lock:
             self._drift.observe_columns(columns, total)
-        labels = np.asarray(scored.labels).tolist()
+        predicted = np.asarray(scored.labels)
+        # A regressor extrapolating past float64 predicts inf or NaN: JSON cannot carry it, nobody can use it
+        unusable = ~np.isfinite(predicted) if predicted.dtype.kind == "f" else np.zeros(total, dtype=bool)
+        labels = predicted.tolist()
         shares = scored.probabilities.tolist() if scored.probabilities is not None and model.classes else None
         start = 0
         for request in batch:
             end = start + request.count
-            request.deliver(self._answer(request, labels[start:end], shares[start:end] if shares else None))
+            if unusable[start:end].any():
+                request.deliver(_not_finite(request, np.flatnonzero(unusable[start:end]).tolist()))
+            else:
+                request.deliver(
+                    self._answer(request, labels[start:end], shares[start:end] if shares else None)
+                )
             start = end
 
     def _answer(self, request: _Request, labels: list[Any], shares: list[list[float]] | None) -> Scored:

@@ -7,7 +7,8 @@ from functools import cached_property
 from typing import Any
 
 from feedbackloop_serve.rows import NUMERIC
-from feedbackloop_train.model import categorical_columns
+from feedbackloop_train import evaluate
+from feedbackloop_train.model import categorical_columns, frame_of
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,25 @@ class LoadedModel:
     @cached_property
     def categorical(self) -> frozenset[str]:
         return categorical_columns(self.estimator)
+
+    @cached_property
+    def nullable(self) -> frozenset[str]:
+        """The numeric features the model scores when missing (a pipeline without an imputer cannot take NaN;
+        a missing categorical value is a category of its own). Found by scoring probe rows once, at load."""
+        numeric = [name for name in self.features if name in self.numeric]
+        base: dict[str, Any] = {name: 0.0 if name in self.numeric else "0" for name in self.features}
+        if not numeric or not self._scores([base]):
+            return frozenset(
+                numeric
+            )  # nothing to learn: the model's own reason answers a row it cannot score
+        if self._scores([{**base, name: None} for name in numeric]):
+            return frozenset(numeric)
+        return frozenset(name for name in numeric if self._scores([{**base, name: None}]))
+
+    def _scores(self, rows: list[dict[str, Any]]) -> bool:
+        columns = {name: [row[name] for row in rows] for name in self.features}
+        try:
+            evaluate.predict(self.estimator, frame_of(columns, self.numeric, self.categorical))
+        except Exception:  # any failure means "cannot score this", which is the question
+            return False
+        return True

@@ -6,6 +6,7 @@ import io
 import pickle
 import secrets
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -476,11 +477,17 @@ def test_a_regressor_reports_error_sums_and_null_features_get_the_models_reason(
         sum(e * e for e in errors)
     )
 
-    # Ridge cannot take a missing number: the model's own reason comes back as a 422, and the server stays up.
+    # Ridge cannot take a missing number: the load-time probe found that, so the schema and the 422 say so.
     missing = server.predict([{"a": None, "kind": "x"}])
     assert missing.status_code == 422
-    assert "the model cannot score these rows" in missing.json()["detail"][0]["msg"]
-    assert server.predict([{"a": 0.0, "kind": "y"}]).status_code == 200
+    assert missing.json()["detail"][0]["loc"] == ["body", "rows", 0, "a"]
+    row_schema = server.http.get("/openapi.json").json()["components"]["schemas"]["Row"]
+    assert row_schema["properties"]["a"]["type"] == "number"  # not nullable
+    assert server.predict([{"a": 0.0, "kind": None}]).status_code == 200  # a missing category is a category
+    # 3 * 1.7e308 is inf: a 422 naming the row, not a 200 whose prediction JSON turns into null.
+    beyond = server.predict([{"a": 0.0, "kind": "x"}, {"a": sys.float_info.max, "kind": "x"}])
+    assert beyond.status_code == 422
+    assert [e["loc"] for e in beyond.json()["detail"]] == [["body", "rows", 1]]
 
 
 def test_a_label_after_the_ttl_is_unmatched(

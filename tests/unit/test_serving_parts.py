@@ -11,14 +11,21 @@ from datetime import UTC, datetime
 import jsonschema_rs
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feedbackloop_serve.drift import DriftWindow, psi
 from feedbackloop_serve.ids import CheckedId, IdKeyError, IdRefusal, IdSigner, parse_keys
 from feedbackloop_serve.rows import CATEGORICAL, NUMERIC, RequestModels, errors_of
+from feedbackloop_serve.served import LoadedModel
 from feedbackloop_serve.sink import FeedbackSchema, StreamRow, batch_key, label_type
 from pydantic import ValidationError
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
 
 REFERENCE = {
     "features": {
@@ -90,8 +97,6 @@ def test_request_models_name_each_bad_field_and_accept_only_what_the_sink_can_ho
         "enum": [0, 1],
         "title": "Label",
         "type": "integer",
-        "minimum": -(2**63),
-        "maximum": 2**63 - 1,
     }
 
 
@@ -243,3 +248,24 @@ def test_the_label_column_takes_the_type_of_the_models_classes(
     task: str, classes: list[object] | None, expected: pa.DataType
 ) -> None:
     assert label_type(task, classes) == expected
+
+
+def test_the_load_probe_finds_which_numeric_features_a_model_scores_when_missing() -> None:
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    target = [0.0, 1.0, 2.0, 3.0]
+
+    def loaded(estimator: object) -> LoadedModel:
+        return LoadedModel(
+            uri="s3://b/m/v1/", version="v1", sha256="0" * 64, name="m", estimator=estimator,
+            features=["a", "b"], feature_types={"a": NUMERIC, "b": NUMERIC}, task="regression",
+            classes=None, reference=None,
+        )  # fmt: skip
+
+    assert loaded(Ridge().fit(frame, target)).nullable == frozenset()
+    assert loaded(HistGradientBoostingRegressor(max_iter=5).fit(frame, target)).nullable == {"a", "b"}
+    imputes_a = ColumnTransformer([("a", SimpleImputer(), ["a"]), ("b", "passthrough", ["b"])])
+    assert loaded(make_pipeline(imputes_a, Ridge()).fit(frame, target)).nullable == {"a"}
+    schema = RequestModels(["a", "b"], {"a": NUMERIC, "b": NUMERIC}, "regression", None, nullable={"a"})
+    properties = schema.row.model_json_schema()["properties"]
+    assert properties["a"]["anyOf"][1] == {"type": "null"}
+    assert properties["b"]["type"] == "number"

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core import contract
+from feedbackloop_serve.auth import BearerToken
 from feedbackloop_serve.drift import DriftWindow
 from feedbackloop_serve.ids import CheckedId, IdRefusal, IdSigner, random_keys
 from feedbackloop_serve.loader import ModelRefusedError, StoreUnavailableError, load_model
@@ -297,8 +298,12 @@ class ModelServer:
         self._workdir.cleanup()
 
 
-def _json(payload: Any, status: int = 200, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+def _json(
+    payload: Any, status: int = 200, retry_after: int | None = None, www_authenticate: str | None = None
+) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if www_authenticate:
+        headers["WWW-Authenticate"] = www_authenticate
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON
     )
@@ -387,13 +392,20 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
     requests = server.requests
 
     limit = server.settings.max_body_bytes
+    token = BearerToken(server.settings.token_file) if server.settings.token_file else None
+
+    async def checked_body(request: Request) -> bytes | Response:
+        if token is not None and not token.admits(request.headers.get("authorization")):
+            server.metrics.unauthorized.labels(request.url.path).inc()
+            return _json({"detail": "a valid bearer token is required"}, 401, www_authenticate="Bearer")
+        return await _bounded_body(request, limit)
 
     async def predict(request: Request) -> Response:
-        body = await _bounded_body(request, limit)
+        body = await checked_body(request)
         return body if isinstance(body, Response) else await server.predict(body)
 
     async def feedback(request: Request) -> Response:
-        body = await _bounded_body(request, limit)
+        body = await checked_body(request)
         return body if isinstance(body, Response) else await server.feedback(body)
 
     app.router.routes = [
@@ -410,8 +422,15 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
             endpoint,
             methods=["POST"],
             name=path.strip("/"),
-            openapi_extra={"requestBody": _request_body(body)},
-            responses={**_documented(200, _ref(answer)), **_ERROR_RESPONSES},
+            openapi_extra={
+                "requestBody": _request_body(body),
+                **({"security": [{"bearer": []}]} if token else {}),
+            },
+            responses={
+                **_documented(200, _ref(answer)),
+                **(_UNAUTHORIZED if token else {}),
+                **_ERROR_RESPONSES,
+            },
         )
     schemas = {}
     for model in requests.models:
@@ -423,6 +442,8 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, routes=app.routes)
             document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            if token is not None:
+                document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -457,6 +478,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"application/json": {"schema": _DETAIL}}},
     503: {"description": "No verified model loaded yet, draining, or the shared store is unavailable.",
           "content": {"application/json": {"schema": _DETAIL}}, "headers": _RETRY_AFTER},
+}  # fmt: skip
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "FBL_SERVE_TOKEN_FILE is set and the request has no valid bearer token.",
+          "content": {"application/json": {"schema": _DETAIL}},
+          "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}},
 }  # fmt: skip
 _METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {

@@ -37,6 +37,12 @@ class ServerMetrics:
             ("model", "reason"),
             registry=r,
         )
+        self.unauthorized = Counter(
+            "fbl_unauthorized_requests",
+            "Requests to /predict or /feedback refused for a missing or wrong bearer token, by path.",
+            ("path",),
+            registry=r,
+        )
         self.store_errors = Counter(
             "fbl_prediction_store_errors",
             "Calls to the shared prediction store that failed, by operation (save, join).",

@@ -6,9 +6,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from feedbackloop.api import ENV_MODEL_SHA256, ENV_MODEL_URI
 from feedbackloop.core import contract
+from feedbackloop_serve.auth import TokenError, read_token
 from feedbackloop_serve.ids import IdKeyError, parse_keys
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -38,6 +40,7 @@ class ServeSettings:
     drain_seconds: float
     shutdown_flush_seconds: float
     max_body_bytes: int
+    token_file: Path | None  # bearer-token auth on /predict and /feedback when set
     s3_endpoint_url: str | None
     s3_region: str
     source: str
@@ -55,6 +58,17 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     if value < minimum:
         raise SettingsError(f"{name}={raw} must be at least {minimum:g}")
     return value
+
+
+def _token_file(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("FBL_SERVE_TOKEN_FILE", "").strip()
+    if not raw:
+        return None
+    try:
+        read_token(Path(raw))
+    except TokenError as err:
+        raise SettingsError(f"FBL_SERVE_TOKEN_FILE: {err}") from None
+    return Path(raw)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -105,6 +119,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
         drain_seconds=_number(env, "FBL_DRAIN_SECONDS", 5, 0),
         shutdown_flush_seconds=_number(env, "FBL_SHUTDOWN_FLUSH_SECONDS", 20, 0),
         max_body_bytes=int(_number(env, "FBL_MAX_BODY_BYTES", 32 * 1024 * 1024, 1024)),
+        token_file=_token_file(env),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("FBL_S3_ENDPOINT_URL") or None,
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         source=env.get("POD_NAME") or env.get("HOSTNAME") or "server",

@@ -602,3 +602,34 @@ def test_a_label_too_big_for_the_schema_is_refused_and_later_labels_still_reach_
     assert server.metric("fbl_feedback_flush_failures_total") == 0.0
     # The refused label left its prediction waiting: the right one still joins.
     assert server.feedback([{"id": predictions[0]["id"], "label": 0}]).json()["accepted"] == 1
+
+
+def test_a_bearer_token_guards_predict_and_feedback_and_rotates_without_a_restart(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-0123456789\n")
+    server = serve(*champion, MODEL_NAME="auth", FBL_SERVE_TOKEN_FILE=str(token_file))
+    server.wait_ready()
+    body = {"row": rows_of(churn_frame(1))[0]}
+
+    def predict(token: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return server.http.post("/predict", json=body, headers=headers)
+
+    assert predict(None).status_code == 401
+    assert predict(None).headers["www-authenticate"] == "Bearer"
+    assert predict("wrong-token-0123456789").status_code == 401
+    assert server.http.post("/feedback", json={"id": "x", "label": 1}).status_code == 401
+    assert predict("first-token-0123456789").status_code == 200
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert server.http.get(open_path).status_code == 200
+    assert server.metric("fbl_unauthorized_requests_total", path="/predict") == 3.0
+    assert server.metric("fbl_unauthorized_requests_total", path="/feedback") == 1.0
+    # The Secret rotates: the kubelet swaps the file; the next request is checked against the new token.
+    rotated = tmp_path / "token.new"
+    rotated.write_text("second-token-0123456789")
+    rotated.replace(token_file)
+    assert predict("second-token-0123456789").status_code == 200
+    assert predict("first-token-0123456789").status_code == 401
+    assert "first-token" not in server.log() and "second-token" not in server.log()

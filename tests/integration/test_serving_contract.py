@@ -8,6 +8,7 @@ any valid body refused or invalid body accepted.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -84,9 +85,14 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     serve: Callable[..., ServerProcess],
     tmp_path: Path,
 ) -> None:
-    server = serve(*versions[task], MODEL_NAME=task)
+    # The classifier also requires a bearer token: `ignored_auth` checks a request without it is refused.
+    token = tmp_path / "token"
+    token.write_text(secrets.token_urlsafe(24))
+    auth = {"FBL_SERVE_TOKEN_FILE": str(token)} if task == "classifier" else {}
+    server = serve(*versions[task], MODEL_NAME=task, **auth)
     server.wait_ready()
-    run = schemathesis(server.url, tmp_path / "junit.xml")
+    headers = ["--header", f"Authorization: Bearer {token.read_text()}"] if auth else []
+    run = schemathesis(server.url, tmp_path / "junit.xml", *headers)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     # Every operation was exercised, and the server neither failed nor restarted under the fuzzing.
     suite = ElementTree.parse(tmp_path / "junit.xml").getroot()  # noqa: S314 - written by the run above
@@ -94,4 +100,6 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     assert tested == {"POST /predict", "POST /feedback", "GET /healthz", "GET /readyz", "GET /metrics"}
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
     assert (server.metric("fbl_predictions_total", model=task, model_version="v1") or 0) > 0
+    if auth:
+        assert (server.metric("fbl_unauthorized_requests_total", path="/predict") or 0) > 0
     assert "Traceback" not in server.log(), server.log()[-3000:]

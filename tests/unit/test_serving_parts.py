@@ -7,6 +7,7 @@ import io
 import string
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import jsonschema_rs
 import numpy as np
@@ -15,10 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from feedbackloop_serve.auth import BearerToken
 from feedbackloop_serve.drift import DriftWindow, psi
 from feedbackloop_serve.ids import CheckedId, IdKeyError, IdRefusal, IdSigner, parse_keys
 from feedbackloop_serve.rows import CATEGORICAL, NUMERIC, RequestModels, errors_of
 from feedbackloop_serve.served import LoadedModel
+from feedbackloop_serve.settings import SettingsError, load_settings
 from feedbackloop_serve.sink import FeedbackSchema, StreamRow, batch_key, label_type
 from pydantic import ValidationError
 from sklearn.compose import ColumnTransformer
@@ -269,3 +272,32 @@ def test_the_load_probe_finds_which_numeric_features_a_model_scores_when_missing
     properties = schema.row.model_json_schema()["properties"]
     assert properties["a"]["anyOf"][1] == {"type": "null"}
     assert properties["b"]["type"] == "number"
+
+
+def test_a_bearer_token_is_checked_in_constant_time_and_rotates_with_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first-token-0123456789\n")
+    token = BearerToken(path)
+    assert token.admits("Bearer first-token-0123456789")
+    assert token.admits("bearer first-token-0123456789")
+    assert not token.admits(None)
+    assert not token.admits("Basic first-token-0123456789")
+    assert not token.admits("Bearer first-token-012345678")
+    replacement = tmp_path / "new"
+    replacement.write_text("second-token-0123456789")
+    replacement.replace(path)
+    assert token.admits("Bearer second-token-0123456789")
+    path.unlink()  # the kubelet's symlink swap caught half-way: the last token stays, the server stays shut
+    assert token.admits("Bearer second-token-0123456789")
+    assert not token.admits("Bearer ")
+
+
+def test_a_short_or_missing_token_file_is_a_settings_error_that_never_shows_the_token(tmp_path: Path) -> None:
+    base = {"MODEL_URI": "s3://models/churn/v1/", "MODEL_SHA256": "0" * 64}
+    (tmp_path / "t").write_text("s3cr3t")
+    with pytest.raises(SettingsError, match=r"FBL_SERVE_TOKEN_FILE: .* holds 6 bytes") as short:
+        load_settings({**base, "FBL_SERVE_TOKEN_FILE": str(tmp_path / "t")})
+    assert "s3cr3t" not in str(short.value)
+    with pytest.raises(SettingsError, match="FBL_SERVE_TOKEN_FILE: cannot read"):
+        load_settings({**base, "FBL_SERVE_TOKEN_FILE": str(tmp_path / "absent")})
+    assert load_settings(base).token_file is None

@@ -633,3 +633,24 @@ def test_a_bearer_token_guards_predict_and_feedback_and_rotates_without_a_restar
     assert predict("second-token-0123456789").status_code == 200
     assert predict("first-token-0123456789").status_code == 401
     assert "first-token" not in server.log() and "second-token" not in server.log()
+
+
+def test_a_body_over_the_limit_gets_413_and_a_batch_over_10000_gets_422(
+    champion: tuple[str, str], serve: Callable[..., ServerProcess]
+) -> None:
+    server = serve(*champion, MODEL_NAME="limits", FBL_MAX_BODY_BYTES="4096")
+    server.wait_ready()
+    rows = rows_of(churn_frame(120, seed=3))  # about 8 KB of JSON
+    too_large = server.predict(rows)
+    assert too_large.status_code == 413
+    assert too_large.json()["detail"] == "the body is larger than 4096 bytes"
+    chunked = server.http.post("/predict", content=iter([b'{"rows": [', b" " * 5000, b"]}"]))  # no length
+    assert chunked.status_code == 413
+    assert server.predict(rows[:10]).status_code == 200
+    assert server.metric("fbl_predictions_total", model="limits", model_version="v1") == 10.0
+
+    roomy = serve(*champion, MODEL_NAME="batch")
+    roomy.wait_ready()
+    over = roomy.feedback([{"id": "x", "label": 1}] * 10_001)
+    assert over.status_code == 422
+    assert over.json()["detail"][0]["loc"] == ["body", "feedback"]

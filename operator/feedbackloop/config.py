@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from feedbackloop import __version__
+from feedbackloop.core.allowlist import ANY, url_problem
 from feedbackloop.core.loop import OperatorPolicy
 
 DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # the CRD's spec.artifacts.bucket pattern
 
 
 class ConfigError(ValueError):
@@ -39,11 +41,20 @@ class OperatorConfig:
     """FBL_HEALTH_ENDPOINT: kopf's liveness endpoint URL."""
     failpoint: str | None = None
     """FBL_FAILPOINT: fault injection for tests only (see reconcile.CRASH_BEFORE_JOB_CREATE)."""
+    prometheus_urls: tuple[str, ...] = ()
+    """FBL_PROMETHEUS_URLS: comma-separated allowed Prometheus base URLs, the first the default;
+    `*` allows any; empty allows none."""
+    artifact_buckets: tuple[str, ...] = ()
+    """FBL_ARTIFACT_BUCKETS: comma-separated allowed buckets; `*` allows any; empty allows none."""
 
     @property
     def policy(self) -> OperatorPolicy:
         return OperatorPolicy(
-            trainer_images=self.trainer_images, s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region
+            trainer_images=self.trainer_images,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            prometheus_urls=self.prometheus_urls,
+            artifact_buckets=self.artifact_buckets,
         )
 
 
@@ -60,6 +71,23 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, default).split(",") if item.strip())
+
+
+def _prometheus_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    urls = _list(env, "FBL_PROMETHEUS_URLS")
+    for position, url in enumerate(urls, start=1):
+        # The entry is not repeated: it may carry a password.
+        if url != ANY and (problem := url_problem(url)):
+            raise ConfigError(f"FBL_PROMETHEUS_URLS: entry {position} {problem}")
+    return urls
+
+
+def _artifact_buckets(env: Mapping[str, str]) -> tuple[str, ...]:
+    buckets = _list(env, "FBL_ARTIFACT_BUCKETS")
+    for bucket in buckets:
+        if bucket != ANY and not _BUCKET.match(bucket):
+            raise ConfigError(f"FBL_ARTIFACT_BUCKETS: {bucket!r} is not a bucket name")
+    return buckets
 
 
 def tick_seconds(env: Mapping[str, str] | None = None) -> float:
@@ -100,4 +128,6 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         metrics_port=_int(env, "FBL_METRICS_PORT", 8080, 0, 65535),
         health_endpoint=env.get("FBL_HEALTH_ENDPOINT", "http://0.0.0.0:8081/healthz"),
         failpoint=env.get("FBL_FAILPOINT") or None,
+        prometheus_urls=_prometheus_urls(env),
+        artifact_buckets=_artifact_buckets(env),
     )

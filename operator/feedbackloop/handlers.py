@@ -70,11 +70,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info(
-        "feedbackloop operator configured: images=%s max_concurrent_retrains=%d namespaces=%s tick=%ss",
+        "feedbackloop operator configured: images=%s max_concurrent_retrains=%d namespaces=%s tick=%ss"
+        " prometheus=%s buckets=%s",
         ",".join(config.trainer_images),
         config.max_concurrent_retrains,
         ",".join(config.namespaces) or "<cluster>",
         config.tick_seconds,
+        ",".join(config.prometheus_urls) or "<none allowed>",
+        ",".join(config.artifact_buckets) or "<none allowed>",
     )
 
 

@@ -176,9 +176,7 @@ class Reconciler:
         if how.probe_dependencies:
             observed = replace(
                 observed,
-                prometheus=self.prometheus.probe(
-                    spec.prometheus.url, spec.prometheus.timeout.total_seconds()
-                ),
+                prometheus=self.prometheus.probe(how.prometheus_url, spec.prometheus.timeout.total_seconds()),
                 artifact_store=self.artifacts.probe_bucket(spec.artifacts.bucket) if spec.artifacts else None,
             )
         if how.probe_dependencies or how.observe_target:
@@ -196,7 +194,7 @@ class Reconciler:
         return observed
 
     def _query_metrics(self, spec: FeedbackLoopSpec, how: ObservationPlan) -> tuple[MetricObservation, ...]:
-        url, timeout = spec.prometheus.url, spec.prometheus.timeout.total_seconds()
+        url, timeout = how.prometheus_url, spec.prometheus.timeout.total_seconds()
         results = []
         for query in how.queries or ():
             value = self.prometheus.query(url, query.query, timeout)

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 import harness
 
 TRAINER_IMAGE = "feedbackloop-trainer:test"
+# The one bucket every operator-driven test and the demo keep versions in; a test needing another names it.
+ARTIFACT_BUCKET = "models"
 
 
 def start_module(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -45,6 +47,8 @@ class OperatorProcess:
             **endpoints.env(),
             "FBL_S3_ENDPOINT_URL": endpoints.s3_endpoint_url,
             "FBL_TRAINER_IMAGES": TRAINER_IMAGE,
+            "FBL_PROMETHEUS_URLS": endpoints.prometheus_url,
+            "FBL_ARTIFACT_BUCKETS": ARTIFACT_BUCKET,
             "FBL_WATCH_NAMESPACES": ",".join(namespaces),
             "FBL_TICK_SECONDS": "1",
             "FBL_METRICS_PORT": str(metrics_port),

@@ -663,6 +663,8 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                 [NAMESPACE],
                 FBL_TICK_SECONDS="2",
                 FBL_MAX_CONCURRENT_RETRAINS="1",
+                FBL_PROMETHEUS_URLS=endpoints.prometheus_url,
+                FBL_ARTIFACT_BUCKETS=MODELS_BUCKET,
             ).start()
             client.CustomObjectsApi(api).create_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, PLURAL, loop_spec(endpoints)

@@ -21,11 +21,11 @@ from feedbackloop.api import (
 )
 from feedbackloop.core import contract
 from harness import wait_until
-from operator_process import ModelExporter, OperatorProcess
+from operator_process import ARTIFACT_BUCKET, ModelExporter, OperatorProcess
 
 LOOP = "churn"
 GITOPS_MANAGER = "gitops"
-BUCKET = "models"
+BUCKET = ARTIFACT_BUCKET
 PREFIX = "loops/"
 WAIT = 60
 
@@ -165,7 +165,8 @@ class Scenario:
     def apply_loop(
         self, spec: dict[str, Any], name: str = LOOP, annotations: dict[str, str] | None = None
     ) -> None:
-        if not spec["prometheus"]["url"]:
+        # loop_spec's placeholder; a url deleted on purpose leaves the operator's default
+        if spec["prometheus"].get("url") == "":
             spec["prometheus"]["url"] = self.endpoints.prometheus_url
         body = {
             "apiVersion": API_VERSION,

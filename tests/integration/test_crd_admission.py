@@ -147,6 +147,17 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
 
 
 @pytest.mark.usefixtures("crd")
+def test_a_loop_naming_no_prometheus_is_admitted_for_the_operators_default(
+    cluster: harness.Cluster, namespace: str
+) -> None:
+    obj = example()
+    del obj["spec"]["prometheus"]
+    applied = apply(cluster, namespace, obj)
+    assert applied.returncode == 0, applied.stderr
+    assert get_json(cluster, namespace)["spec"]["prometheus"] == {"timeout": "10s"}
+
+
+@pytest.mark.usefixtures("crd")
 def test_minimal_observe_loop_gets_nested_defaults(cluster: harness.Cluster, namespace: str) -> None:
     obj = {
         "apiVersion": API_VERSION,
@@ -265,6 +276,26 @@ REJECTED = [
         id="prometheus-timeout-5m",
     ),
     pytest.param(
+        _set("spec.prometheus.url", "http://admin:hunter2@prometheus.monitoring:9090"),
+        ["spec.prometheus.url", "spec.prometheus.url must not carry user info (user:pass@)"],
+        id="prometheus-url-userinfo",
+    ),
+    pytest.param(
+        _set("spec.prometheus.url", "http://169.254.169.254/latest/meta-data?"),
+        ["spec.prometheus.url", "spec.prometheus.url must not have a query (?...)"],
+        id="prometheus-url-trailing-query",
+    ),
+    pytest.param(
+        _set("spec.prometheus.url", "http://internal-admin:8080/delete-all#"),
+        ["spec.prometheus.url", "spec.prometheus.url must not have a fragment (#...)"],
+        id="prometheus-url-trailing-fragment",
+    ),
+    pytest.param(
+        _set("spec.prometheus.url", "http://prometheus:9090:x"),
+        ["spec.prometheus.url", "spec.prometheus.url must be a valid absolute URL"],
+        id="prometheus-url-not-a-url",
+    ),
+    pytest.param(
         _set("metadata.name", "churn-" + "x" * 40),
         ["metadata.name: Invalid value", "metadata.name must be at most 45 characters"],
         id="name-longer-than-45",
@@ -347,6 +378,10 @@ ACCEPTED = [
     pytest.param(_set("spec.monitoring.interval", "1h30m"), id="interval-compound"),
     pytest.param(_set("spec.prometheus.timeout", "60s"), id="timeout-exactly-60s"),
     pytest.param(_set("spec.prometheus.timeout", "1.5s"), id="timeout-fractional"),
+    pytest.param(
+        _set("spec.prometheus.url", "https://prom.example:443/tenant/a/"), id="prometheus-url-with-path"
+    ),
+    pytest.param(_delete("spec.prometheus.url"), id="prometheus-url-unset-uses-the-default"),
     pytest.param(_set("spec.retrain.cooldown", "0s"), id="no-cooldown"),
     pytest.param(_set("metadata.name", "c" * 45), id="name-of-45"),
     pytest.param(

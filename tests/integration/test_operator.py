@@ -334,9 +334,10 @@ def ready_series(operator: OperatorProcess, namespace: str) -> dict[str, float]:
 def test_preflight_failures_become_ready_conditions(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    operator = start_operator()
+    closed_port = f"http://127.0.0.1:{harness.free_port()}"
+    operator = start_operator(FBL_PROMETHEUS_URLS=f"{scenario.endpoints.prometheus_url},{closed_port}")
     spec = loop_spec(scenario.model, **{"target.deployment": "no-such-server"})
-    spec["prometheus"]["url"] = f"http://127.0.0.1:{harness.free_port()}"
+    spec["prometheus"]["url"] = closed_port
     scenario.apply_loop(spec)
 
     ready = scenario.wait_condition("Ready", "False", "PrometheusUnreachable")
@@ -358,7 +359,7 @@ def test_preflight_failures_become_ready_conditions(
 def test_a_loop_naming_a_missing_bucket_is_not_ready_with_its_own_reason(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    start_operator()
+    start_operator(FBL_ARTIFACT_BUCKETS="no-such-bucket-here")
     scenario.apply_loop(loop_spec(scenario.model, **{"artifacts.bucket": "no-such-bucket-here"}))
 
     ready = scenario.wait_condition("Ready", "False", "ArtifactBucketNotFound")

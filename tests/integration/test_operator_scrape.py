@@ -20,7 +20,7 @@ from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import API_VERSION, KIND
 from harness import wait_until
 from loop_scenario import LOOP, WAIT, loop_spec
-from operator_process import TRAINER_IMAGE, ModelExporter
+from operator_process import ARTIFACT_BUCKET, TRAINER_IMAGE, ModelExporter
 
 OPERATOR_POD = f"feedbackloop-operator-{uuid.uuid4().hex[:6]}"  # its series of an earlier run never match
 
@@ -48,6 +48,8 @@ def operator_pod(node: str, watched: str, endpoints: harness.Endpoints) -> dict[
         "FBL_METRICS_PORT": str(metrics_port),
         "FBL_HEALTH_ENDPOINT": f"http://0.0.0.0:{health_port}/healthz",
         "FBL_TRAINER_IMAGES": TRAINER_IMAGE,
+        "FBL_PROMETHEUS_URLS": endpoints.prometheus_url,
+        "FBL_ARTIFACT_BUCKETS": ARTIFACT_BUCKET,
         "FBL_S3_ENDPOINT_URL": endpoints.s3_endpoint_url,
         "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
         "AWS_SECRET_ACCESS_KEY": endpoints.s3_secret_key,

@@ -25,7 +25,11 @@ from feedbackloop.core.status import CandidateModel, FeedbackLoopStatus, History
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 IMAGE = "registry.example/feedbackloop-trainer:0.1.0"
 POLICY = OperatorPolicy(
-    trainer_images=(IMAGE,), s3_endpoint_url="http://s3.local:7070", s3_region="us-east-1"
+    trainer_images=(IMAGE,),
+    s3_endpoint_url="http://s3.local:7070",
+    s3_region="us-east-1",
+    prometheus_urls=("http://prometheus:9090",),
+    artifact_buckets=("models",),
 )
 REF = LoopRef(name="churn", namespace="ml", uid="0f0e0d0c-uid")
 

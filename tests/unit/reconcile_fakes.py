@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from core_inputs import POLICY
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
 from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import (
@@ -202,7 +203,11 @@ class World:
             cluster=self.cluster,
             prometheus=self.prometheus,
             artifacts=self.artifacts,
-            policy=OperatorPolicy(trainer_images=("registry.example/trainer:1",)),
+            policy=OperatorPolicy(
+                trainer_images=("registry.example/trainer:1",),
+                prometheus_urls=POLICY.prometheus_urls,
+                artifact_buckets=POLICY.artifact_buckets,
+            ),
             max_concurrent_retrains=limit,
             clock=self.clock,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -440,7 +441,7 @@ def test_evaluation_is_due_on_interval_and_on_spec_change() -> None:
 
 
 def test_job_uses_the_allowed_image_chosen_by_spec() -> None:
-    policy = OperatorPolicy(trainer_images=(IMAGE, "registry.example/custom:2"))
+    policy = dataclasses.replace(POLICY, trainer_images=(IMAGE, "registry.example/custom:2"))
     spec = spec_dict(**{"retrain.image": "registry.example/custom:2"})
     decision = run(loop_state(spec), healthy_dependencies(retrain_request="r1"), policy=policy)
     assert created_jobs(decision)[0]["spec"]["template"]["spec"]["containers"][0]["image"] == (

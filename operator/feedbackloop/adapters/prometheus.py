@@ -1,7 +1,12 @@
-"""Prometheus through prometheus-api-client: one instant query → a QueryResult, never an exception."""
+"""Prometheus through prometheus-api-client: one instant query → a QueryResult, never an exception.
+
+No redirect is followed, and no byte of an answer's body reaches a message: a non-200 answer becomes its
+status code and a fixed reason (for Prometheus's own error JSON, chosen by its errorType).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -12,7 +17,66 @@ from urllib3.util.retry import Retry
 
 from feedbackloop.core.observations import Probe, QueryOutcome, QueryResult
 
-_MAX_MESSAGE = 300
+_MAX_ERROR_BODY = 4096  # Prometheus's error JSON is small; a larger body is not read for its errorType
+_ERROR_TYPES = {
+    "bad_data": "the query is malformed",
+    "execution": "the query failed to run",
+    "timeout": "the query timed out in Prometheus",
+    "canceled": "the query was canceled",
+    "internal": "Prometheus had an internal error",
+    "unavailable": "Prometheus is unavailable",
+    "not_found": "not found",
+    "not_acceptable": "not acceptable",
+}
+
+
+class HttpStatusError(requests.RequestException):
+    """A non-200 answer, reduced to what may be shown: its status code and a fixed reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+
+
+def _status_reason(status: int, error_type: str | None) -> str:
+    if error_type in _ERROR_TYPES:
+        return f"{_ERROR_TYPES[error_type]} ({error_type})"
+    if 300 <= status < 400:
+        return "a redirect, not followed"
+    if status in (401, 403):
+        return "authentication or authorization refused"
+    if status == 404:
+        return "no query API here (is the URL the Prometheus base URL, without /api/v1?)"
+    if 400 <= status < 500:
+        return "the request was refused"
+    return "server error"
+
+
+def _error_type(response: requests.Response) -> str | None:
+    try:
+        head = response.raw.read(_MAX_ERROR_BODY + 1, decode_content=True)
+        answer = json.loads(head) if len(head) <= _MAX_ERROR_BODY else None
+    except Exception:  # an unreadable or non-JSON body just has no errorType
+        return None
+    error_type = answer.get("errorType") if isinstance(answer, dict) else None
+    return error_type if isinstance(error_type, str) else None
+
+
+def _refuse_unless_ok(response: requests.Response, *_args: Any, **_kwargs: Any) -> requests.Response:
+    """A response hook: it runs before requests would follow a redirect, so none ever is."""
+    if response.status_code == 200:
+        return response
+    status = response.status_code
+    error_type = _error_type(response) if status >= 400 else None
+    response.close()
+    raise HttpStatusError(status, _status_reason(status, error_type))
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.max_redirects = 0
+    session.hooks["response"].append(_refuse_unless_ok)
+    return session
 
 
 class PrometheusAdapter:
@@ -27,7 +91,7 @@ class PrometheusAdapter:
             if url not in self._clients:
                 # One quick retry on connection errors; a slow Prometheus must not stall the loop.
                 retry = Retry(total=1, read=0, backoff_factor=0.2, status_forcelist=(502, 503, 504))
-                self._clients[url] = PrometheusConnect(url=url, disable_ssl=False, retry=retry)
+                self._clients[url] = PrometheusConnect(url=url, retry=retry, session=_session())
             return self._clients[url]
 
     def query(self, url: str, query: str, timeout_seconds: float) -> QueryResult:
@@ -35,16 +99,22 @@ class PrometheusAdapter:
             result = self._client(url).custom_query(
                 query, params={"timeout": f"{timeout_seconds:g}s"}, timeout=timeout_seconds
             )
+        except HttpStatusError as err:
+            return QueryResult(QueryOutcome.ERROR, message=str(err))
         except requests.Timeout:
             return QueryResult(QueryOutcome.TIMEOUT, message=f"no answer within {timeout_seconds:g}s")
+        except requests.exceptions.RetryError:
+            return QueryResult(QueryOutcome.ERROR, message="HTTP 502, 503 or 504 twice: server unavailable")
         except requests.ConnectionError as err:
             if "timed out" in str(err).lower():
                 return QueryResult(QueryOutcome.TIMEOUT, message=f"no answer within {timeout_seconds:g}s")
-            return QueryResult(QueryOutcome.ERROR, message=f"unreachable: {_short(err)}")
-        except PrometheusApiClientException as err:
-            return QueryResult(QueryOutcome.ERROR, message=_short(err))
-        except (requests.RequestException, ValueError) as err:
-            return QueryResult(QueryOutcome.ERROR, message=_short(err))
+            return QueryResult(QueryOutcome.ERROR, message=f"unreachable: {_connection_reason(err)}")
+        except (PrometheusApiClientException, requests.RequestException) as err:
+            return QueryResult(QueryOutcome.ERROR, message=f"request failed ({type(err).__name__})")
+        except (ValueError, KeyError, TypeError):
+            return QueryResult(
+                QueryOutcome.ERROR, message="the answer is not a Prometheus query API response"
+            )
         return classify(result)
 
     def probe(self, url: str, timeout_seconds: float) -> Probe:
@@ -79,9 +149,19 @@ def _number(text: str) -> QueryResult:
     try:
         value = float(text)
     except ValueError:
-        return QueryResult(QueryOutcome.ERROR, message=f"not a number: {text[:40]!r}")
+        return QueryResult(QueryOutcome.ERROR, message="the sample value is not a number")
     return QueryResult.of(value)
 
 
-def _short(err: Exception) -> str:
-    return str(err).replace("\n", " ")[:_MAX_MESSAGE]
+def _connection_reason(err: requests.ConnectionError) -> str:
+    """A fixed phrase: the error's text can quote what the server sent (a bad status line, say)."""
+    if isinstance(err, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    text = str(err)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "NameResolutionError" in text or "Name or service not known" in text or "name resolution" in text:
+        return "the host name does not resolve"
+    if "Connection reset" in text or "RemoteDisconnected" in text:
+        return "the connection was closed without an answer"
+    return "connection failed"

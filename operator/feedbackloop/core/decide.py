@@ -16,6 +16,7 @@ from feedbackloop.core.observations import Observations
 from feedbackloop.core.readiness import (
     adopt_deployed_model,
     initialize_conditions,
+    not_allowed,
     preflight,
     runtime_spec_errors,
 )
@@ -39,6 +40,13 @@ def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now:
         return draft.freeze()
     spec, namespace = loop.spec, loop.ref.namespace
 
+    if refusals := not_allowed(spec, policy):
+        message = "; ".join(message for _, message in refusals)
+        draft.condition(ConditionType.READY, ConditionStatus.FALSE, refusals[0][0], message)
+        draft.status.phase = LoopPhase.INVALID
+        if loop.status.active_retrain is not None:
+            follow_retrain(draft, loop, observed, policy)
+        return draft.freeze()
     preflight_ok = preflight(draft, spec, observed)
     adopt_deployed_model(draft, observed)
     evaluation = _evaluate(draft, spec, observed)

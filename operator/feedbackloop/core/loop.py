@@ -23,6 +23,9 @@ class OperatorPolicy:
     trainer_images: tuple[str, ...]
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # Empty allows nothing; "*" allows any (core.allowlist).
+    prometheus_urls: tuple[str, ...] = ()
+    artifact_buckets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from feedbackloop.core import contract
+from feedbackloop.core.allowlist import choose_prometheus
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.monitoring import evaluation_due
 from feedbackloop.core.promql import SAFE_LABEL_VALUE, RenderedQuery, render_queries
-from feedbackloop.core.readiness import runtime_spec_errors
+from feedbackloop.core.readiness import not_allowed, runtime_spec_errors
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class ObservationPlan:
     observe_target: bool = False  # a rollout is in flight: watch the Deployment every tick
     rollback_uri: str | None = None  # a rollback-to request: verify that version's artifacts
     rollback_version: str | None = None
+    prometheus_url: str = ""  # the allowed URL the queries and the probe go to
 
 
 def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationPlan:
@@ -32,7 +34,7 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
         candidate_uri = contract.version_uri(
             spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, active.version
         )
-    if spec is None or runtime_spec_errors(loop, policy):
+    if spec is None or runtime_spec_errors(loop, policy) or not_allowed(spec, policy):
         return ObservationPlan(None, False, active.job if active else None, candidate_uri, None)
     due = evaluation_due(
         spec, loop.status.last_evaluation, loop.generation, loop.status.observed_generation, now
@@ -61,4 +63,5 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
         observe_target=rollout is not None,
         rollback_uri=rollback_uri,
         rollback_version=rollback_version if rollback_uri else None,
+        prometheus_url=choose_prometheus(spec.prometheus.url, policy.prometheus_urls).url or "",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from feedbackloop.api import ConditionStatus, ConditionType, Reason
+from feedbackloop.core.allowlist import bucket_refusal, choose_prometheus
 from feedbackloop.core.conditions import INITIAL_CONDITIONS, set_condition
 from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
 from feedbackloop.core.loop import LoopState, OperatorPolicy
@@ -38,6 +39,17 @@ def runtime_spec_errors(loop: LoopState, policy: OperatorPolicy) -> list[str]:
     return errors
 
 
+def not_allowed(spec: FeedbackLoopSpec, policy: OperatorPolicy) -> list[tuple[Reason, str]]:
+    """What the loop names that the operator's allow-lists refuse: nothing refused is ever requested."""
+    refusals = []
+    if prometheus := choose_prometheus(spec.prometheus.url, policy.prometheus_urls).refusal:
+        refusals.append((Reason.PROMETHEUS_NOT_ALLOWED, f"{prometheus} (FBL_PROMETHEUS_URLS)"))
+    bucket = bucket_refusal(spec.artifacts.bucket, policy.artifact_buckets) if spec.artifacts else None
+    if bucket:
+        refusals.append((Reason.ARTIFACT_STORE_NOT_ALLOWED, f"{bucket} (FBL_ARTIFACT_BUCKETS)"))
+    return refusals
+
+
 def initialize_conditions(draft: Draft) -> None:
     present = {c.type for c in draft.status.conditions}
     for kind, (status, reason) in INITIAL_CONDITIONS.items():
@@ -49,7 +61,7 @@ def preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> b
     """Ready reflects the dependencies; without fresh probes the previous verdict stands."""
     problems: list[tuple[Reason, str]] = []
     if observed.prometheus is not None and not observed.prometheus.ok:
-        message = f"Prometheus {spec.prometheus.url}: {observed.prometheus.message}"
+        message = f"Prometheus {spec.prometheus.url or '(the default)'}: {observed.prometheus.message}"
         problems.append((Reason.PROMETHEUS_UNREACHABLE, message))
     store = observed.artifact_store
     if store is not None and not store.ok and store.not_found and spec.artifacts is not None:

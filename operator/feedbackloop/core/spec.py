@@ -66,7 +66,7 @@ class Target(ApiModel):
 
 
 class PrometheusSpec(ApiModel):
-    url: str = Field(pattern=r"^https?://")
+    url: str | None = Field(default=None, pattern=r"^https?://")  # None: the operator's default Prometheus
     timeout: Duration = timedelta(seconds=10)
 
 
@@ -197,7 +197,7 @@ class FeedbackLoopSpec(ApiModel):
     mode: Mode = Mode.AUTO
     suspend: bool = False
     target: Target
-    prometheus: PrometheusSpec
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     monitoring: MonitoringSpec
     # Observe only evaluates, so it needs neither; the CRD requires both in Recommend and Auto.
     retrain: RetrainSpec | None = None

@@ -120,6 +120,7 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     PROMOTION_REFUSED = "PromotionRefused"
     ROLLBACK_REFUSED = "RollbackRefused"
+    INVALID_VERSION_NAME = "InvalidVersionName"  # a promote or rollback-to value that is not a version name
     # Degraded (also on RolledOut when there is no rollback)
     NOT_DEGRADED = "NotDegraded"
     ANALYSIS_FAILED = "AnalysisFailed"
@@ -187,6 +188,7 @@ class GateReason(enum.StrEnum):
     METRIC_MISSING = "MetricMissing"
     DELTA_TOO_SMALL = "DeltaTooSmall"
     NO_CURRENT_MODEL = "NoCurrentModel"
+    CURRENT_MODEL_NOT_SCORED = "CurrentModelNotScored"  # a known current model has no score in metrics.json
     NOT_SIGNIFICANT = "NotSignificant"
     SIGNIFICANT = "Significant"
     SIGNIFICANCE_UNAVAILABLE = "SignificanceUnavailable"

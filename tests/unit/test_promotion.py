@@ -74,7 +74,8 @@ def gate(**fields: Any) -> Gate:
             ["Failed"],
             ["DeltaTooSmall"],
         ),
-        ({"minDeltaVsCurrent": 0.0}, {"accuracy": 0.9}, {}, {}, ["Passed"], ["NoCurrentModel"]),
+        # v3 serves but metrics.json has no score for it: the delta is unknown, so the gate fails closed
+        ({"minDeltaVsCurrent": 0.0}, {"accuracy": 0.9}, {}, {}, ["Failed"], ["CurrentModelNotScored"]),
         # rmse is an error: lower is better, so 0.4 -> 0.3 is an improvement of 0.1
         (
             {"minDeltaVsCurrent": 0.05, "metric": "rmse"},

@@ -5,6 +5,7 @@ Documented for people in docs/retrain-job-contract.md; this module is the single
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -68,10 +69,22 @@ FEEDBACK_COLUMN_PREFIX = "fbl_"  # the trainer drops every column with it once t
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^v([0-9]+)$")
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)$")
+# A version names one directory below the loop's: no "/", no "..", only what the operator itself makes.
+VERSION_NAME = re.compile(r"v[0-9]{1,9}")
+VERSION_NAME_RULE = "v followed by 1 to 9 digits"
+# metrics.json is untrusted: status keeps what its schema accepts (maxProperties, finite numbers).
+METRICS_LIMIT = 64
+COMPARISON_STATS_LIMIT = 16
+METRIC_NAME_LIMIT = 63
 
 
 def version_name(number: int) -> str:
     return f"v{number}"
+
+
+def is_version_name(value: str | None) -> bool:
+    """Whether `value` may name a version in an S3 key: fullmatch, so a trailing newline is refused too."""
+    return value is not None and VERSION_NAME.fullmatch(value) is not None
 
 
 def version_number(version: str | None) -> int:
@@ -156,19 +169,36 @@ def parse_manifest(raw: Any, expected_version: str | None = None) -> Manifest:
     return manifest
 
 
-def numeric_metrics(section: Any) -> dict[str, float]:
-    """The numeric entries of one metrics.json section; anything else is ignored."""
+def numeric_metrics(section: Any, limit: int = METRICS_LIMIT) -> dict[str, float]:
+    """The finite numeric entries of one metrics.json section, the first `limit` by name; anything else is
+    ignored, so status takes them (the API server refuses NaN, Infinity and more keys than its schema)."""
     if not isinstance(section, dict):
         return {}
-    return {
-        str(name): float(value)
+    numbers = {
+        str(name): number
         for name, value in section.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
+        if len(str(name)) <= METRIC_NAME_LIMIT and (number := _finite(value)) is not None
     }
+    return dict(sorted(numbers.items())[:limit])
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def comparisons(raw: Any) -> dict[str, dict[str, float]]:
     """metrics.json's `comparison` section: per metric, the numeric statistics of (candidate - current)."""
     if not isinstance(raw, dict):
         return {}
-    return {str(name): numeric_metrics(stats) for name, stats in raw.items() if isinstance(stats, dict)}
+    entries = {
+        str(name): numeric_metrics(stats, COMPARISON_STATS_LIMIT)
+        for name, stats in raw.items()
+        if isinstance(stats, dict) and len(str(name)) <= METRIC_NAME_LIMIT
+    }
+    return dict(sorted(entries.items())[:METRICS_LIMIT])

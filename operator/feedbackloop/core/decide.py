@@ -22,12 +22,13 @@ from feedbackloop.core.readiness import (
 )
 from feedbackloop.core.retrain import consider_retrain, follow_retrain
 from feedbackloop.core.rollout import follow_rollout
-from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import Evaluation, FeedbackLoopStatus
 
 
 def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now: datetime) -> Decision:
     draft = Draft.start(loop.status, now, loop.generation)
+    draft.read_only = loop.spec is not None and loop.spec.mode is Mode.OBSERVE
     initialize_conditions(draft)
     draft.status.observed_generation = loop.generation
     errors = runtime_spec_errors(loop, policy)

@@ -11,7 +11,7 @@ from pydantic import ConfigDict
 
 from feedbackloop.api import ConditionStatus, ConditionType, EventType, Reason
 from feedbackloop.core.conditions import set_condition, transition_event_type
-from feedbackloop.core.decision import Action, Decision, Event, Transition
+from feedbackloop.core.decision import Action, ApplyModel, CreateJob, Decision, Event, Transition
 from feedbackloop.core.status import (
     REJECTED_LIMIT,
     FeedbackLoopStatus,
@@ -37,6 +37,8 @@ class Draft:
     events: list[Event] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     needs_capacity: bool = False
+    # Observe mode: whatever a stage wants to change outside the loop's status and Events is withheld.
+    read_only: bool = False
 
     @classmethod
     def start(cls, status: FeedbackLoopStatus, now: datetime, generation: int) -> Draft:
@@ -71,6 +73,8 @@ class Draft:
         self.status.history = update_history(self.status.history, version, change)
 
     def freeze(self) -> Decision:
+        if self.read_only:
+            self._withhold_actions()
         status = FeedbackLoopStatus.model_validate(dict(self.status))
         return Decision(
             status=status,
@@ -79,6 +83,24 @@ class Draft:
             transitions=tuple(self.transitions),
             needs_capacity=self.needs_capacity,
         )
+
+    def _withhold_actions(self) -> None:
+        """Each action becomes a condition saying what was not done, so nothing is withheld silently."""
+        for action in self.actions:
+            match action:
+                case CreateJob(manifest=manifest):
+                    name = manifest["metadata"]["name"]
+                    message = f"mode Observe: Job {name} not created"
+                    self.condition(
+                        ConditionType.RETRAINING, ConditionStatus.FALSE, Reason.OBSERVE_ONLY, message
+                    )
+                case ApplyModel(deployment=deployment, container=container, model=model):
+                    wanted = model.version if model is not None else "its own env"
+                    message = f"mode Observe: Deployment {deployment}/{container} not set to {wanted}"
+                    self.condition(
+                        ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.OBSERVE_ONLY, message
+                    )
+        self.actions.clear()
 
     def _condition_events(self, status: FeedbackLoopStatus) -> list[Event]:
         """One Event per condition whose status or reason changed; a first Unknown is not news."""

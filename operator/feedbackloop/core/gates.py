@@ -114,6 +114,16 @@ def _delta_gate(
     threshold = f"delta >= {_fmt(minimum)}" + (" (significant)" if gate.require_significance else "")
     versus = f" vs {current_version}" if current_version else ""
     champion = current.get(gate.metric)
+    if champion is None and current_version is not None:
+        # A known current model with no score is not beaten by default: the trainer could not compare.
+        return GateResult(
+            metric=gate.metric,
+            value=None,
+            threshold=threshold,
+            verdict=GateVerdict.FAILED,
+            reason=GateReason.CURRENT_MODEL_NOT_SCORED,
+            message=f"{gate.metric}: current model {current_version} has no {gate.metric} in metrics.json",
+        )
     if champion is None:
         # The first model has no champion to beat; the absolute bounds still apply.
         return GateResult(

@@ -10,6 +10,8 @@ import enum
 from collections.abc import Iterable
 
 from feedbackloop.api import (
+    PROMOTE_ANNOTATION,
+    ROLLBACK_ANNOTATION,
     ConditionStatus,
     ConditionType,
     EventType,
@@ -22,14 +24,16 @@ from feedbackloop.api import (
 from feedbackloop.core import contract
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.observations import ArtifactCheck, Observations
+from feedbackloop.core.requests import is_handled, quoted, request_id
 from feedbackloop.core.rollout import start_rollout
-from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
 
 
 class Refusal(enum.StrEnum):
     """Why a promote or rollback-to request is refused, judged from the status alone."""
 
+    NOT_A_VERSION_NAME = f"it is not a version name ({contract.VERSION_NAME_RULE})"
     REJECTED = "the version was rejected"
     NOT_VALIDATED = "it is not a validated candidate"
     ALREADY_SERVING = "it is already serving"
@@ -37,6 +41,8 @@ class Refusal(enum.StrEnum):
 
 def promotion_refusal(status: FeedbackLoopStatus, version: str) -> Refusal | None:
     """Why the operator would refuse to promote `version`, or None: only the validated candidate goes."""
+    if not contract.is_version_name(version):
+        return Refusal.NOT_A_VERSION_NAME
     if version in status.rejected_versions:
         return Refusal.REJECTED
     candidate = status.candidate_model
@@ -47,6 +53,8 @@ def promotion_refusal(status: FeedbackLoopStatus, version: str) -> Refusal | Non
 
 def rollback_refusal(status: FeedbackLoopStatus, version: str) -> Refusal | None:
     """Why the operator would refuse to roll back to `version` before reading its artifacts, or None."""
+    if not contract.is_version_name(version):
+        return Refusal.NOT_A_VERSION_NAME
     if version in status.rejected_versions:
         return Refusal.REJECTED
     if status.current_model is not None and status.current_model.version == version:
@@ -107,17 +115,31 @@ def handle_manual_requests(
     if draft.status.rollout is not None or draft.status.active_retrain is not None:
         return  # busy: the request waits, unhandled
     promote = observed.promote_request
-    if promote and promote != draft.status.handled_promote_request:
-        draft.status.handled_promote_request = promote
-        _promote(draft, spec, namespace, promote)
+    if promote and not is_handled(promote, draft.status.handled_promote_request):
+        draft.status.handled_promote_request = request_id(promote)
+        if _acceptable(draft, spec, PROMOTE_ANNOTATION, promote):
+            _promote(draft, spec, namespace, promote)
         return
     rollback = observed.rollback_request
-    if rollback and rollback != draft.status.handled_rollback_request:
+    if rollback and not is_handled(rollback, draft.status.handled_rollback_request):
         artifacts = observed.rollback_artifacts
         if artifacts is not None and artifacts.check is ArtifactCheck.UNREACHABLE:
             return  # try again when the store answers
-        draft.status.handled_rollback_request = rollback
-        _rollback_to(draft, spec, namespace, rollback, observed)
+        draft.status.handled_rollback_request = request_id(rollback)
+        if _acceptable(draft, spec, ROLLBACK_ANNOTATION, rollback):
+            _rollback_to(draft, spec, namespace, rollback, observed)
+
+
+def _acceptable(draft: Draft, spec: FeedbackLoopSpec, annotation: str, value: str) -> bool:
+    """Refuses a value that names no version, and any request in Observe, before anything is read."""
+    if not contract.is_version_name(value):
+        message = f"{annotation}: {quoted(value)} is not a version name ({contract.VERSION_NAME_RULE})"
+        _refuse(draft, Reason.INVALID_VERSION_NAME, message)
+        return False
+    if spec.mode is Mode.OBSERVE:
+        _refuse(draft, Reason.OBSERVE_ONLY, f"mode Observe: {annotation}={value} not applied")
+        return False
+    return True
 
 
 def _refuse(draft: Draft, reason: Reason, message: str) -> None:

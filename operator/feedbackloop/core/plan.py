@@ -9,8 +9,10 @@ from feedbackloop.core import contract
 from feedbackloop.core.allowlist import choose_prometheus
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.monitoring import evaluation_due
-from feedbackloop.core.promql import SAFE_LABEL_VALUE, RenderedQuery, render_queries
+from feedbackloop.core.promql import RenderedQuery, render_queries
 from feedbackloop.core.readiness import not_allowed, runtime_spec_errors
+from feedbackloop.core.requests import is_handled
+from feedbackloop.core.spec import Mode
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,13 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     active = loop.status.active_retrain
     spec = loop.spec
     candidate_uri = None
-    if active is not None and spec is not None and spec.artifacts is not None:
+    # activeRetrain.version names an S3 key; whoever can write status must not steer the operator's reads.
+    if (
+        active is not None
+        and spec is not None
+        and spec.artifacts is not None
+        and contract.is_version_name(active.version)
+    ):
         candidate_uri = contract.version_uri(
             spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, active.version
         )
@@ -47,9 +55,10 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     rollback_uri = None
     if (
         rollback_version
-        and rollback_version != loop.status.handled_rollback_request
+        and not is_handled(rollback_version, loop.status.handled_rollback_request)
         and spec.artifacts is not None
-        and SAFE_LABEL_VALUE.match(rollback_version)
+        and spec.mode is not Mode.OBSERVE
+        and contract.is_version_name(rollback_version)
     ):
         rollback_uri = contract.version_uri(
             spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, rollback_version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -217,7 +218,21 @@ def parse_status(raw: dict[str, Any] | None) -> FeedbackLoopStatus:
 
 
 def to_status_dict(status: FeedbackLoopStatus) -> dict[str, Any]:
-    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    finite: dict[str, Any] = _finite_only(status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return finite
+
+
+def _finite_only(value: Any) -> Any:
+    """Without NaN and Infinity, which the API server refuses: one of them would block every status write."""
+    if isinstance(value, dict):
+        return {key: _finite_only(item) for key, item in value.items() if not _non_finite(item)}
+    if isinstance(value, list):
+        return [_finite_only(item) for item in value if not _non_finite(item)]
+    return value
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tuple[HistoryEntry, ...]:

@@ -10,6 +10,7 @@ from croniter import croniter
 from feedbackloop.api import Trigger
 from feedbackloop.core.durations import format_duration
 from feedbackloop.core.monitoring import sustained_breaches
+from feedbackloop.core.requests import is_handled, quoted, request_id
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import Evaluation
 
@@ -59,10 +60,9 @@ def pending_triggers(
 ) -> list[PendingTrigger]:
     """Every trigger that wants a retrain now, most deliberate first."""
     pending = []
-    if retrain_request and retrain_request != handled_request:
-        pending.append(
-            PendingTrigger(Trigger.MANUAL, f"requested by annotation (id {retrain_request})", retrain_request)
-        )
+    if retrain_request and not is_handled(retrain_request, handled_request):
+        reason = f"requested by annotation (id {quoted(retrain_request)})"
+        pending.append(PendingTrigger(Trigger.MANUAL, reason, request_id(retrain_request)))
     if evaluation is not None:
         breaches = sustained_breaches(spec, evaluation, now)
         if breaches:

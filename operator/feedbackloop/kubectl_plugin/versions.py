@@ -35,7 +35,9 @@ def check_promote(status: FeedbackLoopStatus, loop: str, version: str) -> None:
     if refusal is None:
         return
     candidate = status.candidate_model
-    if refusal is Refusal.REJECTED:
+    if refusal is Refusal.NOT_A_VERSION_NAME:
+        why = refusal.value
+    elif refusal is Refusal.REJECTED:
         why = "the operator rejected it"
     elif candidate is not None and candidate.version == version:
         why = f"its validation is {candidate.validation or 'not finished'}, not {GateVerdict.PASSED}"
@@ -52,7 +54,9 @@ def check_rollback(status: FeedbackLoopStatus, loop: str, version: str) -> None:
     if version in rollback_targets(status):
         return
     refusal = rollback_refusal(status, version)
-    if refusal is Refusal.ALREADY_SERVING:
+    if refusal is Refusal.NOT_A_VERSION_NAME:
+        why = refusal.value
+    elif refusal is Refusal.ALREADY_SERVING:
         why = "it is already serving"
     elif refusal is Refusal.REJECTED:
         why = "the operator rejected it"

@@ -135,3 +135,38 @@ def test_readiness_differs_from_liveness_and_ephemeral_storage_covers_tmp(helm: 
     resources = container["resources"]
     assert resources["requests"]["ephemeral-storage"] == tmp["emptyDir"]["sizeLimit"] == "64Mi"
     assert resources["limits"] == {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "256Mi"}
+
+
+def operator_env(rendered: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    [deployment] = objects(rendered, "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {item["name"]: item.get("value", "") for item in env}
+
+
+def test_the_allow_lists_default_to_any_and_pass_listed_values_through(helm: Path, tmp_path: Path) -> None:
+    defaults = operator_env(template(helm, tmp_path))
+    assert (defaults["FBL_PROMETHEUS_URLS"], defaults["FBL_ARTIFACT_BUCKETS"]) == ("*", "*")
+    listed = {
+        "prometheus": {"allowedUrls": ["http://prom-team-a.monitoring:8080", "https://prom.example/"]},
+        "artifactStore": {"allowedBuckets": ["ml-models", "shared.models"]},
+    }
+    env = operator_env(template(helm, tmp_path, listed))
+    assert env["FBL_PROMETHEUS_URLS"] == "http://prom-team-a.monitoring:8080,https://prom.example/"
+    assert env["FBL_ARTIFACT_BUCKETS"] == "ml-models,shared.models"
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"prometheus": {"allowedUrls": ["http://admin:pw@prom:9090"]}}, "/prometheus/allowedUrls/0"),
+        ({"prometheus": {"allowedUrls": ["http://prom:9090/?x=1"]}}, "/prometheus/allowedUrls/0"),
+        ({"prometheus": {"allowedUrls": ["http://a:9090,http://b:9090"]}}, "/prometheus/allowedUrls/0"),
+        ({"artifactStore": {"allowedBuckets": ["Team_Bucket"]}}, "/artifactStore/allowedBuckets/0"),
+    ],
+)
+def test_the_schema_refuses_an_allow_list_entry_the_operator_would_refuse(
+    helm: Path, tmp_path: Path, values: dict[str, Any], where: str
+) -> None:
+    refused = template(helm, tmp_path, values, check=False)
+    assert refused.returncode != 0
+    assert where in refused.stderr

@@ -1,7 +1,8 @@
 """feedbackloop-train: read the FBL_* env, train, compare with the champion, write a complete version to S3.
 
-Exit 0 only once manifest.json (written last) is in S3. On failure, one line goes to the termination-message
-file and the exit code is 1.
+Exit 0 only once manifest.json (written last) is in S3, with the manifest's sha256 in the termination message
+(the operator accepts only that manifest). On failure, one line goes to the termination-message file and the
+exit code is 1.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def main() -> int:
             log.info(
                 "version %s is already complete at %s; nothing to do", settings.version, settings.artifact_uri
             )
+            _terminate(termination_path, contract.success_message(existing.manifest_sha256))
             return 0
         with tempfile.TemporaryDirectory(prefix="fbl-train-") as workdir:
             manifest = train(settings, store, Path(workdir))
@@ -186,6 +188,9 @@ def main() -> int:
         _terminate(termination_path, f"unexpected {type(err).__name__}: {err}")
         return 1
     log.info("wrote version %s with %d files", manifest["version"], len(manifest["files"]))
+    _terminate(
+        termination_path, contract.success_message(contract.sha256_hex(contract.manifest_bytes(manifest)))
+    )
     return 0
 
 

@@ -80,6 +80,8 @@ class Reason(enum.StrEnum):
     CONTAINER_NOT_FOUND = "ContainerNotFound"
     FORBIDDEN = "Forbidden"
     KUBERNETES_API_ERROR = "KubernetesAPIError"
+    SECRET_NOT_OPTED_IN = "SecretNotOptedIn"  # noqa: S105 - a reason, not a secret
+    POD_METADATA_NOT_ALLOWED = "PodMetadataNotAllowed"
     # shared
     INITIALIZING = "Initializing"
     SUSPENDED = "Suspended"
@@ -96,8 +98,11 @@ class Reason(enum.StrEnum):
     RETRAIN_JOB_FAILED = "RetrainJobFailed"
     RETRAIN_JOB_DEADLINE_EXCEEDED = "RetrainJobDeadlineExceeded"
     RETRAIN_JOB_MISSING = "RetrainJobMissing"
+    JOB_NAME_TAKEN = "JobNameTaken"
     MANIFEST_MISSING = "ManifestMissing"
     ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
+    MANIFEST_TAMPERED = "ManifestTampered"
+    MANIFEST_DIGEST_UNREPORTED = "ManifestDigestUnreported"
     ARTIFACTS_INVALID = "ArtifactsInvalid"
     VERIFYING_ARTIFACTS = "VerifyingArtifacts"
     COOLDOWN = "CooldownActive"

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from feedbackloop import __version__
 from feedbackloop.core.allowlist import ANY, url_problem
-from feedbackloop.core.loop import OperatorPolicy
+from feedbackloop.core.loop import DEFAULT_CREDENTIALS_SECRET_PREFIX, OperatorPolicy
 
 DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SECRET_PREFIX = re.compile(r"^[a-z0-9.-]{0,200}$")  # the start of a Secret's DNS-1123 name
+_METADATA_KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # the CRD's spec.artifacts.bucket pattern
 
 
@@ -41,6 +43,11 @@ class OperatorConfig:
     """FBL_HEALTH_ENDPOINT: kopf's liveness endpoint URL."""
     failpoint: str | None = None
     """FBL_FAILPOINT: fault injection for tests only (see reconcile.CRASH_BEFORE_JOB_CREATE)."""
+    credentials_secret_prefix: str = DEFAULT_CREDENTIALS_SECRET_PREFIX
+    """FBL_CREDENTIALS_SECRET_PREFIX: a loop's credentialsSecret must start with it; empty allows any."""
+    pod_metadata_prefixes: tuple[str, ...] = ()
+    """FBL_POD_METADATA_PREFIXES: comma-separated key prefixes allowed in retrain.podLabels and
+    podAnnotations; empty allows none."""
     prometheus_urls: tuple[str, ...] = ()
     """FBL_PROMETHEUS_URLS: comma-separated allowed Prometheus base URLs, the first the default;
     `*` allows any; empty allows none."""
@@ -53,6 +60,8 @@ class OperatorConfig:
             trainer_images=self.trainer_images,
             s3_endpoint_url=self.s3_endpoint_url,
             s3_region=self.s3_region,
+            credentials_secret_prefix=self.credentials_secret_prefix,
+            pod_metadata_prefixes=self.pod_metadata_prefixes,
             prometheus_urls=self.prometheus_urls,
             artifact_buckets=self.artifact_buckets,
         )
@@ -88,6 +97,21 @@ def _artifact_buckets(env: Mapping[str, str]) -> tuple[str, ...]:
         if bucket != ANY and not _BUCKET.match(bucket):
             raise ConfigError(f"FBL_ARTIFACT_BUCKETS: {bucket!r} is not a bucket name")
     return buckets
+
+
+def _credentials_secret_prefix(env: Mapping[str, str]) -> str:
+    prefix = env.get("FBL_CREDENTIALS_SECRET_PREFIX", DEFAULT_CREDENTIALS_SECRET_PREFIX).strip()
+    if not _SECRET_PREFIX.match(prefix):
+        raise ConfigError(f"FBL_CREDENTIALS_SECRET_PREFIX={prefix!r} is not the start of a Secret name")
+    return prefix
+
+
+def _pod_metadata_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:
+    prefixes = _list(env, "FBL_POD_METADATA_PREFIXES")
+    for prefix in prefixes:
+        if not _METADATA_KEY_PREFIX.match(prefix):
+            raise ConfigError(f"FBL_POD_METADATA_PREFIXES: {prefix!r} is not the start of a label key")
+    return prefixes
 
 
 def tick_seconds(env: Mapping[str, str] | None = None) -> float:
@@ -128,6 +152,8 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         metrics_port=_int(env, "FBL_METRICS_PORT", 8080, 0, 65535),
         health_endpoint=env.get("FBL_HEALTH_ENDPOINT", "http://0.0.0.0:8081/healthz"),
         failpoint=env.get("FBL_FAILPOINT") or None,
+        credentials_secret_prefix=_credentials_secret_prefix(env),
+        pod_metadata_prefixes=_pod_metadata_prefixes(env),
         prometheus_urls=_prometheus_urls(env),
         artifact_buckets=_artifact_buckets(env),
     )

@@ -44,6 +44,7 @@ from feedbackloop.core.decision import (
 from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     ArtifactObservation,
+    JobCreation,
     JobObservation,
     JobState,
     MetricObservation,
@@ -76,8 +77,8 @@ class Cluster(Protocol):
     def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation: ...
-    def observe_job(self, namespace: str, name: str) -> JobObservation: ...
-    def create_job(self, manifest: dict[str, Any]) -> bool: ...
+    def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation: ...
+    def create_job(self, manifest: dict[str, Any]) -> JobCreation: ...
     def apply_model(
         self, namespace: str, deployment: str, container: str, model: ModelRef | None
     ) -> None: ...
@@ -186,7 +187,7 @@ class Reconciler:
             verified = self.artifacts.verify_version(how.rollback_uri, how.rollback_version)
             observed = replace(observed, rollback_artifacts=verified)
         if how.job_name is not None:
-            job = self.cluster.observe_job(ref.namespace, how.job_name)
+            job = self.cluster.observe_job(ref.namespace, how.job_name, ref.uid)
             observed = replace(observed, job=job)
             if job.state is JobState.SUCCEEDED and how.candidate_uri and how.candidate_version:
                 verified = self.artifacts.verify_version(how.candidate_uri, how.candidate_version)
@@ -234,9 +235,11 @@ class Reconciler:
             self._write_status(ref, status, blocked)
             self._post(ref, event)
             raise
-        log.info(
-            "%s Job %s for %s/%s", "created" if created else "found existing", name, ref.namespace, ref.name
-        )
+        if created is JobCreation.NAME_TAKEN:
+            # Not ours, so not marked created: the next observation reports it and ends this retrain.
+            log.warning("Job %s for %s/%s exists with another controller", name, ref.namespace, ref.name)
+            return status
+        log.info("%s Job %s for %s/%s", created, name, ref.namespace, ref.name)
         marked = mark_job_created(status)
         self._write_status(ref, status, marked)
         return marked

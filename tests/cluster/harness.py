@@ -44,7 +44,8 @@ DEFAULT_FAKE_NODES = 2
 # Debian's package (build.sh installs it); the harness runs the binary itself, never the service.
 REDIS_SERVER = Path("/usr/bin/redis-server")
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-# A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION.
+# A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION; a Job
+# pod without it completes with that message, if any (what a trainer reports on success).
 KWOK_OUTCOME_ANNOTATION = "kwok.feedbackloop.dev/outcome"
 KWOK_MESSAGE_ANNOTATION = "kwok.feedbackloop.dev/message"
 # A pod whose MODEL_URI contains this marker never becomes ready: a rollout that cannot progress.
@@ -71,6 +72,12 @@ KWOK_FAIL_TEMPLATE = (
     "      finishedAt: {{ $now | Quote }}\n"
     "{{ end }}\n"
     "phase: Failed\n"
+)
+KWOK_SUCCESS_MESSAGE = (
+    "{{ with $root.metadata.annotations }}"
+    f'{{{{ with index . "{KWOK_MESSAGE_ANNOTATION}" }}}}'
+    "      message: {{ . | Quote }}\n"
+    "{{ end }}{{ end }}"
 )
 CONTROLLERS = (
     "deployment-controller",
@@ -614,6 +621,9 @@ class Cluster:
             expressions = stage["spec"]["selector"].get("matchExpressions", [])
             if stage["metadata"]["name"] == "pod-complete":
                 expressions.append({"key": outcome_key, "operator": "DoesNotExist"})
+                stage["spec"]["next"]["statusTemplate"] = stage["spec"]["next"]["statusTemplate"].replace(
+                    "reason: Completed\n", "reason: Completed\n" + KWOK_SUCCESS_MESSAGE
+                )
             if stage["metadata"]["name"] == "pod-ready":
                 expressions.append({"key": NEVER_READY_EXPRESSION, "operator": "NotIn", "values": ["true"]})
         stages.append(

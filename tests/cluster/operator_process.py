@@ -53,6 +53,8 @@ class OperatorProcess:
             "FBL_TICK_SECONDS": "1",
             "FBL_METRICS_PORT": str(metrics_port),
             "FBL_HEALTH_ENDPOINT": self.health_url,
+            # Tests steer kwok through pod annotations (harness.KWOK_OUTCOME_ANNOTATION and its message).
+            "FBL_POD_METADATA_PREFIXES": "kwok.feedbackloop.dev/",
             **env,
         }
         self.popen: subprocess.Popen[bytes] | None = None

@@ -69,6 +69,7 @@ from operator_process import OperatorProcess  # noqa: E402
 
 NAMESPACE, LOOP, MODEL, NODE = "demo", "churn", "churn", "local"
 MODELS_BUCKET, DATA_BUCKET, PREFIX = "models", "data", "loops/"
+CREDENTIALS_SECRET = "feedbackloop-s3-credentials"  # its prefix opts it in to loops
 THRESHOLD = 0.8
 FEATURES = ["tenure", "monthly", "plan", "region"]
 
@@ -240,7 +241,7 @@ class Traffic(threading.Thread):
 
 # ---------------------------------------------------------------- the cluster side
 def deployment(uri: str, sha256: str, endpoints: harness.Endpoints, plan: Plan) -> dict[str, Any]:
-    def secret(name: str, source: str = "s3-credentials") -> dict[str, Any]:
+    def secret(name: str, source: str = CREDENTIALS_SECRET) -> dict[str, Any]:
         return {"name": name, "valueFrom": {"secretKeyRef": {"name": source, "key": name}}}
 
     return {
@@ -367,7 +368,7 @@ def loop_spec(endpoints: harness.Endpoints) -> dict[str, Any]:
                     "holdoutFraction": 0.25,
                 },
             },
-            "artifacts": {"bucket": MODELS_BUCKET, "prefix": PREFIX, "credentialsSecret": "s3-credentials"},
+            "artifacts": {"bucket": MODELS_BUCKET, "prefix": PREFIX, "credentialsSecret": CREDENTIALS_SECRET},
             "validation": {
                 "gates": [
                     {"metric": "accuracy", "min": THRESHOLD},
@@ -620,7 +621,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
             core.create_namespaced_secret(
                 NAMESPACE,
                 client.V1Secret(
-                    metadata=client.V1ObjectMeta(name="s3-credentials"),
+                    metadata=client.V1ObjectMeta(name=CREDENTIALS_SECRET),
                     string_data={
                         "AWS_ACCESS_KEY_ID": endpoints.s3_access_key,
                         "AWS_SECRET_ACCESS_KEY": endpoints.s3_secret_key,

@@ -28,6 +28,7 @@ GITOPS_MANAGER = "gitops"
 BUCKET = ARTIFACT_BUCKET
 PREFIX = "loops/"
 WAIT = 60
+CREDENTIALS_SECRET = "feedbackloop-s3-credentials"  # its prefix opts it in (FBL_CREDENTIALS_SECRET_PREFIX)
 
 
 FAST_ROLLOUT = {
@@ -97,7 +98,7 @@ def loop_spec(model: str, **changes: Any) -> dict[str, Any]:
             "trainer": {"label": "churned"},
             "data": {"training": "s3://data/churn/train/"},
         },
-        "artifacts": {"bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": "s3-credentials"},
+        "artifacts": {"bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": CREDENTIALS_SECRET},
     }
     for path, value in changes.items():
         node = spec
@@ -158,7 +159,7 @@ class Scenario:
             input_text=json.dumps(deployment),
         )
         self.kubectl(
-            "create", "secret", "generic", "s3-credentials",
+            "create", "secret", "generic", CREDENTIALS_SECRET,
             "--from-literal=AWS_ACCESS_KEY_ID=trainer", "--from-literal=AWS_SECRET_ACCESS_KEY=trainer-secret",
         )  # fmt: skip
 
@@ -251,6 +252,14 @@ def write_candidate(store: ArtifactStore, namespace: str, version: str, accuracy
         {"job": {"name": f"{LOOP}-retrain-{version[1:]}"}},
     )
     return uri
+
+
+def trainer_report(store: ArtifactStore, uri: str) -> dict[str, str]:
+    """Pod annotations that make kwok complete the retrain pod with the termination message a trainer writes:
+    the sha256 of the manifest now at `uri`."""
+    bucket, key = contract.version_file(uri, contract.MANIFEST_FILE)
+    digest = contract.sha256_hex(store.get_bytes(bucket, key))
+    return {harness.KWOK_MESSAGE_ANNOTATION: contract.success_message(digest)}
 
 
 def spec_for(scenario: Scenario, **changes: Any) -> dict[str, Any]:

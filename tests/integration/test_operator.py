@@ -48,7 +48,15 @@ from feedbackloop.core.status import (
     to_status_dict,
 )
 from harness import wait_until
-from loop_scenario import LOOP, WAIT, Scenario, loop_spec, write_candidate
+from loop_scenario import (
+    CREDENTIALS_SECRET,
+    LOOP,
+    WAIT,
+    Scenario,
+    loop_spec,
+    trainer_report,
+    write_candidate,
+)
 from operator_process import TRAINER_IMAGE, ModelExporter, OperatorProcess
 
 # ---------------------------------------------------------------- tests
@@ -102,7 +110,9 @@ def test_sustained_breach_launches_exactly_one_job_with_the_expected_spec(
 ) -> None:
     candidate_uri = write_candidate(store, scenario.namespace, "v2")
     start_operator()
-    scenario.apply_loop(loop_spec(scenario.model))
+    scenario.apply_loop(
+        loop_spec(scenario.model, **{"retrain.podAnnotations": trainer_report(store, candidate_uri)})
+    )
     scenario.wait_condition("Healthy", "True")
 
     breach_started = time.monotonic()
@@ -128,7 +138,7 @@ def test_sustained_breach_launches_exactly_one_job_with_the_expected_spec(
     assert env["FBL_ARTIFACT_URI"]["value"] == candidate_uri
     assert env["FBL_CURRENT_MODEL_VERSION"]["value"] == "v1"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY",
+        "name": CREDENTIALS_SECRET, "key": "AWS_SECRET_ACCESS_KEY",
     }  # fmt: skip
     assert job["spec"]["backoffLimit"] == 1
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400

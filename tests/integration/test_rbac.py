@@ -17,7 +17,7 @@ from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import CRD_NAME, ENV_MODEL_URI, RETRAIN_REQUEST_ANNOTATION
 from harness import wait_until
 from install_helpers import RESTRICTED, Release, create_namespace, granted, service_account_kubeconfig
-from loop_scenario import Scenario, served, spec_for, wait_status, write_candidate
+from loop_scenario import Scenario, served, spec_for, trainer_report, wait_status, write_candidate
 from operator_process import OperatorProcess
 
 # What any authenticated user may do (system:basic-user); everything else must come from the chart.
@@ -142,7 +142,8 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     operator = run_with_chart_identity(
         cluster, scenario, install_chart, start_operator, tmp_path, cluster_wide
     )
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "rbac"})
+    spec = spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, candidate_uri)})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "rbac"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     env, version = served(scenario)

@@ -30,6 +30,7 @@ from loop_scenario import (
     deployment,
     served,
     spec_for,
+    trainer_report,
     wait_status,
     write_candidate,
 )
@@ -61,7 +62,8 @@ def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
     sha = store.read_manifest(candidate_uri, "v2").file("model.joblib").sha256  # type: ignore[union-attr]
     before = deployment(scenario)
     operator = start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    spec = spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, candidate_uri)})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     env, version = served(scenario)
@@ -113,10 +115,13 @@ def test_gates_pass_then_rollout_touches_only_our_fields_then_analysis_promotes(
 def test_failing_gates_never_patch_the_deployment(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess], store: ArtifactStore
 ) -> None:
-    write_candidate(store, scenario.namespace, "v2", accuracy=0.81)
+    uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.81)
     generation = deployment(scenario)["metadata"]["generation"]
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    scenario.apply_loop(
+        spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, uri)}),
+        annotations={RETRAIN_REQUEST_ANNOTATION: "go"},
+    )
 
     validated = scenario.wait_condition("Validated", "False", "GatesFailed")
     assert "accuracy 0.81 < min 0.85" in validated["message"]
@@ -134,10 +139,13 @@ def test_failed_analysis_rolls_back_to_the_exact_previous_env(
     store: ArtifactStore,
     exporter: ModelExporter,
 ) -> None:
-    write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
     original = served(scenario)
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    scenario.apply_loop(
+        spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, uri)}),
+        annotations={RETRAIN_REQUEST_ANNOTATION: "go"},
+    )
     wait_status(scenario, lambda s: "rollout" in s)
     exporter.set(scenario.model, accuracy=0.5)  # the new version does badly in production
 
@@ -157,10 +165,11 @@ def test_progress_deadline_rolls_back(
 ) -> None:
     # Pods of a MODEL_URI carrying the marker never become ready in this cluster.
     prefix = f"{harness.NEVER_READY_MARKER}/"
-    write_version(store, scenario, "v2", accuracy=0.93, prefix=prefix)
+    uri = write_version(store, scenario, "v2", accuracy=0.93, prefix=prefix)
     original = served(scenario)
     start_operator()
-    spec = spec_for(scenario, **{"artifacts.prefix": prefix, "rollout.progressDeadline": "15s"})
+    changes = {"artifacts.prefix": prefix, "rollout.progressDeadline": "15s"}
+    spec = spec_for(scenario, **changes, **{"retrain.podAnnotations": trainer_report(store, uri)})
     scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     scenario.wait_condition("Degraded", "True", "ProgressDeadlineExceeded", timeout=90)
@@ -175,7 +184,9 @@ def test_recommend_mode_waits_for_a_manual_promote(
 ) -> None:
     candidate_uri = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
     start_operator()
-    scenario.apply_loop(spec_for(scenario, mode="Recommend"), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    report = trainer_report(store, candidate_uri)
+    spec = spec_for(scenario, mode="Recommend", **{"retrain.podAnnotations": report})
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     status = wait_status(scenario, lambda s: s.get("recommendedVersion") == "v2")
     time.sleep(2)
     assert served(scenario)[1] == "v1"  # nothing patched
@@ -215,7 +226,8 @@ def test_deleting_a_loop_mid_rollout_cleans_its_job_and_leaves_deployment_and_ar
     prefix = f"{harness.NEVER_READY_MARKER}/"
     uri = write_version(store, scenario, "v2", accuracy=0.93, prefix=prefix)
     start_operator()
-    spec = spec_for(scenario, **{"artifacts.prefix": prefix, "rollout.progressDeadline": "10m"})
+    changes = {"artifacts.prefix": prefix, "rollout.progressDeadline": "10m"}
+    spec = spec_for(scenario, **changes, **{"retrain.podAnnotations": trainer_report(store, uri)})
     scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
     wait_status(scenario, lambda s: s.get("rollout", {}).get("phase") == "Progressing")
     assert scenario.job_names() == [f"{LOOP}-retrain-2"]

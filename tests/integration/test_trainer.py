@@ -44,6 +44,9 @@ def test_classification_writes_a_complete_verified_version(
     store = ArtifactStore(s3)
     uri = f"s3://{bucket}/models/ml/churn/v1/"
     manifest = store.read_manifest(uri, "v1")
+    # The termination message vouches for exactly these manifest bytes: the operator accepts no other.
+    written = s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/manifest.json")["Body"].read()
+    assert json.loads(message) == {"manifestSha256": hashlib.sha256(written).hexdigest()}
     names = {f.name for f in manifest.files}
     assert {"model.joblib", "metrics.json", "report.json", "report.html", "reference.json"} <= names
     assert {"confusion_matrix.png", "worst_slices.png"} <= names
@@ -72,7 +75,8 @@ def test_classification_writes_a_complete_verified_version(
 
     # A retried pod finds the version complete and leaves it exactly as it is.
     before = s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/manifest.json")["Body"].read()
-    assert run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))[0] == 0
+    retried = run_trainer(endpoints, tmp_path, **version_env(bucket, "v1"))
+    assert retried[:2] == (0, contract.success_message(hashlib.sha256(before).hexdigest()))
     assert s3.get_object(Bucket=bucket, Key="models/ml/churn/v1/manifest.json")["Body"].read() == before
 
     model_sha = manifest.file("model.joblib").sha256  # type: ignore[union-attr]

@@ -59,7 +59,7 @@ BASE_SPEC: dict[str, Any] = {
         "trainer": {"label": "churned"},
         "data": {"training": "s3://data/churn/train/", "feedback": "s3://data/churn/feedback/"},
     },
-    "artifacts": {"bucket": "models", "prefix": "churn/", "credentialsSecret": "s3-credentials"},
+    "artifacts": {"bucket": "models", "prefix": "churn/", "credentialsSecret": "feedbackloop-s3-credentials"},
 }
 
 

@@ -12,12 +12,14 @@ from typing import Any
 
 from core_inputs import POLICY
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
+from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import (
     ArtifactCheck,
     ArtifactObservation,
     DeployedModel,
     DeploymentProgress,
+    JobCreation,
     JobObservation,
     JobState,
     Probe,
@@ -104,18 +106,24 @@ class FakeCluster:
         deployed = DeployedModel(self.deployed_uri, None, None) if self.deployed_uri else None
         return TargetObservation(True, True, (container,), deployed, progress)
 
-    def observe_job(self, namespace: str, name: str) -> JobObservation:
+    def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation:
         self._call("observe_job", namespace, name)
-        return JobObservation(name, self.job_states.get(name, JobState.MISSING))
+        state = self.job_states.get(name, JobState.MISSING)
+        version = contract.version_name(int(name.rsplit("-", 1)[1]))
+        succeeded = state is JobState.SUCCEEDED
+        report = contract.success_message(fake_manifest_sha256(version)) if succeeded else ""
+        return JobObservation(name, state, report)
 
-    def create_job(self, manifest: dict[str, Any]) -> bool:
+    def create_job(self, manifest: dict[str, Any]) -> JobCreation:
         name = manifest["metadata"]["name"]
         self._call("create_job", name)
+        if self.job_states.get(name) is JobState.FOREIGN:
+            return JobCreation.NAME_TAKEN
         if name in self.jobs:
-            return False
+            return JobCreation.EXISTED
         self.jobs[name] = copy.deepcopy(manifest)
         self.job_states[name] = JobState.RUNNING
-        return True
+        return JobCreation.CREATED
 
     def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
         self._call("apply_model", deployment, model.version if model else None)
@@ -145,6 +153,11 @@ class FakePrometheus:
         return Probe(ok=True) if self.reachable else Probe(ok=False, message="connection refused")
 
 
+def fake_manifest_sha256(version: str) -> str:
+    """The digest of a version's manifest: what the fake trainer reports and the fake store serves."""
+    return hashlib.sha256(f"manifest of {version}".encode()).hexdigest()
+
+
 @dataclass
 class FakeArtifacts:
     journal: list[Call]
@@ -161,6 +174,7 @@ class FakeArtifacts:
             uri=uri,
             model_sha256=hashlib.sha256(version.encode()).hexdigest(),
             metrics={"schemaVersion": 1, "candidate": self.candidate_metrics, "current": None},
+            manifest_sha256=fake_manifest_sha256(version),
         )
 
 

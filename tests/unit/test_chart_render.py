@@ -170,3 +170,36 @@ def test_the_schema_refuses_an_allow_list_entry_the_operator_would_refuse(
     refused = template(helm, tmp_path, values, check=False)
     assert refused.returncode != 0
     assert where in refused.stderr
+
+
+def test_the_retrain_job_policy_is_strict_by_default_and_passes_listed_values_through(
+    helm: Path, tmp_path: Path
+) -> None:
+    defaults = operator_env(template(helm, tmp_path))
+    assert (defaults["FBL_CREDENTIALS_SECRET_PREFIX"], defaults["FBL_POD_METADATA_PREFIXES"]) == (
+        "feedbackloop-",
+        "",
+    )
+    listed = {
+        "trainer": {"credentialsSecretPrefix": "", "podMetadataPrefixes": ["a.example/", "b.example/x-"]}
+    }
+    env = operator_env(template(helm, tmp_path, listed))
+    assert (env["FBL_CREDENTIALS_SECRET_PREFIX"], env["FBL_POD_METADATA_PREFIXES"]) == (
+        "",
+        "a.example/,b.example/x-",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"trainer": {"credentialsSecretPrefix": "Team_"}}, "/trainer/credentialsSecretPrefix"),
+        ({"trainer": {"podMetadataPrefixes": ["a.example/,b.example/"]}}, "/trainer/podMetadataPrefixes/0"),
+    ],
+)
+def test_the_schema_refuses_a_retrain_job_policy_the_operator_would_refuse(
+    helm: Path, tmp_path: Path, values: dict[str, Any], where: str
+) -> None:
+    refused = template(helm, tmp_path, values, check=False)
+    assert refused.returncode != 0
+    assert where in refused.stderr

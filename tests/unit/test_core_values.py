@@ -117,7 +117,9 @@ def test_job_env_contract_and_secret_references() -> None:
     assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://s3:7070"
     assert env["AWS_SECRET_ACCESS_KEY"] == {
         "name": "AWS_SECRET_ACCESS_KEY",
-        "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}},
+        "valueFrom": {
+            "secretKeyRef": {"name": "feedbackloop-s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+        },
     }
     assert "value" not in env["AWS_ACCESS_KEY_ID"]
     assert env["FBL_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}

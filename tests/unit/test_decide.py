@@ -19,6 +19,7 @@ from core_inputs import (
     spec_dict,
 )
 from feedbackloop.api import LABEL_TRIGGER, ConditionType, Trigger
+from feedbackloop.core import contract
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import CreateJob, Decision, RetrainStarted
 from feedbackloop.core.loop import LoopState, OperatorPolicy
@@ -210,9 +211,11 @@ def test_completed_job_with_verified_artifacts_becomes_the_candidate() -> None:
         uri="s3://models/churn/ml/churn/v1/",
         model_sha256="b" * 64,
         metrics=METRICS_JSON,
+        manifest_sha256="d" * 64,
     )
+    report = contract.success_message("d" * 64)
     observed = healthy_dependencies(
-        job=JobObservation("churn-retrain-1", JobState.SUCCEEDED), artifacts=artifacts
+        job=JobObservation("churn-retrain-1", JobState.SUCCEEDED, report), artifacts=artifacts
     )
     decision = run(loop, observed, at=T0 + timedelta(minutes=5))
 

@@ -21,6 +21,7 @@ from core_inputs import (
     spec_dict,
 )
 from feedbackloop.api import ConditionType, MeasurementVerdict, Outcome, RolloutPhase, Trigger
+from feedbackloop.core import contract
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision
 from feedbackloop.core.gates import Comparison, evaluate_gates
@@ -197,9 +198,11 @@ def retrained(
         uri=V2_URI,
         model_sha256="2" * 64,
         metrics={"schemaVersion": 1, "candidate": metrics, "current": current or {"accuracy": 0.8}},
+        manifest_sha256="e" * 64,
     )
+    report = contract.success_message("e" * 64)
     observed = healthy_dependencies(
-        job=JobObservation("churn-retrain-2", JobState.SUCCEEDED), artifacts=artifacts
+        job=JobObservation("churn-retrain-2", JobState.SUCCEEDED, report), artifacts=artifacts
     )
     return status, observed
 

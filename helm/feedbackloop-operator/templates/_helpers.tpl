@@ -59,7 +59,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, patch]
-# Pods only to read a failed retrain Job's termination message.
+# Pods only to read a retrain Job's termination message: a failure reason, or the manifest digest on success.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]

@@ -213,13 +213,17 @@ class ArtifactStore:
         return body
 
     def read_manifest(self, uri: str, version: str | None = None) -> contract.Manifest:
-        raw = json.loads(self.get_bytes(*contract.version_file(uri, contract.MANIFEST_FILE)))
-        return contract.parse_manifest(raw, expected_version=version)
+        return self._read_manifest(uri, version)[0]
+
+    def _read_manifest(self, uri: str, version: str | None) -> tuple[contract.Manifest, str]:
+        """The parsed manifest and the sha256 of the very bytes it was parsed from."""
+        body = self.get_bytes(*contract.version_file(uri, contract.MANIFEST_FILE))
+        return contract.parse_manifest(json.loads(body), expected_version=version), contract.sha256_hex(body)
 
     def verify_version(self, uri: str, version: str) -> ArtifactObservation:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
         try:
-            manifest = self.read_manifest(uri, version)
+            manifest, manifest_sha256 = self._read_manifest(uri, version)
             for entry in manifest.files:
                 digest, size = self._hash_object(*contract.version_file(uri, entry.name))
                 if (digest, size) != (entry.sha256, entry.size):
@@ -243,7 +247,11 @@ class ArtifactStore:
         model = manifest.file(contract.MODEL_FILE)
         assert model is not None  # parse_manifest requires it
         return ArtifactObservation(
-            ArtifactCheck.VERIFIED, uri=uri, model_sha256=model.sha256, metrics=metrics
+            ArtifactCheck.VERIFIED,
+            uri=uri,
+            model_sha256=model.sha256,
+            metrics=metrics,
+            manifest_sha256=manifest_sha256,
         )
 
     def download_verified(self, bucket: str, key: str, expected_sha256: str, destination: Path) -> Path:
@@ -305,7 +313,7 @@ class ArtifactStore:
             before_manifest()
         self.put_bytes(
             *contract.version_file(uri, contract.MANIFEST_FILE),
-            json.dumps(manifest, indent=2).encode(),
+            contract.manifest_bytes(manifest),
             "application/json",
         )
         return manifest

@@ -1,7 +1,8 @@
 """Kubernetes through the official client: FeedbackLoops, Jobs, the target Deployment, Events.
 
-Writes are patches or creates, never a whole-object PUT. A create that meets an existing object (409)
-counts as success, because object names are derived from durable status.
+Writes are patches or creates, never a whole-object PUT. A Job create that meets an existing Job (409) counts
+as success only when that Job's controller is the same loop (by uid), because Job names come from durable
+status; anyone who can create Jobs can take a name first.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from feedbackloop.api import (
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,
+    JobCreation,
     JobObservation,
     JobState,
+    ListedJob,
     TargetObservation,
 )
+from feedbackloop.core.retrain import count_running_retrains
 from feedbackloop.core.status import ModelRef
 
 log = logging.getLogger(__name__)
@@ -160,27 +164,33 @@ class KubeAdapter:
             raise _failure(f"apply deployments/{deployment}", err) from None
 
     # ---------------------------------------------------------------- Jobs
-    def create_job(self, manifest: dict[str, Any]) -> bool:
-        """True if created, False if a Job of that name already exists (a repeat, which is fine)."""
-        namespace = manifest["metadata"]["namespace"]
+    def create_job(self, manifest: dict[str, Any]) -> JobCreation:
+        """CREATED; EXISTED when the Job of that name is already this loop's (a repeat); else NAME_TAKEN."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        owner_uid = manifest["metadata"]["ownerReferences"][0]["uid"]
         try:
             self.batch.create_namespaced_job(namespace, manifest, _request_timeout=_REQUEST_TIMEOUT)
         except ApiException as err:
-            if err.status == 409:
-                return False
-            raise _failure(f"create jobs/{manifest['metadata']['name']}", err) from None
-        return True
+            if err.status != 409:
+                raise _failure(f"create jobs/{name}", err) from None
+            existing = self.observe_job(namespace, name, owner_uid)
+            return JobCreation.NAME_TAKEN if existing.state is JobState.FOREIGN else JobCreation.EXISTED
+        return JobCreation.CREATED
 
-    def observe_job(self, namespace: str, name: str) -> JobObservation:
+    def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation:
+        """The Job's state, or FOREIGN when the FeedbackLoop of uid `owner_uid` is not its controller."""
         try:
             job = self.batch.read_namespaced_job(name, namespace, _request_timeout=_REQUEST_TIMEOUT)
         except ApiException as err:
             if err.status == 404:
                 return JobObservation(name, JobState.MISSING)
             raise _failure(f"get jobs/{name}", err) from None
+        if _controller_loop_uid(job) != owner_uid:
+            message = f"Job {name} exists but this FeedbackLoop is not its controller; it is not adopted"
+            return JobObservation(name, JobState.FOREIGN, message)
         conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
         if "Complete" in conditions:
-            return JobObservation(name, JobState.SUCCEEDED)
+            return JobObservation(name, JobState.SUCCEEDED, self._success_report(namespace, job))
         if "Failed" in conditions:
             failed = conditions["Failed"]
             state = JobState.DEADLINE_EXCEEDED if failed.reason == "DeadlineExceeded" else JobState.FAILED
@@ -211,8 +221,34 @@ class KubeAdapter:
                         newest = (at, f"exit code {terminated.exit_code}: {terminated.message.strip()}")
         return newest[1] if newest else ""
 
+    def _success_report(self, namespace: str, job: client.V1Job) -> str:
+        """The termination message of the newest container that exited 0 in a pod this very Job controls."""
+        uid = job.metadata.uid
+        try:
+            pods = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"batch.kubernetes.io/controller-uid={uid}",
+                _request_timeout=_REQUEST_TIMEOUT,
+            ).items
+        except ApiException as err:
+            log.warning("cannot read pods of job %s/%s: %s", namespace, job.metadata.name, err.reason)
+            return ""
+        newest: tuple[datetime, str] | None = None
+        for pod in pods:
+            if not any(ref.controller and ref.uid == uid for ref in pod.metadata.owner_references or []):
+                continue
+            for status in pod.status.container_statuses or []:
+                terminated = status.state.terminated if status.state else None
+                if terminated is None or terminated.exit_code != 0 or not terminated.message:
+                    continue
+                at = terminated.finished_at or datetime.min.replace(tzinfo=UTC)
+                if newest is None or at > newest[0]:
+                    newest = (at, terminated.message.strip()[:_MAX_MESSAGE])
+        return newest[1] if newest else ""
+
     def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
-        """Unfinished retrain Jobs of this operator, cluster-wide or across the watched namespaces."""
+        """Unfinished retrain Jobs that are a loop's active retrain and controlled by that loop (by uid),
+        cluster-wide or across the watched namespaces: labels alone are anyone's to copy."""
         selector = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},{LABEL_MANAGED_BY}={FIELD_MANAGER}"
         try:
             if namespaces:
@@ -223,13 +259,27 @@ class KubeAdapter:
                         namespace, label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
                     ).items
                 ]
+                loops = [
+                    loop
+                    for namespace in namespaces
+                    for loop in self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, _request_timeout=_REQUEST_TIMEOUT
+                    )["items"]
+                ]
             else:
                 jobs = self.batch.list_job_for_all_namespaces(
                     label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
                 ).items
+                loops = self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _request_timeout=_REQUEST_TIMEOUT
+                )["items"]
         except ApiException as err:
-            raise _failure("list jobs", err) from None
-        return sum(1 for job in jobs if not _finished(job))
+            raise _failure("list jobs and feedbackloops", err) from None
+        listed = [
+            ListedJob(job.metadata.namespace, job.metadata.name, _controller_loop_uid(job), _finished(job))
+            for job in jobs
+        ]
+        return count_running_retrains(listed, _active_retrain_jobs(loops))
 
     # ---------------------------------------------------------------- Events
     def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
@@ -269,6 +319,25 @@ def _progress(deployment: client.V1Deployment) -> DeploymentProgress:
             c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions
         ),
     )
+
+
+def _controller_loop_uid(job: client.V1Job) -> str | None:
+    """The uid of the Job's controller ownerReference if that controller is a FeedbackLoop."""
+    for ref in job.metadata.owner_references or []:
+        if ref.controller and ref.kind == KIND and ref.api_version.split("/")[0] == GROUP:
+            return str(ref.uid)
+    return None
+
+
+def _active_retrain_jobs(loops: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(namespace, Job name) -> uid of the loop whose status.activeRetrain names that Job."""
+    active = {}
+    for loop in loops:
+        meta = loop["metadata"]
+        job = ((loop.get("status") or {}).get("activeRetrain") or {}).get("job")
+        if isinstance(job, str):
+            active[(meta["namespace"], job)] = meta["uid"]
+    return active
 
 
 def job_finished(conditions: Iterable[tuple[str | None, str | None]]) -> bool:

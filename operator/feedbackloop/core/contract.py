@@ -5,6 +5,8 @@ Documented for people in docs/retrain-job-contract.md; this module is the single
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -43,6 +45,9 @@ ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name, not
 SECRET_KEY_ACCESS = "AWS_ACCESS_KEY_ID"  # noqa: S105
 SECRET_KEY_SECRET = "AWS_SECRET_ACCESS_KEY"  # noqa: S105
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# On success the termination message is {"manifestSha256": "<hex>"}. It comes back through the API server,
+# which a bucket writer cannot forge, so the operator accepts only the manifest the trainer wrote.
+TERMINATION_MANIFEST_SHA256 = "manifestSha256"
 
 # ---- artifact layout: s3://<bucket>/<prefix><namespace>/<loop>/<version>/<file>
 MODEL_FILE = "model.joblib"
@@ -167,6 +172,30 @@ def parse_manifest(raw: Any, expected_version: str | None = None) -> Manifest:
     if missing:
         raise ManifestError(f"manifest lacks required files: {', '.join(missing)}")
     return manifest
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """manifest.json exactly as the trainer writes it, so that its sha256 can be reported."""
+    return json.dumps(manifest, indent=2).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def success_message(manifest_sha256: str) -> str:
+    """The trainer's termination message once its manifest is written."""
+    return json.dumps({TERMINATION_MANIFEST_SHA256: manifest_sha256})
+
+
+def reported_manifest_sha256(message: str) -> str | None:
+    """The manifest digest a succeeded trainer reported in its termination message, if it reported one."""
+    try:
+        report = json.loads(message)
+    except ValueError:
+        return None
+    digest = report.get(TERMINATION_MANIFEST_SHA256) if isinstance(report, dict) else None
+    return digest if isinstance(digest, str) and _SHA256.match(digest) else None
 
 
 def numeric_metrics(section: Any, limit: int = METRICS_LIMIT) -> dict[str, float]:

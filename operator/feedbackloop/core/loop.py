@@ -8,6 +8,8 @@ from datetime import datetime
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import FeedbackLoopStatus
 
+DEFAULT_CREDENTIALS_SECRET_PREFIX = "feedbackloop-"  # noqa: S105 - the start of a name, not a secret
+
 
 @dataclass(frozen=True)
 class LoopRef:
@@ -23,6 +25,10 @@ class OperatorPolicy:
     trainer_images: tuple[str, ...]
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # A loop may name only a Secret whose name starts with this: the name is the Secret's opt-in.
+    credentials_secret_prefix: str = DEFAULT_CREDENTIALS_SECRET_PREFIX
+    # Keys of retrain.podLabels and podAnnotations must start with one of these; none by default.
+    pod_metadata_prefixes: tuple[str, ...] = ()
     # Empty allows nothing; "*" allows any (core.allowlist).
     prometheus_urls: tuple[str, ...] = ()
     artifact_buckets: tuple[str, ...] = ()

@@ -99,13 +99,31 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    FOREIGN = "Foreign"  # a Job of that name exists, but this loop is not its controller
 
 
 @dataclass(frozen=True)
 class JobObservation:
     name: str
     state: JobState
-    message: str = ""  # the pod's termination message, or the Job's failure condition message
+    # The pod's termination message (on success, the trainer's report), or the Job's failure message.
+    message: str = ""
+
+
+class JobCreation(enum.StrEnum):
+    CREATED = "Created"
+    EXISTED = "Existed"  # ours already: a repeat after a crash or a lost response
+    NAME_TAKEN = "NameTaken"  # a Job of that name exists and another owner controls it
+
+
+@dataclass(frozen=True)
+class ListedJob:
+    """A retrain-labelled Job as listed: labels are anyone's to set, so its controller decides whose it is."""
+
+    namespace: str
+    name: str
+    controller_uid: str | None  # the uid of its controller ownerReference when that is a FeedbackLoop
+    finished: bool
 
 
 class ArtifactCheck(enum.StrEnum):
@@ -123,6 +141,7 @@ class ArtifactObservation:
     uri: str = ""
     model_sha256: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    manifest_sha256: str = ""  # of the manifest.json bytes read, to compare with what the trainer reported
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.observations import Observations
 from feedbackloop.core.promql import UnsafeQueryError, render_queries
+from feedbackloop.core.retrain_policy import retrain_refusals
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
 from feedbackloop.core.triggers import schedule_error
@@ -47,6 +48,7 @@ def not_allowed(spec: FeedbackLoopSpec, policy: OperatorPolicy) -> list[tuple[Re
     bucket = bucket_refusal(spec.artifacts.bucket, policy.artifact_buckets) if spec.artifacts else None
     if bucket:
         refusals.append((Reason.ARTIFACT_STORE_NOT_ALLOWED, f"{bucket} (FBL_ARTIFACT_BUCKETS)"))
+    refusals.extend(retrain_refusals(spec, policy))
     return refusals
 
 

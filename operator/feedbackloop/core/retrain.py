@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from feedbackloop.core.observations import (
     ArtifactObservation,
     JobObservation,
     JobState,
+    ListedJob,
     Observations,
 )
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
@@ -183,6 +185,18 @@ def job_create_failed(
     return edit_status(status, blocked), Event(EventType.WARNING, Reason.BLOCKED, message)
 
 
+def count_running_retrains(jobs: Iterable[ListedJob], active: Mapping[tuple[str, str], str]) -> int:
+    """Unfinished Jobs that a loop's status names as its active retrain (`active`: (namespace, Job name) to
+    that loop's uid) and that the loop controls: a copied label or a Job in a loop's name takes no slot."""
+    return sum(
+        1
+        for job in jobs
+        if not job.finished
+        and job.controller_uid is not None
+        and active.get((job.namespace, job.name)) == job.controller_uid
+    )
+
+
 # ---- following the Job
 
 
@@ -190,12 +204,15 @@ def follow_retrain(draft: Draft, loop: LoopState, observed: Observations, policy
     active = loop.status.active_retrain
     assert active is not None
     job = observed.job or JobObservation(active.job, JobState.RUNNING)
-    if job.state is not JobState.MISSING and not active.job_created:
+    if job.state not in (JobState.MISSING, JobState.FOREIGN) and not active.job_created:
         active = replace(active, job_created=True)
         draft.status.active_retrain = active
     match job.state:
         case JobState.MISSING:
             _job_missing(draft, loop, active, policy)
+        case JobState.FOREIGN:
+            # Someone else's Job took the name: follow nothing of it; the next retrain gets a new name.
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.JOB_NAME_TAKEN, job.message)
         case JobState.RUNNING:
             draft.condition(
                 ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.RETRAIN_RUNNING, _describe(active)
@@ -206,7 +223,9 @@ def follow_retrain(draft: Draft, loop: LoopState, observed: Observations, policy
             reason = Reason.RETRAIN_JOB_DEADLINE_EXCEEDED
             _end_retrain(draft, active, Outcome.RETRAIN_FAILED, reason, _failed(job))
         case JobState.SUCCEEDED:
-            _accept_artifacts(draft, active, observed.artifacts)
+            _accept_artifacts(
+                draft, active, observed.artifacts, contract.reported_manifest_sha256(job.message)
+            )
 
 
 def _failed(job: JobObservation) -> str:
@@ -225,7 +244,9 @@ def _job_missing(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: O
         _create_job(draft, loop, active, policy)
 
 
-def _accept_artifacts(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation | None) -> None:
+def _accept_artifacts(
+    draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation | None, reported_sha256: str | None
+) -> None:
     if artifacts is None:
         _verifying(draft, active, "not checked yet")
         return
@@ -239,6 +260,16 @@ def _accept_artifacts(draft: Draft, active: ActiveRetrain, artifacts: ArtifactOb
             _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.ARTIFACT_DIGEST_MISMATCH, refused)
         case ArtifactCheck.INVALID:
             _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.ARTIFACTS_INVALID, refused)
+        case ArtifactCheck.VERIFIED if reported_sha256 is None:
+            message = f"Job {active.job} reported no manifest sha256 in its termination message"
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.MANIFEST_DIGEST_UNREPORTED, message)
+        case ArtifactCheck.VERIFIED if reported_sha256 != artifacts.manifest_sha256:
+            # The bytes changed after the trainer wrote them: whoever can write the bucket chose this model.
+            message = (
+                f"Job {active.job} wrote a manifest with sha256 {reported_sha256[:12]}…, "
+                f"{artifacts.uri}manifest.json has {artifacts.manifest_sha256[:12]}…"
+            )
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.MANIFEST_TAMPERED, message)
         case ArtifactCheck.VERIFIED:
             _candidate(draft, active, artifacts)
 

@@ -67,6 +67,12 @@ def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> N
         ([{"metric": {}, "values": [[0, "1"]]}], QueryOutcome.ERROR, None),
         ({"unexpected": True}, QueryOutcome.ERROR, None),
         ([0, "abc"], QueryOutcome.ERROR, None),
+        # A malformed 200 from a server that only claims to be Prometheus: an error outcome, never a crash.
+        ([{"metric": {}, "value": 5}], QueryOutcome.ERROR, None),
+        ([{"metric": {}, "value": [0]}], QueryOutcome.ERROR, None),
+        ([{"metric": {}, "value": [0, {"x": 1}]}], QueryOutcome.ERROR, None),
+        ([{"metric": {}, "value": [0, 0.5]}], QueryOutcome.ERROR, None),
+        (["not a sample"], QueryOutcome.ERROR, None),
     ],
 )
 def test_prometheus_result_shapes(result: object, outcome: QueryOutcome, value: float | None) -> None:

@@ -138,14 +138,19 @@ def classify(result: Any) -> QueryResult:
             message=f"the query returned {len(result)} series; aggregate it to one (e.g. sum(...))",
         )
     sample = result[0]
-    if not isinstance(sample, dict) or "value" not in sample:
+    if isinstance(sample, dict) and "values" in sample:
         return QueryResult(
             QueryOutcome.ERROR, message="a range vector is not a measurement; use an instant vector"
         )
-    return _number(sample["value"][1])
+    value = sample.get("value") if isinstance(sample, dict) else None
+    if not isinstance(value, list) or len(value) != 2:
+        return QueryResult(QueryOutcome.ERROR, message="the answer is not a Prometheus query API response")
+    return _number(value[1])
 
 
-def _number(text: str) -> QueryResult:
+def _number(text: object) -> QueryResult:
+    if not isinstance(text, str):  # Prometheus sends sample values as strings; a number here is not it
+        return QueryResult(QueryOutcome.ERROR, message="the sample value is not a number")
     try:
         value = float(text)
     except ValueError:

@@ -101,6 +101,18 @@ def test_unusable_versions_are_invalid(
     assert message in result.message
 
 
+def test_a_metrics_json_with_an_integer_python_will_not_parse_is_invalid_not_a_crash(
+    s3: Any, bucket: str
+) -> None:
+    store = ArtifactStore(s3)
+    uri = f"s3://{bucket}/p/ns/loop/v1/"
+    huge = b'{"schemaVersion": 1, "candidate": {"accuracy": ' + b"9" * 5000 + b"}}"
+    store.write_version(uri, "v1", {"model.joblib": MODEL, "metrics.json": huge}, {})
+    result = store.verify_version(uri, "v1")
+    assert result.check is ArtifactCheck.INVALID
+    assert "digits" in result.message and "9999" not in result.message
+
+
 def test_download_verified_refuses_bytes_that_do_not_match(s3: Any, bucket: str, tmp_path: Path) -> None:
     store = ArtifactStore(s3)
     write(store, bucket)

@@ -238,7 +238,7 @@ class ArtifactStore:
             return _missing_file(uri, err)
         except ArtifactStoreError as err:
             return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=_describe(err), uri=uri)
-        except (contract.ManifestError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (contract.ManifestError, ValueError) as err:  # also a >4300-digit integer, not only bad JSON
             return ArtifactObservation(ArtifactCheck.INVALID, message=str(err), uri=uri)
         if not isinstance(metrics, dict):
             return ArtifactObservation(

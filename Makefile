@@ -71,7 +71,7 @@ e2e: $(STAMP) cluster-build  ## the whole loop
 	$(BIN)/pytest tests/e2e
 
 test: $(STAMP) cluster-build lint  ## everything CI runs: lint, unit, integration, e2e
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=25
 
 cluster-up: $(STAMP) cluster-build  ## start the test cluster in the background; writes .cluster/env
 	$(BIN)/python tests/cluster/harness.py up --dir $(CLUSTER_DIR)

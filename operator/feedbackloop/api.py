@@ -72,6 +72,7 @@ class Reason(enum.StrEnum):
     READY = "Ready"
     INVALID_SPEC = "InvalidSpec"
     PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    PROMETHEUS_CIRCUIT_OPEN = "PrometheusCircuitOpen"  # failed repeatedly: not queried until a cool-down ends
     PROMETHEUS_NOT_ALLOWED = "PrometheusNotAllowed"
     ARTIFACT_STORE_UNREACHABLE = "ArtifactStoreUnreachable"
     ARTIFACT_BUCKET_NOT_FOUND = "ArtifactBucketNotFound"

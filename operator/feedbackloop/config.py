@@ -53,6 +53,14 @@ class OperatorConfig:
     `*` allows any; empty allows none."""
     artifact_buckets: tuple[str, ...] = ()
     """FBL_ARTIFACT_BUCKETS: comma-separated allowed buckets; `*` allows any; empty allows none."""
+    reconcile_budget_seconds: float = 20.0
+    """FBL_RECONCILE_BUDGET_SECONDS: how long one reconcile waits for all its Prometheus answers together."""
+    prometheus_failure_threshold: int = 3
+    """FBL_PROMETHEUS_FAILURE_THRESHOLD: consecutive failures of one Prometheus URL that open its circuit."""
+    prometheus_cool_down_seconds: float = 30.0
+    """FBL_PROMETHEUS_COOL_DOWN_SECONDS: how long an open circuit refuses requests before one trial."""
+    prometheus_concurrency: int = 4
+    """FBL_PROMETHEUS_CONCURRENCY: requests in flight to one Prometheus URL at most."""
 
     @property
     def policy(self) -> OperatorPolicy:
@@ -114,6 +122,17 @@ def _pod_metadata_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:
     return prefixes
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, f"{default:g}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name}={value:g} must be between {low:g} and {high:g}")
+    return value
+
+
 def tick_seconds(env: Mapping[str, str] | None = None) -> float:
     """FBL_TICK_SECONDS alone: kopf fixes a timer's interval when the handlers module is imported."""
     env = os.environ if env is None else env
@@ -156,4 +175,8 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         pod_metadata_prefixes=_pod_metadata_prefixes(env),
         prometheus_urls=_prometheus_urls(env),
         artifact_buckets=_artifact_buckets(env),
+        reconcile_budget_seconds=_seconds(env, "FBL_RECONCILE_BUDGET_SECONDS", 20, 1, 300),
+        prometheus_failure_threshold=_int(env, "FBL_PROMETHEUS_FAILURE_THRESHOLD", 3, 1, 100),
+        prometheus_cool_down_seconds=_seconds(env, "FBL_PROMETHEUS_COOL_DOWN_SECONDS", 30, 1, 3600),
+        prometheus_concurrency=_int(env, "FBL_PROMETHEUS_CONCURRENCY", 4, 1, 64),
     )

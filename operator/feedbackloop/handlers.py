@@ -59,12 +59,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     artifacts = ArtifactStore(s3_client(config.s3_endpoint_url, config.s3_region))
     memo.reconciler = Reconciler(
         cluster=KubeAdapter(),
-        prometheus=PrometheusAdapter(),
+        prometheus=PrometheusAdapter(
+            failure_threshold=config.prometheus_failure_threshold,
+            cool_down_seconds=config.prometheus_cool_down_seconds,
+            concurrency_per_url=config.prometheus_concurrency,
+        ),
         artifacts=artifacts,
         policy=config.policy,
         max_concurrent_retrains=config.max_concurrent_retrains,
         namespaces=config.namespaces,
         failpoint=config.failpoint,
+        budget_seconds=config.reconcile_budget_seconds,
     )
     memo.last_reconcile = None
     if config.metrics_port:
@@ -126,7 +131,8 @@ def retrain_job_changed(
         _reconcile(memo, namespace, loop)
 
 
+# Async, so it runs in the event loop: liveness never waits for a worker thread behind reconciles.
 @kopf.on.probe(id="last_reconcile")
-def last_reconcile(memo: Any, **_: Any) -> str | None:
+async def last_reconcile(memo: Any, **_: Any) -> str | None:
     value: datetime | None = memo.get("last_reconcile")
     return value.isoformat() if value else None

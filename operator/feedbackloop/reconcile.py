@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from feedbackloop.core.decision import (
 )
 from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
+    PROBE_QUERY,
     ArtifactObservation,
     JobCreation,
     JobObservation,
@@ -67,8 +68,11 @@ CRASH_BEFORE_JOB_CREATE = "crash-before-job-create"
 
 
 class MetricsSource(Protocol):
-    def query(self, url: str, query: str, timeout_seconds: float) -> QueryResult: ...
-    def probe(self, url: str, timeout_seconds: float) -> Probe: ...
+    def query_all(
+        self, url: str, queries: Sequence[str], timeout_seconds: float, deadline: float
+    ) -> tuple[QueryResult, ...]:
+        """Each query's result in order, all by `deadline` (time.monotonic()); never raises."""
+        ...
 
 
 class Cluster(Protocol):
@@ -103,6 +107,7 @@ class Reconciler:
     namespaces: tuple[str, ...] = ()
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     failpoint: str | None = None
+    budget_seconds: float = 20.0  # for a reconcile's Prometheus queries, all of them together
     _loop_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     # Counting running retrains and launching one must not interleave across loops, or the cap leaks.
@@ -151,7 +156,8 @@ class Reconciler:
             return None
         loop, annotations = loop_state_from_body(body)
         now = self.clock()
-        observed = self._observe(loop, plan(loop, self.policy, now), annotations)
+        deadline = time.monotonic() + self.budget_seconds
+        observed = self._observe(loop, plan(loop, self.policy, now), annotations, deadline)
         decision = decide(loop, observed, self.policy, now)
         if not decision.needs_capacity:
             self._act(loop, decision, now)
@@ -163,7 +169,9 @@ class Reconciler:
             self._act(loop, decision, now)
         return decision
 
-    def _observe(self, loop: LoopState, how: ObservationPlan, annotations: dict[str, str]) -> Observations:
+    def _observe(
+        self, loop: LoopState, how: ObservationPlan, annotations: dict[str, str], deadline: float
+    ) -> Observations:
         spec, ref = loop.spec, loop.ref
         observed = Observations(
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
@@ -172,12 +180,12 @@ class Reconciler:
         )
         if spec is None:
             return observed
-        if how.queries is not None:
-            observed = replace(observed, metrics=self._query_metrics(spec, how))
+        metric_observations, prometheus_probe = self._query_prometheus(spec, how, deadline)
+        observed = replace(observed, metrics=metric_observations)
         if how.probe_dependencies:
             observed = replace(
                 observed,
-                prometheus=self.prometheus.probe(how.prometheus_url, spec.prometheus.timeout.total_seconds()),
+                prometheus=prometheus_probe,
                 artifact_store=self.artifacts.probe_bucket(spec.artifacts.bucket) if spec.artifacts else None,
             )
         if how.probe_dependencies or how.observe_target:
@@ -194,16 +202,30 @@ class Reconciler:
                 observed = replace(observed, artifacts=verified)
         return observed
 
-    def _query_metrics(self, spec: FeedbackLoopSpec, how: ObservationPlan) -> tuple[MetricObservation, ...]:
-        url, timeout = how.prometheus_url, spec.prometheus.timeout.total_seconds()
-        results = []
-        for query in how.queries or ():
-            value = self.prometheus.query(url, query.query, timeout)
-            samples = (
-                self.prometheus.query(url, query.samples_query, timeout) if query.samples_query else None
+    def _query_prometheus(
+        self, spec: FeedbackLoopSpec, how: ObservationPlan, deadline: float
+    ) -> tuple[tuple[MetricObservation, ...] | None, Probe | None]:
+        """The metrics (None when no evaluation is due) and the probe, from one concurrent batch."""
+        batch = [q for rendered in how.queries or () for q in (rendered.query, rendered.samples_query) if q]
+        if how.probe_dependencies:
+            batch.append(PROBE_QUERY)
+        if not batch:
+            return None, None
+        timeout = spec.prometheus.timeout.total_seconds()
+        answers = iter(self.prometheus.query_all(how.prometheus_url, batch, timeout, deadline))
+        metrics_observed = None
+        if how.queries is not None:
+            metrics_observed = tuple(
+                MetricObservation(
+                    rendered.name,
+                    rendered.query,
+                    next(answers),
+                    next(answers) if rendered.samples_query else None,
+                    rendered.samples_query,
+                )
+                for rendered in how.queries
             )
-            results.append(MetricObservation(query.name, query.query, value, samples, query.samples_query))
-        return tuple(results)
+        return metrics_observed, Probe.of_query(next(answers)) if how.probe_dependencies else None
 
     def _act(self, loop: LoopState, decision: Decision, now: datetime) -> None:
         ref = loop.ref

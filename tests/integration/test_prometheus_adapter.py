@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import pytest
 
@@ -84,10 +87,14 @@ def test_outcomes_from_the_real_prometheus(
     assert result.value == value
 
 
-def test_bad_query_error_carries_prometheus_message(endpoints: harness.Endpoints) -> None:
+def test_bad_query_error_carries_a_fixed_reason_chosen_by_prometheus_error_type(
+    endpoints: harness.Endpoints,
+) -> None:
     result = PrometheusAdapter().query(endpoints.prometheus_url, "sum(", 5)
-    assert result.outcome is QueryOutcome.ERROR
-    assert "parse error" in result.message
+    assert (result.outcome, result.message) == (
+        QueryOutcome.ERROR,
+        "HTTP 400: the query is malformed (bad_data)",
+    )
 
 
 def test_a_hung_prometheus_is_a_timeout_not_an_error(blackhole: str) -> None:
@@ -108,3 +115,104 @@ def test_an_unreachable_prometheus_is_an_error_and_fails_the_probe() -> None:
 
 def test_probe_of_the_real_prometheus_succeeds(endpoints: harness.Endpoints) -> None:
     assert PrometheusAdapter().probe(endpoints.prometheus_url, 5).ok is True
+
+
+class TrickleHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 200 at once, then one byte of the body every 0.2 s for minutes: a read never times out."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(100000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class RedirectHandler(http.server.BaseHTTPRequestHandler):
+    """Sends every request elsewhere, and records what it is asked."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def trickling() -> Iterator[str]:
+    yield from serve(TrickleHandler)
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    yield from serve(RedirectHandler)
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_timeout(trickling: str) -> None:
+    started = time.monotonic()
+    result = PrometheusAdapter().query(trickling, "vector(1)", 1)
+    assert result.outcome is QueryOutcome.TIMEOUT
+    assert 1 <= time.monotonic() - started < 2.5
+
+
+def test_a_reconcile_budget_shorter_than_the_timeout_ends_the_request_at_the_budget(trickling: str) -> None:
+    started = time.monotonic()
+    results = PrometheusAdapter().query_all(trickling, ["a", "b", "c"], 30, started + 1.5)
+    assert [r.outcome for r in results] == [QueryOutcome.BUDGET_EXCEEDED] * 3
+    assert time.monotonic() - started < 3
+
+
+def test_a_redirect_is_an_error_and_is_not_followed(redirecting: str) -> None:
+    RedirectHandler.paths.clear()
+    result = PrometheusAdapter().query(redirecting, "vector(1)", 2)
+    assert (result.outcome, result.message) == (QueryOutcome.ERROR, "HTTP 302: a redirect, not followed")
+    assert [path.split("?")[0] for path in RedirectHandler.paths] == ["/api/v1/query"]
+
+
+def test_a_hung_prometheus_opens_its_circuit_after_the_threshold_and_is_then_not_asked(
+    blackhole: str, endpoints: harness.Endpoints
+) -> None:
+    adapter = PrometheusAdapter(failure_threshold=2, cool_down_seconds=2, concurrency_per_url=2)
+    started = time.monotonic()
+    first = adapter.query_all(blackhole, ["a", "b", "c", "d"], 0.5, started + 10)
+    # Two in flight time out; the last one queued finds the circuit open and is never sent (the third may
+    # have started between the two failures).
+    outcomes = [r.outcome for r in first]
+    assert outcomes[:2] == [QueryOutcome.TIMEOUT] * 2 and outcomes[3] is QueryOutcome.CIRCUIT_OPEN
+    assert time.monotonic() - started < 2
+    assert "circuit open after 2 consecutive failures (last: no answer within 0.5s)" in first[3].message
+
+    skipped_at = time.monotonic()
+    refused = adapter.probe(blackhole, 0.5)
+    assert (refused.ok, refused.circuit_open) == (False, True)
+    assert time.monotonic() - skipped_at < 0.1
+    # Another URL is not affected by this one's circuit.
+    assert adapter.probe(endpoints.prometheus_url, 5).ok is True
+
+    time.sleep(2)  # the cool-down: one trial goes, times out, and the circuit opens again
+    trial = adapter.query_all(blackhole, ["a", "b"], 0.5, time.monotonic() + 10)
+    assert {r.outcome for r in trial} == {QueryOutcome.TIMEOUT, QueryOutcome.CIRCUIT_OPEN}
+    assert adapter.circuit(blackhole).failures == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
 from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import (
+    PROBE_QUERY,
     ArtifactCheck,
     ArtifactObservation,
     DeployedModel,
@@ -23,6 +25,7 @@ from feedbackloop.core.observations import (
     JobObservation,
     JobState,
     Probe,
+    QueryOutcome,
     QueryResult,
     TargetObservation,
 )
@@ -144,13 +147,18 @@ class FakePrometheus:
     samples: float = 500.0  # what every samples query answers
     reachable: bool = True  # what every probe answers
 
-    def query(self, url: str, query: str, timeout_seconds: float) -> QueryResult:
+    def query_all(
+        self, url: str, queries: Sequence[str], timeout_seconds: float, deadline: float
+    ) -> tuple[QueryResult, ...]:
+        return tuple(self._answer(url, query) for query in queries)
+
+    def _answer(self, url: str, query: str) -> QueryResult:
+        if query == PROBE_QUERY:
+            self.journal.append(Call("probe", (url,)))
+            refused = QueryResult(QueryOutcome.ERROR, message="connection refused")
+            return QueryResult.of(1) if self.reachable else refused
         self.journal.append(Call("query", (query,)))
         return QueryResult.of(self.samples if "samples" in query else self.value)
-
-    def probe(self, url: str, timeout_seconds: float) -> Probe:
-        self.journal.append(Call("probe", (url,)))
-        return Probe(ok=True) if self.reachable else Probe(ok=False, message="connection refused")
 
 
 def fake_manifest_sha256(version: str) -> str:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import pytest
-import requests
 
 from core_inputs import POLICY, T0, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.adapters.prometheus import _refuse_unless_ok, _status_reason
+from feedbackloop.adapters.prometheus import _status_reason
 from feedbackloop.api import ConditionStatus, ConditionType, LoopPhase, Reason
 from feedbackloop.config import ConfigError, load_config
 from feedbackloop.core.allowlist import (
@@ -242,12 +240,3 @@ def test_a_refused_answer_is_a_status_and_a_fixed_reason(
     status: int, error_type: str | None, reason: str
 ) -> None:
     assert _status_reason(status, error_type) == reason
-
-
-def test_the_response_hook_raises_on_a_redirect_before_requests_could_follow_it() -> None:
-    redirect = requests.Response()
-    redirect.status_code = 302
-    redirect.headers["Location"] = "http://169.254.169.254/"
-    redirect.raw = io.BytesIO(b"")
-    with pytest.raises(requests.RequestException, match=r"^HTTP 302: a redirect, not followed$"):
-        _refuse_unless_ok(redirect)

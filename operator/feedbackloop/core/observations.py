@@ -16,6 +16,8 @@ class QueryOutcome(enum.StrEnum):
     MULTIPLE_SERIES = "MultipleSeries"  # the query must aggregate to one series
     ERROR = "Error"  # Prometheus answered with an error (bad query, server error, unreachable)
     TIMEOUT = "Timeout"
+    CIRCUIT_OPEN = "CircuitOpen"  # not sent: the URL failed repeatedly and is cooling down
+    BUDGET_EXCEEDED = "BudgetExceeded"  # not answered within the reconcile's time budget
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class MetricObservation:
     samples_query: str | None = None
 
 
+PROBE_QUERY = "vector(1)"  # any answer with a value shows the query API works
+
+
 @dataclass(frozen=True)
 class Probe:
     """A reachability check: ok, or why not."""
@@ -53,6 +58,15 @@ class Probe:
     ok: bool
     message: str = ""
     not_found: bool = False  # the dependency answered that the probed thing (the bucket) does not exist
+    circuit_open: bool = False  # not probed: the dependency failed repeatedly and is cooling down
+
+    @classmethod
+    def of_query(cls, result: QueryResult) -> Probe:
+        """A probe is a trivial query: any value means the server answers."""
+        if result.has_value:
+            return cls(ok=True)
+        message = result.message or str(result.outcome)
+        return cls(ok=False, message=message, circuit_open=result.outcome is QueryOutcome.CIRCUIT_OPEN)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ def preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> b
     problems: list[tuple[Reason, str]] = []
     if observed.prometheus is not None and not observed.prometheus.ok:
         message = f"Prometheus {spec.prometheus.url or '(the default)'}: {observed.prometheus.message}"
-        problems.append((Reason.PROMETHEUS_UNREACHABLE, message))
+        circuit_open = observed.prometheus.circuit_open
+        reason = Reason.PROMETHEUS_CIRCUIT_OPEN if circuit_open else Reason.PROMETHEUS_UNREACHABLE
+        problems.append((reason, message))
     store = observed.artifact_store
     if store is not None and not store.ok and store.not_found and spec.artifacts is not None:
         # The store answered: retrying will not help until someone creates the bucket or fixes its name.

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -17,6 +14,7 @@ from feedbackloop.adapters.prometheus import PrometheusAdapter
 from feedbackloop.core.observations import QueryOutcome
 from harness import wait_until
 from operator_process import ModelExporter
+from unresponsive_servers import hung_server, serving, trickling_server
 
 
 @pytest.fixture(scope="module")
@@ -40,29 +38,8 @@ def values(endpoints: harness.Endpoints) -> Iterator[str]:
 
 @pytest.fixture
 def blackhole() -> Iterator[str]:
-    """A server that accepts connections and never answers: a hung Prometheus."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join(2)
-    for conn in accepted:
-        conn.close()
-    server.close()
+    with hung_server() as url:
+        yield url
 
 
 @pytest.mark.parametrize(
@@ -117,24 +94,6 @@ def test_probe_of_the_real_prometheus_succeeds(endpoints: harness.Endpoints) -> 
     assert PrometheusAdapter().probe(endpoints.prometheus_url, 5).ok is True
 
 
-class TrickleHandler(http.server.BaseHTTPRequestHandler):
-    """Answers 200 at once, then one byte of the body every 0.2 s for minutes: a read never times out."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "100000")
-        self.end_headers()
-        with contextlib.suppress(OSError):
-            for _ in range(100000):
-                self.wfile.write(b" ")
-                self.wfile.flush()
-                time.sleep(0.2)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class RedirectHandler(http.server.BaseHTTPRequestHandler):
     """Sends every request elsewhere, and records what it is asked."""
 
@@ -151,24 +110,16 @@ class RedirectHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def trickling() -> Iterator[str]:
-    yield from serve(TrickleHandler)
+    with trickling_server() as url:
+        yield url
 
 
 @pytest.fixture
 def redirecting() -> Iterator[str]:
-    yield from serve(RedirectHandler)
+    with serving(RedirectHandler) as url:
+        yield url
 
 
 def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_timeout(trickling: str) -> None:

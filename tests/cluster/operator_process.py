@@ -120,6 +120,7 @@ class ModelExporter:
                 self.targets_file.write_text(json.dumps(current))
 
     def set(self, model: str, accuracy: float, samples: float = 1000) -> None:
+        self._register()  # again: another test may have rewritten the shared targets file since
         self.accuracy.labels(model=model).set(accuracy)
         self.samples.labels(model=model).set(samples)
 
@@ -128,5 +129,11 @@ class ModelExporter:
         self.samples.remove(model)
 
     def close(self) -> None:
+        with self._lock:
+            current: list[dict[str, Any]] = json.loads(self.targets_file.read_text() or "[]")
+            target = f"127.0.0.1:{self.port}"
+            kept = [group for group in current if target not in group.get("targets", [])]
+            self.targets_file.write_text(json.dumps(kept))
         self.server.shutdown()
+        self.server.server_close()
         self.thread.join(5)

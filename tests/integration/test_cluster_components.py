@@ -196,10 +196,12 @@ def test_prometheus_scrapes_an_exporter_and_the_client_reads_the_exact_value(
     gauge.labels(run=marker).set(42.125)
     port = _free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    targets_file = endpoints.prometheus_targets_file
+    # Other tests' exporters are listed in the same file for the whole session: add ours, remove only ours.
+    before: list[dict[str, object]] = json.loads(targets_file.read_text() or "[]")
+    ours = {"targets": [f"127.0.0.1:{port}"], "labels": {"suite": "cluster"}}
     try:
-        endpoints.prometheus_targets_file.write_text(
-            json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"suite": "cluster"}}])
-        )
+        targets_file.write_text(json.dumps([*before, ours]))
         result = wait_until(
             lambda: prometheus.custom_query(f'fbl_probe_value{{run="{marker}"}}'),
             lambda r: bool(r),
@@ -208,7 +210,8 @@ def test_prometheus_scrapes_an_exporter_and_the_client_reads_the_exact_value(
         assert float(result[0]["value"][1]) == 42.125
         assert result[0]["metric"]["suite"] == "cluster"
     finally:
-        endpoints.prometheus_targets_file.write_text("[]\n")
+        now: list[dict[str, object]] = json.loads(targets_file.read_text() or "[]")
+        targets_file.write_text(json.dumps([group for group in now if group != ours]))
         server.shutdown()
         thread.join(5)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import (
@@ -24,6 +25,7 @@ from loop_scenario import (
     deployment,
     served,
     spec_for,
+    trainer_report,
     wait_status,
 )
 from operator_process import OperatorProcess
@@ -37,6 +39,11 @@ def write_version_with_metrics(
     files = {"model.joblib": f"model {version}".encode(), "metrics.json": metrics_json.encode()}
     store.write_version(uri, version, files, {})
     return uri
+
+
+def reported(scenario: Scenario, store: ArtifactStore, uri: str) -> dict[str, Any]:
+    """The loop's spec; its retrain pod reports the digest of the version at `uri`, as a trainer does."""
+    return spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, uri)})
 
 
 def evaluated_after(scenario: Scenario, moment: str) -> str:
@@ -98,9 +105,9 @@ def test_non_finite_numbers_in_metrics_json_are_dropped_and_status_stays_writabl
         ' "current": {"accuracy": -Infinity, "precision": 0.7},'
         ' "comparison": {"accuracy": {"ciLow": NaN, "ciHigh": 0.1}}}'
     )
-    write_version_with_metrics(store, scenario.namespace, "v2", metrics)
+    uri = write_version_with_metrics(store, scenario.namespace, "v2", metrics)
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    scenario.apply_loop(reported(scenario, store, uri), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     validated = scenario.wait_condition("Validated", "False", "GatesFailed")
     assert "accuracy missing from metrics.json" in validated["message"]
@@ -117,9 +124,9 @@ def test_more_metrics_than_the_schema_allows_are_capped_and_the_loop_rolls_out(
     many = {f"m{index:03d}": 0.5 for index in range(100)}
     candidate = {"accuracy": 0.93, **many}
     metrics = {"schemaVersion": 1, "candidate": candidate, "current": {"accuracy": 0.7, **many}}
-    write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
+    uri = write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    scenario.apply_loop(reported(scenario, store, uri), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     kept = status["currentModel"]["metrics"]
@@ -132,14 +139,16 @@ def test_request_annotations_longer_than_the_status_fields_are_handled_once_by_d
     scenario: Scenario, start_operator: Callable[..., OperatorProcess], store: ArtifactStore
 ) -> None:
     metrics = {"schemaVersion": 1, "candidate": {"accuracy": 0.93}, "current": {"accuracy": 0.7}}
-    write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
+    uri = write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
     long_request = "r" * 5000  # status.handledRetrainRequest allows 1024 characters, messages 4096
 
     def digest(value: str) -> str:
         return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: long_request})
+    scenario.apply_loop(
+        reported(scenario, store, uri), annotations={RETRAIN_REQUEST_ANNOTATION: long_request}
+    )
     status = wait_status(scenario, lambda s: s.get("currentModel", {}).get("version") == "v2")
     assert status["handledRetrainRequest"] == digest(long_request)
     assert scenario.job_names() == [f"{LOOP}-retrain-2"]
@@ -165,10 +174,10 @@ def test_a_delta_gate_fails_when_the_serving_model_has_no_score_in_metrics_json(
 ) -> None:
     # A trainer that could not score the current model (its MODEL_SHA256 comes from valueFrom, say).
     metrics = {"schemaVersion": 1, "candidate": {"accuracy": 0.93}}
-    write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
+    uri = write_version_with_metrics(store, scenario.namespace, "v2", json.dumps(metrics))
     generation, original = deployment(scenario)["metadata"]["generation"], served(scenario)
     start_operator()
-    scenario.apply_loop(spec_for(scenario), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    scenario.apply_loop(reported(scenario, store, uri), annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
 
     validated = scenario.wait_condition("Validated", "False", "GatesFailed")
     assert "v1 has no accuracy in metrics.json" in validated["message"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from feedbackloop import __version__
 from feedbackloop.core.allowlist import ANY, url_problem
+from feedbackloop.core.lease import LeaseTimings
 from feedbackloop.core.loop import DEFAULT_CREDENTIALS_SECRET_PREFIX, OperatorPolicy
+from feedbackloop.core.shard import SelectorError, ShardSelector, parse_selector
 
 DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
@@ -61,6 +64,16 @@ class OperatorConfig:
     """FBL_PROMETHEUS_COOL_DOWN_SECONDS: how long an open circuit refuses requests before one trial."""
     prometheus_concurrency: int = 4
     """FBL_PROMETHEUS_CONCURRENCY: requests in flight to one Prometheus URL at most."""
+    shard: ShardSelector = field(default_factory=ShardSelector)
+    """FBL_SHARD_SELECTOR: the labels of the loops this replica owns (key=value,key!=value,key,!key)."""
+    leader_election: bool = True
+    """FBL_LEADER_ELECTION: take a Lease before writing; false only for a single replica."""
+    lease_namespace: str = "default"
+    """FBL_LEASE_NAMESPACE (or POD_NAMESPACE): where the Lease lives."""
+    lease_name: str = "feedbackloop-operator"
+    """FBL_LEASE_NAME: one Lease per shard; replicas of one shard share it."""
+    lease: LeaseTimings = field(default_factory=LeaseTimings)
+    """FBL_LEASE_DURATION_SECONDS, FBL_LEASE_RENEW_DEADLINE_SECONDS, FBL_LEASE_RETRY_SECONDS."""
 
     @property
     def policy(self) -> OperatorPolicy:
@@ -72,6 +85,7 @@ class OperatorConfig:
             pod_metadata_prefixes=self.pod_metadata_prefixes,
             prometheus_urls=self.prometheus_urls,
             artifact_buckets=self.artifact_buckets,
+            tick=timedelta(seconds=self.tick_seconds),
         )
 
 
@@ -146,6 +160,43 @@ def tick_seconds(env: Mapping[str, str] | None = None) -> float:
     return tick
 
 
+def shard_selector(env: Mapping[str, str] | None = None) -> ShardSelector:
+    """FBL_SHARD_SELECTOR alone: the handlers read it when they are imported."""
+    return _shard(os.environ if env is None else env)
+
+
+def _shard(env: Mapping[str, str]) -> ShardSelector:
+    try:
+        return parse_selector(env.get("FBL_SHARD_SELECTOR", ""))
+    except SelectorError as err:
+        raise ConfigError(f"FBL_SHARD_SELECTOR: {err}") from None
+
+
+def _lease(env: Mapping[str, str]) -> LeaseTimings:
+    timings = LeaseTimings(
+        duration=timedelta(seconds=_seconds(env, "FBL_LEASE_DURATION_SECONDS", 15, 2, 300)),
+        renew_deadline=timedelta(seconds=_seconds(env, "FBL_LEASE_RENEW_DEADLINE_SECONDS", 10, 1, 299)),
+        retry_period=timedelta(seconds=_seconds(env, "FBL_LEASE_RETRY_SECONDS", 2, 0.2, 60)),
+    )
+    if problem := timings.problem():
+        raise ConfigError(f"FBL_LEASE_*: {problem}")
+    return timings
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "true" if default else "false").strip().lower()
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+    return raw == "true"
+
+
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not _NAMESPACE.match(value):
+        raise ConfigError(f"{name}={value!r} is not a DNS-1123 label")
+    return value
+
+
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if env is None else env
     images = _list(env, "FBL_TRAINER_IMAGES", DEFAULT_TRAINER_IMAGE)
@@ -179,4 +230,9 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         prometheus_failure_threshold=_int(env, "FBL_PROMETHEUS_FAILURE_THRESHOLD", 3, 1, 100),
         prometheus_cool_down_seconds=_seconds(env, "FBL_PROMETHEUS_COOL_DOWN_SECONDS", 30, 1, 3600),
         prometheus_concurrency=_int(env, "FBL_PROMETHEUS_CONCURRENCY", 4, 1, 64),
+        shard=_shard(env),
+        leader_election=_flag(env, "FBL_LEADER_ELECTION", True),
+        lease_namespace=_name(env, "FBL_LEASE_NAMESPACE", env.get("POD_NAMESPACE") or "default"),
+        lease_name=_name(env, "FBL_LEASE_NAME", "feedbackloop-operator"),
+        lease=_lease(env),
     )

@@ -16,6 +16,17 @@ RECONCILE_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EVALUATION_LAG = Histogram(
+    "feedbackloop_evaluation_lag_seconds",
+    "How late an evaluation ran: its time minus (the previous one's time + spec.monitoring.interval).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+STATUS_WRITES = Counter(
+    "feedbackloop_status_writes_total",
+    "Status writes by result: written, unchanged (nothing worth a write), stale (the loop changed since it "
+    "was read: read again and decide again).",
+    ["result"],
+)
 EVALUATIONS = Counter(
     "feedbackloop_metric_evaluations_total",
     "Monitoring metric evaluations by verdict.",

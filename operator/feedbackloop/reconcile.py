@@ -13,12 +13,16 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from feedbackloop import metrics
+from feedbackloop.adapters.kube import StaleWriteError
+from feedbackloop.api import (
+    FINALIZER as LEGACY_FINALIZER,
+)
 from feedbackloop.api import (
     PROMOTE_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
@@ -26,6 +30,7 @@ from feedbackloop.api import (
     ConditionStatus,
     ConditionType,
 )
+from feedbackloop.core.cadence import evaluation_lag, next_reconcile, status_write_needed
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import (
     ApplyModel,
@@ -61,10 +66,15 @@ from feedbackloop.core.readiness import dependency_failed
 from feedbackloop.core.retrain import job_create_failed, mark_job_created
 from feedbackloop.core.spec import FeedbackLoopSpec, SpecError, parse_spec
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
+from feedbackloop.index import LoopIndex
 
 log = logging.getLogger(__name__)
 # Fault injection for tests (FBL_FAILPOINT): die exactly where a crash would hurt most.
 CRASH_BEFORE_JOB_CREATE = "crash-before-job-create"
+
+
+class NotLeaderError(RuntimeError):
+    """This replica lost its lease mid-reconcile: the write is not made; the leader will decide again."""
 
 
 class MetricsSource(Protocol):
@@ -79,14 +89,21 @@ class Cluster(Protocol):
     """Every method raises on an API failure (the Kubernetes adapter's ApiFailureError)."""
 
     def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+    def patch_loop_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
+    ) -> str: ...
+    def remove_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None: ...
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation: ...
     def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation: ...
     def create_job(self, manifest: dict[str, Any]) -> JobCreation: ...
     def apply_model(
         self, namespace: str, deployment: str, container: str, model: ModelRef | None
     ) -> None: ...
-    def count_active_retrains(self, namespaces: tuple[str, ...]) -> int: ...
+    def count_active_retrains(
+        self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]
+    ) -> int: ...
     def post_event(
         self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
     ) -> None: ...
@@ -95,6 +112,33 @@ class Cluster(Protocol):
 class ArtifactStoreGateway(Protocol):
     def probe_bucket(self, bucket: str) -> Probe: ...
     def verify_version(self, uri: str, version: str) -> ArtifactObservation: ...
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What this process last knew of a loop: the status as stored at `resource_version`, and the status it
+    decided, which may differ from the stored one only by evaluation times and values (see core.cadence)."""
+
+    uid: str
+    resource_version: str
+    stored: FeedbackLoopStatus
+    intended: FeedbackLoopStatus
+    last_probe: datetime | None
+
+
+@dataclass
+class _Writing:
+    """One reconcile's view of the stored object: each guarded write moves it on."""
+
+    ref: LoopRef
+    resource_version: str
+    stored: FeedbackLoopStatus
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    decision: Decision | None
+    next_at: datetime | None  # None: the loop is gone
 
 
 @dataclass
@@ -108,6 +152,10 @@ class Reconciler:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     failpoint: str | None = None
     budget_seconds: float = 20.0  # for a reconcile's Prometheus queries, all of them together
+    index: LoopIndex = field(default_factory=LoopIndex)
+    # Writes only while this returns True: the replica that lost its lease stops before another takes it.
+    may_write: Callable[[], bool] = lambda: True
+    _memory: dict[tuple[str, str], Remembered] = field(default_factory=dict)
     _loop_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     # Counting running retrains and launching one must not interleave across loops, or the cap leaks.
@@ -121,17 +169,29 @@ class Reconciler:
         """A deleted loop: drop its readiness series (after any reconcile of it in flight) and its lock."""
         with self._lock_for(namespace, name):
             metrics.forget_loop(namespace, name)
+            self._memory.pop((namespace, name), None)
         with self._locks_guard:
             self._loop_locks.pop((namespace, name), None)
 
-    def reconcile(self, namespace: str, name: str) -> Decision | None:
+    def is_own_write(self, body: Mapping[str, Any]) -> bool:
+        """The watch echoing this process's last status write: nothing new to reconcile."""
+        meta = body["metadata"]
+        remembered = self._memory.get((meta["namespace"], meta["name"]))
+        return remembered is not None and remembered.resource_version == meta.get("resourceVersion")
+
+    def reconcile(self, namespace: str, name: str) -> Reconciled:
         started = time.monotonic()
         outcome = "error"
         try:
             with self._lock_for(namespace, name):
-                decision = self._reconcile(namespace, name)
+                reconciled = self._reconcile(namespace, name)
             outcome = "ok"
-            return decision
+            return reconciled
+        except StaleWriteError:
+            outcome = "stale"
+            self._memory.pop((namespace, name), None)
+            metrics.STATUS_WRITES.labels("stale").inc()
+            raise
         finally:
             metrics.RECONCILE_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
@@ -139,35 +199,106 @@ class Reconciler:
         """A dependency failed mid-reconcile: say so in Ready, so nothing fails silently."""
         try:
             body = self.cluster.get_loop(namespace, name)
-            if body is None:
+            if body is None or not self.may_write():
                 return
+            self._memory.pop((namespace, name), None)
             loop, _annotations = loop_state_from_body(body)
             forbidden = bool(getattr(failure, "forbidden", False))
             failed = dependency_failed(loop.status, forbidden, str(failure), self.clock(), loop.generation)
-            self._write_status(loop.ref, loop.status, failed)
+            writing = _Writing(loop.ref, body["metadata"]["resourceVersion"], loop.status)
+            self._write_status(writing, failed, self.clock())
         except Exception:
             log.exception("cannot report failure on %s/%s", namespace, name)
 
-    def _reconcile(self, namespace: str, name: str) -> Decision | None:
-        # A fresh read, not the watch cache: our own last status write must be visible here.
-        body = self.cluster.get_loop(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            metrics.forget_loop(namespace, name)
+    def active_retrain_jobs(self) -> dict[tuple[str, str], str]:
+        """(namespace, Job) -> loop uid for every loop this process knows whose status names a running Job."""
+        active: dict[tuple[str, str], str] = {}
+        for key, body in self.index.items():
+            remembered = self._memory.get(key)
+            uid = body["metadata"]["uid"]
+            if remembered is not None and remembered.uid == uid:
+                retrain = remembered.intended.active_retrain
+                job = retrain.job if retrain else None
+            else:
+                job = ((body.get("status") or {}).get("activeRetrain") or {}).get("job")
+            if isinstance(job, str):
+                active[(key[0], job)] = uid
+        return active
+
+    def _read(self, namespace: str, name: str) -> tuple[Mapping[str, Any], Remembered | None] | None:
+        """The loop as last watched, and what this process remembers of it if that is still true.
+
+        The watch may not yet carry our own last write; then one GET tells a stale copy from someone
+        else's write (the remembered status is used only if the stored one is still ours)."""
+        key = (namespace, name)
+        remembered = self._memory.get(key)
+        body = self.index.get(key)
+        if body is not None and remembered is not None and _still_ours(body, remembered):
+            return body, remembered
+        fresh = self.cluster.get_loop(namespace, name)
+        if fresh is None:
             return None
-        loop, annotations = loop_state_from_body(body)
+        if remembered is not None and _still_ours(fresh, remembered):
+            return fresh, remembered
+        return fresh, None
+
+    def _reconcile(self, namespace: str, name: str) -> Reconciled:
+        read = self._read(namespace, name)
+        if read is None:
+            self._gone(namespace, name)
+            return Reconciled(None, None)
+        body, remembered = read
+        meta = body["metadata"]
+        if LEGACY_FINALIZER in (meta.get("finalizers") or []):
+            self._release_legacy_finalizer(body)  # earlier versions' kopf timers put it there
+        if meta.get("deletionTimestamp"):
+            self._gone(namespace, name)
+            return Reconciled(None, None)
+        loop, annotations = loop_state_from_body(body, remembered)
         now = self.clock()
         deadline = time.monotonic() + self.budget_seconds
-        observed = self._observe(loop, plan(loop, self.policy, now), annotations, deadline)
+        how = plan(loop, self.policy, now)
+        observed = self._observe(loop, how, annotations, deadline)
         decision = decide(loop, observed, self.policy, now)
-        if not decision.needs_capacity:
-            self._act(loop, decision, now)
-            return decision
-        with self._launch_lock:
-            running = self.cluster.count_active_retrains(self.namespaces)
-            observed = replace(observed, capacity=RetrainCapacity(running, self.max_concurrent_retrains))
-            decision = decide(loop, observed, self.policy, now)
-            self._act(loop, decision, now)
-        return decision
+        writing = _Writing(
+            loop.ref, str(meta["resourceVersion"]), remembered.stored if remembered else loop.status
+        )
+        if decision.needs_capacity:
+            with self._launch_lock:
+                running = self.cluster.count_active_retrains(self.namespaces, self.active_retrain_jobs())
+                observed = replace(observed, capacity=RetrainCapacity(running, self.max_concurrent_retrains))
+                decision = decide(loop, observed, self.policy, now)
+                final = self._act(loop, writing, decision, now)
+        else:
+            final = self._act(loop, writing, decision, now)
+        self._observe_lag(loop, final)
+        last_probe = now if how.probe_dependencies else loop.last_probe
+        self._memory[(namespace, name)] = Remembered(
+            loop.ref.uid, writing.resource_version, writing.stored, final, last_probe
+        )
+        after = replace(loop, status=final, last_probe=last_probe)
+        return Reconciled(decision, next_reconcile(after, annotations, self.policy, now))
+
+    def _gone(self, namespace: str, name: str) -> None:
+        metrics.forget_loop(namespace, name)
+        self._memory.pop((namespace, name), None)
+
+    def _release_legacy_finalizer(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        if not self.may_write():
+            return
+        kept = [f for f in meta.get("finalizers") or [] if f != LEGACY_FINALIZER]
+        self.cluster.remove_finalizer(meta["namespace"], meta["name"], kept, str(meta["resourceVersion"]))
+        raise StaleWriteError("release the legacy finalizer", 409, "read the loop again")
+
+    def _observe_lag(self, loop: LoopState, final: FeedbackLoopStatus) -> None:
+        if loop.spec is None or loop.generation != loop.status.observed_generation:
+            return
+        lag = evaluation_lag(
+            loop.spec.monitoring.interval, loop.status.last_evaluation, final.last_evaluation
+        )
+        if lag is not None:
+            metrics.EVALUATION_LAG.observe(lag)
 
     def _observe(
         self, loop: LoopState, how: ObservationPlan, annotations: dict[str, str], deadline: float
@@ -227,10 +358,13 @@ class Reconciler:
             )
         return metrics_observed, Probe.of_query(next(answers)) if how.probe_dependencies else None
 
-    def _act(self, loop: LoopState, decision: Decision, now: datetime) -> None:
+    def _act(
+        self, loop: LoopState, writing: _Writing, decision: Decision, now: datetime
+    ) -> FeedbackLoopStatus:
+        """Status, then the actions it names, then the Events; returns the status decided last."""
         ref = loop.ref
         status = decision.status
-        self._write_status(ref, loop.status, status)
+        self._write_status(writing, status, now)
         _count(ref, decision.transitions)
         for action in decision.actions:
             match action:
@@ -239,12 +373,13 @@ class Reconciler:
                         action.namespace, action.deployment, action.container, action.model
                     )
                 case CreateJob():
-                    status = self._create_job(loop, status, action, now)
+                    status = self._create_job(loop, writing, status, action, now)
         for event in decision.events:
             self._post(ref, event)
+        return status
 
     def _create_job(
-        self, loop: LoopState, status: FeedbackLoopStatus, action: CreateJob, now: datetime
+        self, loop: LoopState, writing: _Writing, status: FeedbackLoopStatus, action: CreateJob, now: datetime
     ) -> FeedbackLoopStatus:
         ref, name = loop.ref, action.manifest["metadata"]["name"]
         if self.failpoint == CRASH_BEFORE_JOB_CREATE:
@@ -254,7 +389,7 @@ class Reconciler:
             created = self.cluster.create_job(action.manifest)
         except Exception as err:
             blocked, event = job_create_failed(status, str(err), now, loop.generation)
-            self._write_status(ref, status, blocked)
+            self._write_status(writing, blocked, now)
             self._post(ref, event)
             raise
         if created is JobCreation.NAME_TAKEN:
@@ -263,13 +398,24 @@ class Reconciler:
             return status
         log.info("%s Job %s for %s/%s", created, name, ref.namespace, ref.name)
         marked = mark_job_created(status)
-        self._write_status(ref, status, marked)
+        self._write_status(writing, marked, now)
         return marked
 
-    def _write_status(self, ref: LoopRef, before: FeedbackLoopStatus, after: FeedbackLoopStatus) -> None:
-        patch = merge_patch(to_status_dict(before), to_status_dict(after))
-        if patch:
-            self.cluster.patch_loop_status(ref.namespace, ref.name, patch)
+    def _write_status(self, writing: _Writing, after: FeedbackLoopStatus, now: datetime) -> None:
+        """A write only when something worth one changed, guarded by the resourceVersion it was decided on."""
+        ref = writing.ref
+        if status_write_needed(writing.stored, after, now, self.policy):
+            patch = merge_patch(to_status_dict(writing.stored), to_status_dict(after))
+            if patch:
+                if not self.may_write():
+                    raise NotLeaderError(f"{ref.namespace}/{ref.name}: not the leader, status not written")
+                writing.resource_version = self.cluster.patch_loop_status(
+                    ref.namespace, ref.name, patch, writing.resource_version
+                )
+                metrics.STATUS_WRITES.labels("written").inc()
+            writing.stored = after
+        else:
+            metrics.STATUS_WRITES.labels("unchanged").inc()
         # Also when nothing changed: an operator that restarts publishes every loop on its first reconcile.
         if (ready := after.condition(ConditionType.READY)) is not None:
             metrics.set_loop_ready(
@@ -306,7 +452,11 @@ def _count(ref: LoopRef, transitions: tuple[Transition, ...]) -> None:
                 metrics.ROLLOUTS_FINISHED.labels(namespace, loop, outcome).inc()
 
 
-def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, dict[str, str]]:
+def loop_state_from_body(
+    body: Mapping[str, Any], remembered: Remembered | None = None
+) -> tuple[LoopState, dict[str, str]]:
+    """The loop as `decide` sees it: the status this process decided last when the stored one is still
+    its own write (the remembered one keeps the evaluation times it did not write), else the stored one."""
     meta = body["metadata"]
     spec: FeedbackLoopSpec | None
     try:
@@ -314,14 +464,25 @@ def loop_state_from_body(body: dict[str, Any]) -> tuple[LoopState, dict[str, str
     except SpecError as err:
         spec, error = None, str(err)
     created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
-    annotations: dict[str, str] = meta.get("annotations") or {}
+    annotations: dict[str, str] = dict(meta.get("annotations") or {})
     loop = LoopState(
         ref=LoopRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"]),
         generation=int(meta.get("generation", 1)),
         created=created,
         spec=spec,
         spec_error=error,
-        status=parse_status(body.get("status")),
+        status=remembered.intended if remembered else parse_status(body.get("status")),
         rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+        last_probe=remembered.last_probe if remembered else None,
     )
     return loop, annotations
+
+
+def _still_ours(body: Mapping[str, Any], remembered: Remembered) -> bool:
+    """The stored status is the one this process last wrote or read (others may have changed metadata)."""
+    meta = body["metadata"]
+    if meta.get("uid") != remembered.uid:
+        return False
+    if meta.get("resourceVersion") == remembered.resource_version:
+        return True
+    return to_status_dict(parse_status(body.get("status"))) == to_status_dict(remembered.stored)

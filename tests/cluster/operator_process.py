@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ class OperatorProcess:
             "FBL_HEALTH_ENDPOINT": self.health_url,
             # Tests steer kwok through pod annotations (harness.KWOK_OUTCOME_ANNOTATION and its message).
             "FBL_POD_METADATA_PREFIXES": "kwok.feedbackloop.dev/",
+            # A Lease of its own: operators of different tests never wait for each other's.
+            "FBL_LEASE_NAMESPACE": namespaces[0] if namespaces else "default",
+            "FBL_LEASE_NAME": f"feedbackloop-{uuid.uuid4().hex[:10]}",
             **env,
         }
         self.popen: subprocess.Popen[bytes] | None = None

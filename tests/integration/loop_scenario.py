@@ -164,7 +164,11 @@ class Scenario:
         )  # fmt: skip
 
     def apply_loop(
-        self, spec: dict[str, Any], name: str = LOOP, annotations: dict[str, str] | None = None
+        self,
+        spec: dict[str, Any],
+        name: str = LOOP,
+        annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         # loop_spec's placeholder; a url deleted on purpose leaves the operator's default
         if spec["prometheus"].get("url") == "":
@@ -172,7 +176,7 @@ class Scenario:
         body = {
             "apiVersion": API_VERSION,
             "kind": "FeedbackLoop",
-            "metadata": {"name": name, "annotations": annotations or {}},
+            "metadata": {"name": name, "annotations": annotations or {}, "labels": labels or {}},
             "spec": spec,
         }
         self.kubectl("apply", "-f", "-", input_text=json.dumps(body))
@@ -281,10 +285,10 @@ def served(scenario: Scenario) -> tuple[dict[str, str], str | None]:
 
 
 def wait_status(
-    scenario: Scenario, done: Callable[[dict[str, Any]], bool], timeout: float = 120
+    scenario: Scenario, done: Callable[[dict[str, Any]], bool], timeout: float = 120, name: str = LOOP
 ) -> dict[str, Any]:
     status: dict[str, Any] = wait_until(
-        lambda: scenario.loop().get("status", {}), done, timeout=timeout, interval=0.5
+        lambda: scenario.loop(name).get("status", {}), done, timeout=timeout, interval=0.5
     )
     assert done(status), json.dumps(status, indent=1)[:3000]
     return status

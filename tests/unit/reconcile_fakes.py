@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core_inputs import POLICY
+from feedbackloop.adapters.kube import StaleWriteError
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
 from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
@@ -80,6 +81,7 @@ class FakeCluster:
     deployed_uri: str | None = None
     rollout_completes: bool = True
     failing: set[str] = field(default_factory=set)  # method names that raise FakeApiError
+    version: int = 1  # the last resourceVersion handed out
 
     def _call(self, name: str, *args: Any) -> None:
         self.journal.append(Call(name, args))
@@ -91,10 +93,31 @@ class FakeCluster:
         body = self.loops.get((namespace, name))
         return copy.deepcopy(body) if body is not None else None
 
-    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    def patch_loop_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
+    ) -> str:
         self._call("patch_loop_status", namespace, name, copy.deepcopy(patch))
         body = self.loops[(namespace, name)]
+        if body["metadata"]["resourceVersion"] != resource_version:
+            raise StaleWriteError(f"patch {name}/status", 409, "changed since read")
         body["status"] = apply_merge_patch(body.get("status") or {}, patch)
+        return self.bump(namespace, name)
+
+    def bump(self, namespace: str, name: str) -> str:
+        """A new resourceVersion, as every write to the object gets."""
+        self.version += 1
+        self.loops[(namespace, name)]["metadata"]["resourceVersion"] = str(self.version)
+        return str(self.version)
+
+    def remove_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
+        self._call("remove_finalizer", namespace, name, list(finalizers))
+        body = self.loops[(namespace, name)]
+        if body["metadata"]["resourceVersion"] != resource_version:
+            raise StaleWriteError(f"patch {name}", 409, "changed since read")
+        body["metadata"]["finalizers"] = finalizers
+        self.bump(namespace, name)
 
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation:
         self._call("observe_target", namespace, deployment, container)
@@ -132,7 +155,9 @@ class FakeCluster:
         self._call("apply_model", deployment, model.version if model else None)
         self.deployed_uri = model.uri if model else None
 
-    def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
+    def count_active_retrains(
+        self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]
+    ) -> int:
         self._call("count_active_retrains", namespaces)
         return sum(1 for state in self.job_states.values() if state is JobState.RUNNING)
 
@@ -207,6 +232,7 @@ class World:
         self.prometheus = FakePrometheus(self.journal)
         self.artifacts = FakeArtifacts(self.journal)
         self.clock = ManualClock(start)
+        self.watch_lags = False
         self.cluster.loops[(self.namespace, name)] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -215,6 +241,7 @@ class World:
                 "namespace": self.namespace,
                 "uid": f"uid-{name}",
                 "generation": 1,
+                "resourceVersion": "1",
                 "creationTimestamp": (start - timedelta(days=1)).isoformat().replace("+00:00", "Z"),
                 "annotations": {},
                 "labels": {LABEL_LOOP: name},
@@ -245,10 +272,19 @@ class World:
 
     def annotate(self, key: str, value: str) -> None:
         self.body["metadata"]["annotations"][key] = value
+        self.cluster.bump(self.namespace, self.name)
 
     def reconcile(self, after_seconds: float = 0) -> list[Call]:
-        """Advance the clock, reconcile once, and return the calls that reconcile made."""
+        """Advance the clock, reconcile once, and return the calls that reconcile made.
+
+        The watch is caught up first (the index holds the stored loop) unless `watch_lags` is set."""
         self.clock.advance(after_seconds)
+        if not self.watch_lags:
+            stored = self.cluster.loops.get((self.namespace, self.name))
+            if stored is None:
+                self.reconciler.index.remove((self.namespace, self.name))
+            else:
+                self.reconciler.index.put(copy.deepcopy(stored))
         start = len(self.journal)
         try:
             self.reconciler.reconcile(self.namespace, self.name)

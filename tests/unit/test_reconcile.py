@@ -3,17 +3,22 @@ fails, that an idle reconcile writes nothing, and the exact increments of every 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from core_inputs import T0, spec_dict
+from feedbackloop.adapters.kube import StaleWriteError
 from feedbackloop.api import RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import JobState
+from feedbackloop.reconcile import NotLeaderError
 from reconcile_fakes import Call, FakeApiError, World
 
 INTERVAL = 10  # seconds between evaluations, and between analysis measurements
+PROBE_INTERVAL = OperatorPolicy(trainer_images=()).probe_interval.total_seconds()
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -79,19 +84,81 @@ def test_status_records_the_query_as_it_was_sent(world: World) -> None:
     assert world.status["lastEvaluation"]["metrics"][0]["query"] == sent[0]
 
 
-def test_an_idle_reconcile_reads_the_loop_and_writes_nothing(world: World) -> None:
+def test_an_idle_reconcile_reads_the_watched_loop_and_calls_nothing(world: World) -> None:
     world.reconcile()
     assert "patch_loop_status" in names(world.writes())
-    assert names(world.reconcile(after_seconds=1)) == ["get_loop"]
-    assert names(world.reconcile(after_seconds=1)) == ["get_loop"]
+    assert names(world.reconcile(after_seconds=1)) == []
+    assert names(world.reconcile(after_seconds=1)) == []
 
 
-def test_a_due_evaluation_with_unchanged_values_writes_only_the_evaluation_time(world: World) -> None:
+def test_an_evaluation_that_changes_nothing_is_written_only_as_a_heartbeat(world: World) -> None:
     world.reconcile()
+    first = world.status["lastEvaluation"]["time"]
+    for _ in range(59):  # ten minutes of evaluations every 10s
+        calls = world.reconcile(after_seconds=INTERVAL)
+        assert [call.name for call in calls if call.name == "query"] == ["query"]
+        assert world.writes(calls) == []
+    assert world.status["lastEvaluation"]["time"] == first
     calls = world.reconcile(after_seconds=INTERVAL)
     (patch,) = [call.args[2] for call in world.writes(calls)]
     assert set(patch) == {"lastEvaluation"}
     assert set(patch["lastEvaluation"]) == {"time"}
+
+
+def test_a_changed_verdict_is_written_at_once_with_the_fresh_time_and_value(world: World) -> None:
+    world.reconcile()
+    world.prometheus.value = 0.5
+    calls = world.reconcile(after_seconds=INTERVAL)
+    (patch, *_rest) = [call.args[2] for call in world.writes(calls) if call.name == "patch_loop_status"]
+    assert patch["lastEvaluation"]["metrics"][0]["value"] == 0.5
+    assert patch["lastEvaluation"]["time"] == world.clock.now.isoformat().replace("+00:00", "Z")
+
+
+def test_a_watch_that_lags_behind_our_own_write_does_not_cost_a_read(world: World) -> None:
+    """The reconcile after a write may see the loop as it was before it: the remembered status is used."""
+    world.reconcile()
+    world.watch_lags = True
+    stale_meta = {**world.body["metadata"], "resourceVersion": "0"}
+    world.reconciler.index.put({**world.body, "status": {}, "metadata": stale_meta})
+    calls = world.reconcile(after_seconds=1)
+    assert names(calls) == ["get_loop"]  # the stale copy differs: one read shows the write was ours
+    assert names(world.reconcile(after_seconds=1)) == ["get_loop"]
+    world.watch_lags = False
+    assert names(world.reconcile(after_seconds=1)) == []
+
+
+def test_a_status_written_by_someone_else_is_taken_as_stored_and_writes_are_guarded(world: World) -> None:
+    world.reconcile()
+    world.body["status"]["retrainCount"] = 7  # e.g. a restore from backup, or another writer
+    world.cluster.bump(world.namespace, world.name)
+    world.annotate(RETRAIN_REQUEST_ANNOTATION, "r1")
+    world.reconcile()
+    assert world.status["retrainCount"] == 8
+    assert world.status["activeRetrain"]["number"] == 8
+
+
+def test_a_write_decided_on_a_stale_read_is_refused_and_nothing_follows_it(world: World) -> None:
+    world.reconcile()
+    world.watch_lags = True
+    world.annotate(RETRAIN_REQUEST_ANNOTATION, "r1")  # the index still has the loop without it ...
+    world.reconciler.index.put(copy.deepcopy(world.body))  # ... now it has it, then someone writes again
+    world.cluster.bump(world.namespace, world.name)
+    with pytest.raises(StaleWriteError):
+        world.reconcile()
+    assert names(world.writes()) == ["patch_loop_status"]
+    assert world.cluster.jobs == {}
+    world.watch_lags = False
+    world.reconcile()
+    assert list(world.cluster.jobs) == [f"{world.name}-retrain-1"]
+
+
+def test_a_replica_that_is_not_the_leader_writes_nothing(world: World) -> None:
+    world.reconciler.may_write = lambda: False
+    world.annotate(RETRAIN_REQUEST_ANNOTATION, "r1")
+    with pytest.raises(NotLeaderError):
+        world.reconcile()
+    assert world.writes() == []
+    assert world.cluster.jobs == {}
 
 
 # ---------------------------------------------------------------- failing writes
@@ -264,7 +331,7 @@ def test_the_readiness_gauge_keeps_one_series_per_loop_that_follows_the_ready_co
     assert ready_series(world) == {"Ready": 1.0}
 
     world.prometheus.reachable = False
-    world.reconcile(after_seconds=INTERVAL)
+    world.reconcile(after_seconds=PROBE_INTERVAL)  # a Ready loop re-probes on this slower cadence
     ready = next(c for c in world.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PrometheusUnreachable")
     assert ready_series(world) == {"PrometheusUnreachable": 0.0}
@@ -323,7 +390,7 @@ def test_a_thousand_loops_have_a_thousand_readiness_series() -> None:
         each.prometheus.reachable = index % 2 == 0
         each.reconcile()
         each.prometheus.reachable = index % 2 == 1  # every loop changes its reason once
-        each.reconcile(after_seconds=INTERVAL)
+        each.reconcile(after_seconds=PROBE_INTERVAL)
 
     def series() -> list[float]:
         return [

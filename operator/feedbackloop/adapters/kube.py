@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client, config
@@ -31,6 +31,7 @@ from feedbackloop.api import (
     PLURAL,
     VERSION,
 )
+from feedbackloop.core.lease import LeaseRecord
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,
@@ -45,6 +46,7 @@ from feedbackloop.core.status import ModelRef
 
 log = logging.getLogger(__name__)
 _REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for every API call
+_LEASE_TIMEOUT = (2, 3)  # a renewal slower than this cannot keep the lease anyway
 _MAX_MESSAGE = 1024
 
 
@@ -72,6 +74,10 @@ class ApiFailureError(Exception):
         return f"{self.operation}: HTTP {self.status} {self.reason}"
 
 
+class StaleWriteError(ApiFailureError):
+    """A write guarded by resourceVersion met a newer object: read again and decide again."""
+
+
 def _failure(operation: str, err: ApiException) -> ApiFailureError:
     body = str(err.body or err.reason or "")[:300]
     return ApiFailureError(operation, int(err.status or 0), body)
@@ -84,6 +90,7 @@ class KubeAdapter:
         self.batch = client.BatchV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
 
     # ---------------------------------------------------------------- FeedbackLoops
     def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -97,14 +104,36 @@ class KubeAdapter:
             raise _failure(f"get {PLURAL}/{name}", err) from None
         return body
 
-    def patch_loop_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """A JSON merge patch on the status subresource; None values delete fields."""
+    def patch_loop_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
+    ) -> str:
+        """A JSON merge patch on the status subresource, applied only if the loop is still at
+        `resource_version` (else StaleWriteError); None values delete fields. Returns the new version."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _request_timeout=_REQUEST_TIMEOUT
+            written = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=_REQUEST_TIMEOUT
             )
         except ApiException as err:
+            if err.status == 409:
+                raise StaleWriteError(f"patch {PLURAL}/{name}/status", 409, "changed since read") from None
             raise _failure(f"patch {PLURAL}/{name}/status", err) from None
+        return str(written["metadata"]["resourceVersion"])
+
+    def remove_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
+        """Set metadata.finalizers to `finalizers` (ours removed), only if unchanged since read."""
+        body = {"metadata": {"resourceVersion": resource_version, "finalizers": finalizers or None}}
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=_REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise StaleWriteError(f"patch {PLURAL}/{name}", 409, "changed since read") from None
+            if err.status != 404:
+                raise _failure(f"patch {PLURAL}/{name}", err) from None
 
     # ---------------------------------------------------------------- target Deployment
     def observe_target(self, namespace: str, deployment: str, container: str) -> TargetObservation:
@@ -246,9 +275,12 @@ class KubeAdapter:
                     newest = (at, terminated.message.strip()[:_MAX_MESSAGE])
         return newest[1] if newest else ""
 
-    def count_active_retrains(self, namespaces: tuple[str, ...]) -> int:
-        """Unfinished retrain Jobs that are a loop's active retrain and controlled by that loop (by uid),
-        cluster-wide or across the watched namespaces: labels alone are anyone's to copy."""
+    def count_active_retrains(
+        self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]
+    ) -> int:
+        """Unfinished retrain Jobs that are a loop's active retrain (`active_jobs`: (namespace, Job) -> the
+        loop's uid, from the operator's own view of its loops) and controlled by that loop: labels alone are
+        anyone's to copy. Lists Jobs cluster-wide or across the watched namespaces."""
         selector = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},{LABEL_MANAGED_BY}={FIELD_MANAGER}"
         try:
             if namespaces:
@@ -259,27 +291,69 @@ class KubeAdapter:
                         namespace, label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
                     ).items
                 ]
-                loops = [
-                    loop
-                    for namespace in namespaces
-                    for loop in self.custom.list_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, _request_timeout=_REQUEST_TIMEOUT
-                    )["items"]
-                ]
             else:
                 jobs = self.batch.list_job_for_all_namespaces(
                     label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
                 ).items
-                loops = self.custom.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, _request_timeout=_REQUEST_TIMEOUT
-                )["items"]
         except ApiException as err:
-            raise _failure("list jobs and feedbackloops", err) from None
+            raise _failure("list jobs", err) from None
         listed = [
             ListedJob(job.metadata.namespace, job.metadata.name, _controller_loop_uid(job), _finished(job))
             for job in jobs
         ]
-        return count_running_retrains(listed, _active_retrain_jobs(loops))
+        return count_running_retrains(listed, active_jobs)
+
+    # ---------------------------------------------------------------- leader election
+    def read_lease(self, namespace: str, name: str) -> tuple[LeaseRecord, str] | None:
+        """The Lease's record and resourceVersion, or None when there is none."""
+        try:
+            lease = self.coordination.read_namespaced_lease(name, namespace, _request_timeout=_LEASE_TIMEOUT)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _failure(f"get leases/{name}", err) from None
+        spec = lease.spec
+        renewed = spec.renew_time.isoformat() if spec.renew_time else None
+        record = LeaseRecord(
+            holder=spec.holder_identity,
+            duration=timedelta(seconds=spec.lease_duration_seconds or 0),
+            renew_time=renewed,
+            transitions=spec.lease_transitions or 0,
+        )
+        return record, str(lease.metadata.resource_version)
+
+    def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        record: LeaseRecord,
+        acquired_at: datetime,
+        resource_version: str | None,
+    ) -> bool:
+        """Create the Lease (`resource_version` None) or replace it only if unchanged since read.
+        False when another replica wrote first."""
+        now = datetime.now(UTC)
+        spec = client.V1LeaseSpec(
+            holder_identity=record.holder,
+            lease_duration_seconds=int(record.duration.total_seconds()),
+            renew_time=now,
+            acquire_time=acquired_at,
+            lease_transitions=record.transitions,
+        )
+        meta = client.V1ObjectMeta(name=name, namespace=namespace, resource_version=resource_version)
+        lease = client.V1Lease(metadata=meta, spec=spec)
+        try:
+            if resource_version is None:
+                self.coordination.create_namespaced_lease(namespace, lease, _request_timeout=_LEASE_TIMEOUT)
+            else:
+                self.coordination.replace_namespaced_lease(
+                    name, namespace, lease, _request_timeout=_LEASE_TIMEOUT
+                )
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _failure(f"write leases/{name}", err) from None
+        return True
 
     # ---------------------------------------------------------------- Events
     def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
@@ -327,17 +401,6 @@ def _controller_loop_uid(job: client.V1Job) -> str | None:
         if ref.controller and ref.kind == KIND and ref.api_version.split("/")[0] == GROUP:
             return str(ref.uid)
     return None
-
-
-def _active_retrain_jobs(loops: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """(namespace, Job name) -> uid of the loop whose status.activeRetrain names that Job."""
-    active = {}
-    for loop in loops:
-        meta = loop["metadata"]
-        job = ((loop.get("status") or {}).get("activeRetrain") or {}).get("job")
-        if isinstance(job, str):
-            active[(meta["namespace"], job)] = meta["uid"]
-    return active
 
 
 def job_finished(conditions: Iterable[tuple[str | None, str | None]]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import FeedbackLoopStatus
@@ -32,6 +32,12 @@ class OperatorPolicy:
     # Empty allows nothing; "*" allows any (core.allowlist).
     prometheus_urls: tuple[str, ...] = ()
     artifact_buckets: tuple[str, ...] = ()
+    # How often a Ready loop re-checks Prometheus, its bucket and its Deployment (unready: every evaluation).
+    probe_interval: timedelta = timedelta(seconds=60)
+    # Status is written when something in it changes, and this often while only evaluation times move.
+    heartbeat: timedelta = timedelta(minutes=10)
+    # How often a loop with work in flight (a Job, a rollout, a waiting trigger) is looked at.
+    tick: timedelta = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -43,3 +49,4 @@ class LoopState:
     spec_error: str | None
     status: FeedbackLoopStatus
     rollback_request: str | None = None  # planning needs it to fetch that version's manifest
+    last_probe: datetime | None = None  # when this process last probed the dependencies; None: never

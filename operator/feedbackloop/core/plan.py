@@ -7,6 +7,7 @@ from datetime import datetime
 
 from feedbackloop.core import contract
 from feedbackloop.core.allowlist import choose_prometheus
+from feedbackloop.core.cadence import probe_due
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.monitoring import evaluation_due
 from feedbackloop.core.promql import RenderedQuery, render_queries
@@ -65,7 +66,7 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
         )
     return ObservationPlan(
         queries=render_queries(loop) if (due or measurement_due) and not spec.suspend else None,
-        probe_dependencies=due,
+        probe_dependencies=due and probe_due(loop, policy, now),
         job_name=active.job if active else None,
         candidate_uri=candidate_uri,
         candidate_version=active.version if active else None,

@@ -1,0 +1,100 @@
+"""When to look at a loop again, when to re-probe its dependencies, and when its status is worth a write.
+
+At a thousand loops the operator's cost is what it does per loop while nothing happens: these rules keep an
+idle loop to its evaluations (no API read, no status write) and a status write per heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from croniter import croniter
+
+from feedbackloop.api import PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ConditionStatus, ConditionType
+from feedbackloop.core.loop import LoopState, OperatorPolicy
+from feedbackloop.core.requests import is_handled
+from feedbackloop.core.status import Evaluation, FeedbackLoopStatus, MetricEvaluation
+from feedbackloop.core.triggers import schedule_error
+
+
+def probe_due(loop: LoopState, policy: OperatorPolicy, now: datetime) -> bool:
+    """Dependencies are probed on a slower cadence than evaluations once the loop is Ready."""
+    if loop.last_probe is None or loop.generation != loop.status.observed_generation:
+        return True
+    if not loop.status.condition_is(ConditionType.READY, ConditionStatus.TRUE):
+        return True
+    return now >= loop.last_probe + policy.probe_interval
+
+
+def next_reconcile(
+    loop: LoopState, annotations: dict[str, str], policy: OperatorPolicy, now: datetime
+) -> datetime:
+    """The earliest time anything about this loop can change without a watch event saying so."""
+    status, spec = loop.status, loop.spec
+    if _in_flight(loop, annotations):
+        return now + policy.tick
+    wake = now + policy.heartbeat
+    if spec is None or spec.suspend:
+        return wake
+    if status.last_evaluation is None or loop.generation != status.observed_generation:
+        return now
+    wake = min(wake, status.last_evaluation.time + spec.monitoring.interval)
+    schedule = spec.retrain.schedule if spec.retrain else None
+    if schedule is not None and schedule_error(schedule) is None:
+        fire: datetime = croniter(schedule, now).get_next(datetime)
+        wake = min(wake, fire)
+    return max(wake, now)
+
+
+def _in_flight(loop: LoopState, annotations: dict[str, str]) -> bool:
+    """A Job, a rollout, or a trigger that waits (cooldown, capacity, readiness) is followed every tick."""
+    status = loop.status
+    if status.active_retrain is not None or status.rollout is not None or status.waiting_reason:
+        return True
+    if loop.rollback_request and not is_handled(loop.rollback_request, status.handled_rollback_request):
+        return True
+    requests = (
+        (annotations.get(RETRAIN_REQUEST_ANNOTATION), status.handled_retrain_request),
+        (annotations.get(PROMOTE_ANNOTATION), status.handled_promote_request),
+    )
+    return any(request and not is_handled(request, handled) for request, handled in requests)
+
+
+def status_write_needed(
+    stored: FeedbackLoopStatus, intended: FeedbackLoopStatus, now: datetime, policy: OperatorPolicy
+) -> bool:
+    """Anything but the evaluation's time and raw values changed, or the stored evaluation is a heartbeat
+    old."""
+    if _settled(stored) != _settled(intended):
+        return True
+    if intended.last_evaluation is None:
+        return False
+    if stored.last_evaluation is None:
+        return True
+    return now - stored.last_evaluation.time >= policy.heartbeat
+
+
+def evaluation_lag(
+    spec_interval: timedelta, previous: Evaluation | None, current: Evaluation | None
+) -> float | None:
+    """Seconds between when an evaluation was due and when it ran; None when none ran or none was due."""
+    if previous is None or current is None or current.time <= previous.time:
+        return None
+    return max(0.0, (current.time - (previous.time + spec_interval)).total_seconds())
+
+
+def _settled(status: FeedbackLoopStatus) -> FeedbackLoopStatus:
+    """The status without what moves at every evaluation while nothing happens: its time and raw values."""
+    evaluation = status.last_evaluation
+    if evaluation is None:
+        return status
+    steady = tuple(_steady(metric) for metric in evaluation.metrics)
+    return status.model_copy(update={"last_evaluation": replace(evaluation, time=_EPOCH, metrics=steady)})
+
+
+def _steady(metric: MetricEvaluation) -> MetricEvaluation:
+    return replace(metric, value=None, samples=None, message="")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -34,6 +34,8 @@ OPERATOR_RULES = {
     "pods": {"get", "list"},
     "events": {"create"},
 }
+# In the release namespace only: create any Lease (create takes no names), get and update the chart's.
+LEASE_RULES = {"leases.coordination.k8s.io": {"create", "get", "update"}}
 FORBIDDEN_IN_LOG = re.compile(r"\b403\b|Forbidden|forbidden")
 
 
@@ -43,6 +45,11 @@ def test_cluster_wide_install_grants_exactly_the_listed_verbs_and_no_secrets(
     release = install_chart("--set", "crds.enabled=false")
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
     assert granted(cluster, kubeconfig, namespace) == {**SELF_REVIEWS, **OPERATOR_RULES}
+    assert granted(cluster, kubeconfig, release.namespace) == {
+        **SELF_REVIEWS,
+        **OPERATOR_RULES,
+        **LEASE_RULES,
+    }
     for verb, resource in (("get", "secrets"), ("list", "configmaps"), ("create", "deployments")):
         answer = cluster.kubectl(
             "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
@@ -57,7 +64,7 @@ def test_namespaced_install_grants_the_watched_namespaces_only(
     release = install_chart("--set", "crds.enabled=false", "--set", f"watchNamespaces={{{watched}}}")
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
     assert granted(cluster, kubeconfig, watched) == {**SELF_REVIEWS, **OPERATOR_RULES}
-    assert granted(cluster, kubeconfig, release.namespace) == SELF_REVIEWS
+    assert granted(cluster, kubeconfig, release.namespace) == {**SELF_REVIEWS, **LEASE_RULES}
     roles = cluster.kubectl("get", "clusterrole", release.service_account, check=False)
     assert "NotFound" in roles.stderr
 
@@ -125,7 +132,9 @@ def run_with_chart_identity(
         )  # fmt: skip
     kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / "sa.kubeconfig")
     env = {"FBL_WATCH_NAMESPACES": ""} if cluster_wide else {}
-    return start_operator(KUBECONFIG=str(kubeconfig), **env)
+    # The Lease the chart's Deployment names, in the release namespace: the only one its Role may update.
+    lease = {"FBL_LEASE_NAMESPACE": release.namespace, "FBL_LEASE_NAME": release.service_account}
+    return start_operator(KUBECONFIG=str(kubeconfig), **env, **lease)
 
 
 @pytest.mark.parametrize("cluster_wide", [False, True], ids=["namespaced", "cluster-wide"])

@@ -74,8 +74,10 @@ def test_the_network_policy_allows_exactly_the_configured_egress_and_the_two_por
     [deployment] = objects(rendered, "Deployment")
     assert policy["metadata"]["namespace"] == "ops"
     spec = policy["spec"]
-    # It selects the operator pod and nothing else.
-    assert spec["podSelector"] == deployment["spec"]["selector"]
+    # It selects the operator's pods, of every shard, and nothing else.
+    selected = spec["podSelector"]["matchLabels"]
+    assert selected.items() <= deployment["spec"]["selector"]["matchLabels"].items()
+    assert set(deployment["spec"]["selector"]["matchLabels"]) - set(selected) == {"feedbackloop.dev/shard"}
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["ingress"] == [
         {"ports": [{"port": 8080, "protocol": "TCP"}], "from": [MONITORING]},

@@ -67,3 +67,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   resources: [events]
   verbs: [create]
 {{- end }}
+
+{{/* One entry per Deployment: {"suffix": "", "selector": ""} without shards, else one per shard. */}}
+{{- define "feedbackloop-operator.shards" -}}
+{{- $shards := list -}}
+{{- if .Values.shards -}}
+{{- range .Values.shards -}}
+{{- $shards = append $shards (dict "suffix" (printf "-%s" .name) "name" .name "selector" .selector) -}}
+{{- end -}}
+{{- else -}}
+{{- $shards = append $shards (dict "suffix" "" "name" "" "selector" "") -}}
+{{- end -}}
+{{- toJson $shards -}}
+{{- end }}
+
+{{- define "feedbackloop-operator.leaseNames" -}}
+{{- $names := list -}}
+{{- range (include "feedbackloop-operator.shards" . | fromJsonArray) -}}
+{{- $names = append $names (printf "%s%s" (include "feedbackloop-operator.fullname" $) .suffix) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end }}

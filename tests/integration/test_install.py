@@ -144,7 +144,8 @@ def test_kustomize_base_renders_the_same_objects_as_the_chart_defaults(endpoints
     assert sorted(got) == sorted(expected)
     for key, obj in expected.items():
         assert got[key] == obj, f"{key} differs: run `make manifests`"
-    assert len(expected) == 6  # the CRD, SA, ClusterRole and binding, Service, Deployment: nothing missed
+    # The CRD, SA, ClusterRole and binding, the Lease Role and binding, Service, Deployment, PDB: nothing missed.
+    assert len(expected) == 9
 
 
 def test_kustomize_install_creates_an_operator_pod_under_pod_security_restricted(
@@ -157,10 +158,11 @@ def test_kustomize_install_creates_an_operator_pod_under_pod_security_restricted
             lambda: json.loads(
                 cluster.kubectl("get", "pods", "-n", "feedbackloop-system", "-o", "json").stdout
             )["items"],
-            bool,
+            lambda items: len(items) >= 2,
             timeout=60,
         )
-        assert [p["spec"]["serviceAccountName"] for p in pods] == ["feedbackloop-operator"]
+        # A leader and a standby.
+        assert [p["spec"]["serviceAccountName"] for p in pods] == ["feedbackloop-operator"] * 2
         replica_sets = json.loads(
             cluster.kubectl("get", "rs", "-n", "feedbackloop-system", "-o", "json").stdout
         )
@@ -190,7 +192,7 @@ def test_helm_install_upgrade_uninstall_keeps_the_crd_and_the_loops(
         return found
 
     first = deployment()
-    assert first["status"].get("readyReplicas") == 1  # its pod passed Pod Security "restricted"
+    assert first["status"].get("readyReplicas") == 2  # its pods passed Pod Security "restricted"
     assert operator_env(first)["FBL_TICK_SECONDS"] == "5"
     crd = json.loads(cluster.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -13,7 +13,7 @@ KUBE_SCORE = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/kube-score-$(KUBE
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := $(or $(FBL_CACHE_DIR),$(HOME)/.cache/feedbackloop)/checkov-$(CHECKOV_VERSION)
 
-.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving clean
+.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -90,6 +90,9 @@ bench-trainer: $(STAMP) cluster-build  ## trainer overhead vs a bare fit on synt
 
 bench-serving: $(STAMP) cluster-build  ## model server req/s and latency vs in-process predict, RSS with a full store
 	$(BIN)/python bench/serving.py
+
+bench-scale: $(STAMP) cluster-build  ## N FeedbackLoops vs a no-op kopf operator: lag, breach → Job, API, CPU, RSS (N=100,1000,3000 SHARDS=1 OPERATOR_SRC=operator)
+	$(BIN)/python bench/scale.py --n "$${N:-100,1000,3000}" --shards "$${SHARDS:-1}" --operator-src "$${OPERATOR_SRC:-operator}"
 
 clean:  ## remove the virtualenv and local cluster state (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 LoopKey = tuple[str, str]  # (namespace, name)
+# What a reconcile reads of metadata; managedFields alone is often larger than the rest of the loop.
+_KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "annotations",
+    "labels",
+    "finalizers",
+)
 
 
 class LoopIndex:
@@ -19,8 +32,13 @@ class LoopIndex:
     def put(self, body: Mapping[str, Any]) -> LoopKey:
         meta = body["metadata"]
         key = (str(meta["namespace"]), str(meta["name"]))
+        kept = {
+            "metadata": {field: meta[field] for field in _KEPT_METADATA if field in meta},
+            "spec": body.get("spec"),
+            "status": body.get("status"),
+        }
         with self._guard:
-            self._bodies[key] = body
+            self._bodies[key] = kept
         return key
 
     def get(self, key: LoopKey) -> Mapping[str, Any] | None:

@@ -33,6 +33,15 @@ def test_a_loop_never_evaluated_or_with_a_new_generation_wakes_at_once() -> None
     assert next_reconcile(replace(evaluated(0.95), generation=2), {}, POLICY, T0) == T0
 
 
+def test_a_loop_that_cannot_be_evaluated_waits_for_a_change_instead_of_spinning() -> None:
+    for spec in (spec_dict(**{"retrain.image": "not/allowed:1"}), {"mode": "Auto"}):
+        loop = loop_state(spec)
+        decision = decide(loop, healthy_dependencies(), POLICY, T0)
+        invalid = replace(loop, status=decision.status, last_probe=T0)
+        assert decision.status.last_evaluation is None
+        assert next_reconcile(invalid, {}, POLICY, T0) == T0 + POLICY.heartbeat
+
+
 def test_work_in_flight_or_a_pending_request_is_followed_every_tick() -> None:
     loop = evaluated(0.95)
     assert next_reconcile(loop, {RETRAIN_REQUEST_ANNOTATION: "r1"}, POLICY, T0) == T0 + POLICY.tick

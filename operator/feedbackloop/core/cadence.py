@@ -11,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
-from feedbackloop.api import PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ConditionStatus, ConditionType
+from feedbackloop.api import (
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ConditionStatus,
+    ConditionType,
+    LoopPhase,
+)
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.requests import is_handled
 from feedbackloop.core.status import Evaluation, FeedbackLoopStatus, MetricEvaluation
@@ -35,8 +41,8 @@ def next_reconcile(
     if _in_flight(loop, annotations):
         return now + policy.tick
     wake = now + policy.heartbeat
-    if spec is None or spec.suspend:
-        return wake
+    if spec is None or spec.suspend or status.phase is LoopPhase.INVALID:
+        return wake  # nothing to evaluate until the spec or the operator's settings change
     if status.last_evaluation is None or loop.generation != status.observed_generation:
         return now
     wake = min(wake, status.last_evaluation.time + spec.monitoring.interval)

@@ -58,11 +58,27 @@ def test_a_schedule_wakes_the_loop_at_its_next_fire() -> None:
 
 def test_dependencies_are_probed_every_evaluation_until_ready_then_on_the_probe_interval() -> None:
     loop = evaluated(0.95)
-    assert not probe_due(loop, POLICY, T0 + POLICY.probe_interval / 2)
-    assert probe_due(loop, POLICY, T0 + POLICY.probe_interval)
+    assert not probe_due(loop, POLICY, T0 + POLICY.probe_interval * 0.99)
+    assert probe_due(loop, POLICY, T0 + POLICY.probe_interval * 1.5)
     assert probe_due(replace(loop, last_probe=None), POLICY, T0 + POLICY.probe_interval / 2)
     unready = loop_state()
     assert probe_due(replace(unready, last_probe=T0), POLICY, T0 + timedelta(seconds=1))
+
+
+def test_loops_probe_on_intervals_of_their_own_so_loops_created_together_spread_out() -> None:
+    loop = evaluated(0.95)
+    due = [
+        next(
+            second
+            for second in range(60, 91)
+            if probe_due(
+                replace(loop, ref=replace(loop.ref, uid=f"uid-{n}")), POLICY, T0 + timedelta(seconds=second)
+            )
+        )
+        for n in range(50)
+    ]
+    assert min(due) >= 60 and max(due) <= 90
+    assert len(set(due)) > 10
 
 
 def test_only_a_changed_verdict_or_a_heartbeat_is_worth_a_status_write() -> None:

@@ -18,7 +18,7 @@ from feedbackloop.reconcile import NotLeaderError
 from reconcile_fakes import Call, FakeApiError, World
 
 INTERVAL = 10  # seconds between evaluations, and between analysis measurements
-PROBE_INTERVAL = OperatorPolicy(trainer_images=()).probe_interval.total_seconds()
+PROBE_INTERVAL = OperatorPolicy(trainer_images=()).probe_interval.total_seconds() * 1.5  # the longest spread
 
 
 def spec(**changes: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ idle loop to its evaluations (no API read, no status write) and a status write p
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +31,12 @@ def probe_due(loop: LoopState, policy: OperatorPolicy, now: datetime) -> bool:
         return True
     if not loop.status.condition_is(ConditionType.READY, ConditionStatus.TRUE):
         return True
-    return now >= loop.last_probe + policy.probe_interval
+    return now >= loop.last_probe + policy.probe_interval * _spread(loop.ref.uid)
+
+
+def _spread(uid: str) -> float:
+    """1.0 to 1.5, fixed per loop: loops created together do not probe together for ever after."""
+    return 1.0 + int(hashlib.sha256(uid.encode()).hexdigest()[:4], 16) / 0xFFFF / 2
 
 
 def next_reconcile(

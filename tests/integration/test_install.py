@@ -144,7 +144,7 @@ def test_kustomize_base_renders_the_same_objects_as_the_chart_defaults(endpoints
     assert sorted(got) == sorted(expected)
     for key, obj in expected.items():
         assert got[key] == obj, f"{key} differs: run `make manifests`"
-    # The CRD, SA, ClusterRole and binding, the Lease Role and binding, Service, Deployment, PDB: nothing missed.
+    # CRD, SA, ClusterRole and binding, Lease Role and binding, Service, Deployment, PDB: nothing missed.
     assert len(expected) == 9
 
 

@@ -91,7 +91,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     queue = WorkQueue(lambda key: _run(memo, key), workers=_WORKERS)
 
     def elected() -> None:
-        for key, _body in index.items():
+        for key in index.loop_keys():
             queue.add(key)
 
     leader: LeaderElector | AlwaysLeader = AlwaysLeader()
@@ -196,7 +196,7 @@ async def retrain_job_changed(event: kopf.RawEvent, memo: Any, **_: Any) -> None
     loop = (job["metadata"].get("labels") or {}).get(LABEL_LOOP)
     key = (job["metadata"]["namespace"], loop) if loop else None
     finished = job_finished((c.get("type"), c.get("status")) for c in conditions)
-    if finished and key is not None and memo.get("index") is not None and memo.index.get(key) is not None:
+    if finished and key is not None and memo.get("index") is not None and key in memo.index:
         memo.queue.add(key)
 
 

@@ -213,14 +213,15 @@ class Reconciler:
     def active_retrain_jobs(self) -> dict[tuple[str, str], str]:
         """(namespace, Job) -> loop uid for every loop this process knows whose status names a running Job."""
         active: dict[tuple[str, str], str] = {}
-        for key, body in self.index.items():
+        for key, uid in self.index.uids():
             remembered = self._memory.get(key)
-            uid = body["metadata"]["uid"]
             if remembered is not None and remembered.uid == uid:
                 retrain = remembered.intended.active_retrain
                 job = retrain.job if retrain else None
-            else:
+            elif (body := self.index.get(key)) is not None:
                 job = ((body.get("status") or {}).get("activeRetrain") or {}).get("job")
+            else:
+                continue
             if isinstance(job, str):
                 active[(key[0], job)] = uid
         return active

@@ -13,6 +13,7 @@ from feedbackloop.core.allowlist import ANY, url_problem
 from feedbackloop.core.lease import LeaseTimings
 from feedbackloop.core.loop import DEFAULT_CREDENTIALS_SECRET_PREFIX, OperatorPolicy
 from feedbackloop.core.shard import SelectorError, ShardSelector, parse_selector
+from feedbackloop.failpoints import FAILPOINT_ALIASES, Failpoint
 
 DEFAULT_TRAINER_IMAGE = f"feedbackloop-operator:{__version__}"
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
@@ -44,8 +45,8 @@ class OperatorConfig:
     """FBL_METRICS_PORT: the operator's own /metrics; 0 turns it off."""
     health_endpoint: str
     """FBL_HEALTH_ENDPOINT: kopf's liveness endpoint URL."""
-    failpoint: str | None = None
-    """FBL_FAILPOINT: fault injection for tests only (see reconcile.CRASH_BEFORE_JOB_CREATE)."""
+    failpoint: Failpoint | None = None
+    """FBL_FAILPOINT: fault injection for tests only: the process exits (137) at that point."""
     credentials_secret_prefix: str = DEFAULT_CREDENTIALS_SECRET_PREFIX
     """FBL_CREDENTIALS_SECRET_PREFIX: a loop's credentialsSecret must start with it; empty allows any."""
     pod_metadata_prefixes: tuple[str, ...] = ()
@@ -111,6 +112,19 @@ def _prometheus_urls(env: Mapping[str, str]) -> tuple[str, ...]:
         if url != ANY and (problem := url_problem(url)):
             raise ConfigError(f"FBL_PROMETHEUS_URLS: entry {position} {problem}")
     return urls
+
+
+def _failpoint(env: Mapping[str, str]) -> Failpoint | None:
+    value = env.get("FBL_FAILPOINT") or None
+    if value is None:
+        return None
+    if value in FAILPOINT_ALIASES:
+        return FAILPOINT_ALIASES[value]
+    try:
+        return Failpoint(value)
+    except ValueError:
+        known = ", ".join(point.value for point in Failpoint)
+        raise ConfigError(f"FBL_FAILPOINT: {value!r} is not one of {known}") from None
 
 
 def _artifact_buckets(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -221,7 +235,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         tick_seconds=tick_seconds(env),
         metrics_port=_int(env, "FBL_METRICS_PORT", 8080, 0, 65535),
         health_endpoint=env.get("FBL_HEALTH_ENDPOINT", "http://0.0.0.0:8081/healthz"),
-        failpoint=env.get("FBL_FAILPOINT") or None,
+        failpoint=_failpoint(env),
         credentials_secret_prefix=_credentials_secret_prefix(env),
         pod_metadata_prefixes=_pod_metadata_prefixes(env),
         prometheus_urls=_prometheus_urls(env),

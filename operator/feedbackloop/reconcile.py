@@ -66,11 +66,10 @@ from feedbackloop.core.readiness import dependency_failed
 from feedbackloop.core.retrain import job_create_failed, mark_job_created
 from feedbackloop.core.spec import FeedbackLoopSpec, SpecError, parse_spec
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
+from feedbackloop.failpoints import Failpoint
 from feedbackloop.index import LoopIndex
 
 log = logging.getLogger(__name__)
-# Fault injection for tests (FBL_FAILPOINT): die exactly where a crash would hurt most.
-CRASH_BEFORE_JOB_CREATE = "crash-before-job-create"
 
 
 class NotLeaderError(RuntimeError):
@@ -150,7 +149,7 @@ class Reconciler:
     max_concurrent_retrains: int
     namespaces: tuple[str, ...] = ()
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    failpoint: str | None = None
+    failpoint: Failpoint | None = None
     budget_seconds: float = 20.0  # for a reconcile's Prometheus queries, all of them together
     index: LoopIndex = field(default_factory=LoopIndex)
     # Writes only while this returns True: the replica that lost its lease stops before another takes it.
@@ -373,8 +372,12 @@ class Reconciler:
                     self.cluster.apply_model(
                         action.namespace, action.deployment, action.container, action.model
                     )
+                    rollback = any(isinstance(t, RollbackStarted) for t in decision.transitions)
+                    self._crash_at(Failpoint.DURING_ROLLBACK if rollback else Failpoint.AFTER_MODEL_APPLY)
                 case CreateJob():
                     status = self._create_job(loop, writing, status, action, now)
+        if decision.events:
+            self._crash_at(Failpoint.BEFORE_EVENTS)
         for event in decision.events:
             self._post(ref, event)
         return status
@@ -383,9 +386,7 @@ class Reconciler:
         self, loop: LoopState, writing: _Writing, status: FeedbackLoopStatus, action: CreateJob, now: datetime
     ) -> FeedbackLoopStatus:
         ref, name = loop.ref, action.manifest["metadata"]["name"]
-        if self.failpoint == CRASH_BEFORE_JOB_CREATE:
-            log.error("failpoint %s: exiting after the status write, before creating the Job", self.failpoint)
-            os._exit(137)
+        self._crash_at(Failpoint.AFTER_COUNTER_WRITE)
         try:
             created = self.cluster.create_job(action.manifest)
         except Exception as err:
@@ -398,6 +399,7 @@ class Reconciler:
             log.warning("Job %s for %s/%s exists with another controller", name, ref.namespace, ref.name)
             return status
         log.info("%s Job %s for %s/%s", created, name, ref.namespace, ref.name)
+        self._crash_at(Failpoint.AFTER_JOB_CREATE)
         marked = mark_job_created(status)
         self._write_status(writing, marked, now)
         return marked
@@ -422,6 +424,11 @@ class Reconciler:
             metrics.set_loop_ready(
                 ref.namespace, ref.name, ready.status == ConditionStatus.TRUE, ready.reason
             )
+
+    def _crash_at(self, point: Failpoint) -> None:
+        if self.failpoint == point:
+            log.error("failpoint %s: exiting now", point)
+            os._exit(137)
 
     def _post(self, ref: LoopRef, event: Event) -> None:
         try:

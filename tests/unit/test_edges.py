@@ -12,6 +12,7 @@ from feedbackloop.config import ConfigError, load_config
 from feedbackloop.core.observations import QueryOutcome
 from feedbackloop.core.patch import merge_patch
 from feedbackloop.core.status import parse_status
+from feedbackloop.failpoints import Failpoint
 
 
 def test_config_defaults() -> None:
@@ -47,11 +48,28 @@ def test_config_reads_lists_and_endpoint() -> None:
         ({"FBL_WATCH_NAMESPACES": "Not_A_Namespace"}, "FBL_WATCH_NAMESPACES"),
         ({"FBL_S3_ENDPOINT_URL": "s3.local:9000"}, "FBL_S3_ENDPOINT_URL"),
         ({"FBL_TICK_SECONDS": "0.01"}, "FBL_TICK_SECONDS"),
+        (
+            {"FBL_FAILPOINT": "after-everything"},
+            "FBL_FAILPOINT: 'after-everything' is not one of after-counter",
+        ),
     ],
 )
 def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(env)
+
+
+@pytest.mark.parametrize(
+    ("value", "failpoint"),
+    [
+        ("", None),
+        ("after-job-create", Failpoint.AFTER_JOB_CREATE),
+        ("during-rollback", Failpoint.DURING_ROLLBACK),
+        ("crash-before-job-create", Failpoint.AFTER_COUNTER_WRITE),  # the earlier name still works
+    ],
+)
+def test_config_reads_the_failpoint(value: str, failpoint: Failpoint | None) -> None:
+    assert load_config({"FBL_FAILPOINT": value}).failpoint is failpoint
 
 
 @pytest.mark.parametrize(

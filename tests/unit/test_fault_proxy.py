@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+
 from fault_proxy import FaultProxy, Mode, parse_command
 
 BIG = os.urandom(5 * 1024 * 1024)

@@ -696,6 +696,8 @@ class Cluster:
         for proc in reversed(self.processes):
             _terminate(proc.popen)
         self.processes.clear()
+        # A component stopped on its own stays stopped: nothing is left to start it against.
+        self.stopped.clear()
 
     def __enter__(self) -> Cluster:
         return self

@@ -3,7 +3,9 @@
 
 Starts etcd, kube-apiserver (RBAC on), kube-controller-manager, kube-scheduler, kwok with fake nodes,
 Prometheus and versitygw from the binaries that `tests/cluster/build.sh` caches, each on a free port,
-inside one directory, each logging to `<dir>/logs/<component>.log`.
+inside one directory, each logging to `<dir>/logs/<component>.log`. COMPONENTS lists them in start order with
+their command line, readiness check and timeout; `cluster.stop_component(name)` and `start_component(name)`
+stop one and run it again as it was (same ports, credentials and data), for fault-injection tests.
 
 Shell:  harness.py up [--dir .cluster]     start in the background, write <dir>/env, return
         harness.py down [--dir .cluster]   stop a background cluster
@@ -182,6 +184,9 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    # What it was started with: a restart runs the same command line (ports, data directory) and env.
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
 
 @dataclass
@@ -259,6 +264,404 @@ def _shell_unquote(value: str) -> str:
     return value
 
 
+# -------------------------------------------------------------------- components
+@dataclass(frozen=True)
+class Component:
+    """One server of the cluster: its command line, how to tell it is ready and how long to wait for that.
+
+    Builders take the Cluster, whose `port(key)` gives the same free port on every call. `prepare` runs
+    once, before the first start (config files, credentials); a restart reuses the first start's argv and
+    env, so the ports, credentials and data directory stay the same."""
+
+    name: str
+    argv: Callable[[Cluster], list[str]]
+    ready: Callable[[Cluster], bool]
+    timeout: float
+    env: Callable[[Cluster], dict[str, str]] | None = None
+    prepare: Callable[[Cluster], None] | None = None
+    # The readiness check's name in messages, when it is not the component itself.
+    readiness: str = ""
+    # Spawned together with the next component; both are ready before the one after that starts.
+    with_next: bool = False
+    # Waited for after all the others: nothing needs it to start, and it takes longest.
+    ready_last: bool = False
+    # The key of Cluster.timings that records when it was first ready.
+    timing: str = ""
+
+    @property
+    def log(self) -> str:
+        """Its stdout and stderr, relative to the cluster directory."""
+        return f"logs/{self.name}.log"
+
+
+def _endpoints(cluster: Cluster) -> Endpoints:
+    assert cluster.endpoints is not None, "the cluster directory is laid out before any component starts"
+    return cluster.endpoints
+
+
+def _etcd_argv(cluster: Cluster) -> list[str]:
+    port, peer = cluster.port("etcd"), cluster.port("etcd-peer")
+    return [
+        str(cluster.bins["etcd"]),
+        "--name=fbl",
+        f"--data-dir={cluster.directory / 'etcd'}",
+        f"--listen-client-urls=http://{LOCALHOST}:{port}",
+        f"--advertise-client-urls=http://{LOCALHOST}:{port}",
+        f"--listen-peer-urls=http://{LOCALHOST}:{peer}",
+        f"--initial-advertise-peer-urls=http://{LOCALHOST}:{peer}",
+        f"--initial-cluster=fbl=http://{LOCALHOST}:{peer}",
+        "--unsafe-no-fsync",
+        "--quota-backend-bytes=4294967296",
+        f"--listen-metrics-urls=http://{LOCALHOST}:{cluster.port('etcd-metrics')}",
+    ]
+
+
+def _etcd_ready(cluster: Cluster) -> bool:
+    return _http_ok(f"http://{LOCALHOST}:{cluster.port('etcd')}/health")
+
+
+def _apiserver_argv(cluster: Cluster) -> list[str]:
+    pki = cluster.directory / "pki"
+    return [
+        str(cluster.bins["kube-apiserver"]),
+        f"--etcd-servers=http://{LOCALHOST}:{cluster.port('etcd')}",
+        f"--bind-address={LOCALHOST}",
+        f"--advertise-address={LOCALHOST}",
+        f"--secure-port={cluster.port('kube-apiserver')}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--cert-dir={pki}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--token-auth-file={pki / 'tokens.csv'}",
+        "--authorization-mode=RBAC",
+        "--endpoint-reconciler-type=none",
+        "--allow-privileged=true",
+        "--enable-priority-and-fairness=false",
+        "--storage-media-type=application/json",
+    ]
+
+
+def _apiserver_ready(cluster: Cluster) -> bool:
+    endpoints = _endpoints(cluster)
+    context = ssl.create_default_context(cafile=str(endpoints.ca_file))
+    return _http_ok(f"{endpoints.api_server_url}/readyz", token=endpoints.admin_token, context=context)
+
+
+def _controller_manager_argv(cluster: Cluster) -> list[str]:
+    kubeconfig, pki = _endpoints(cluster).kubeconfig, cluster.directory / "pki"
+    return [
+        str(cluster.bins["kube-controller-manager"]),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        # No front-proxy CA exists here; looking it up only fills the log with errors.
+        "--authentication-skip-lookup=true",
+        "--leader-elect=false",
+        f"--bind-address={LOCALHOST}",
+        f"--secure-port={cluster.port('kube-controller-manager')}",
+        f"--cert-dir={pki / 'controller-manager'}",
+        f"--controllers={','.join(CONTROLLERS)}",
+        "--node-monitor-grace-period=1h",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        "--use-service-account-credentials=false",
+    ]
+
+
+def _scheduler_argv(cluster: Cluster) -> list[str]:
+    kubeconfig = _endpoints(cluster).kubeconfig
+    return [
+        str(cluster.bins["kube-scheduler"]),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        # No front-proxy CA exists here; looking it up only fills the log with errors.
+        "--authentication-skip-lookup=true",
+        "--leader-elect=false",
+        f"--bind-address={LOCALHOST}",
+        f"--secure-port={cluster.port('kube-scheduler')}",
+        f"--cert-dir={cluster.directory / 'pki' / 'scheduler'}",
+    ]
+
+
+def _healthz(name: str) -> Callable[[Cluster], bool]:
+    def ready(cluster: Cluster) -> bool:
+        # The component's own self-signed serving certificate: nothing to verify it against.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        return _http_ok(f"https://{LOCALHOST}:{cluster.port(name)}/healthz", context=insecure)
+
+    return ready
+
+
+def _prepare_kwok(cluster: Cluster) -> None:
+    _write_kwok_stages(cluster, cluster.bins["kwok-stages"])
+    _create_fake_nodes(cluster)
+
+
+def _kwok_argv(cluster: Cluster) -> list[str]:
+    return [
+        str(cluster.bins["kwok"]),
+        f"--kubeconfig={_endpoints(cluster).kubeconfig}",
+        f"--config={cluster.directory / 'kwok-stages.yaml'}",
+        "--node-lease-duration-seconds=40",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+        f"--server-address={LOCALHOST}:{cluster.port('kwok')}",
+        "--node-ip=127.0.0.1",
+        "--cidr=10.244.0.0/16",
+    ]
+
+
+def _write_kwok_stages(cluster: Cluster, upstream: Path) -> Path:
+    """kwok's default stages plus one the tests use: a Job pod annotated to fail does, with a message."""
+    stages = [stage for stage in yaml.safe_load_all(upstream.read_text()) if stage]
+    outcome_key = f'.metadata.annotations["{KWOK_OUTCOME_ANNOTATION}"]'
+    for stage in stages:
+        expressions = stage["spec"]["selector"].get("matchExpressions", [])
+        if stage["metadata"]["name"] == "pod-complete":
+            expressions.append({"key": outcome_key, "operator": "DoesNotExist"})
+            stage["spec"]["next"]["statusTemplate"] = stage["spec"]["next"]["statusTemplate"].replace(
+                "reason: Completed\n", "reason: Completed\n" + KWOK_SUCCESS_MESSAGE
+            )
+        if stage["metadata"]["name"] == "pod-ready":
+            expressions.append({"key": NEVER_READY_EXPRESSION, "operator": "NotIn", "values": ["true"]})
+    stages.append(
+        {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Stage",
+            "metadata": {"name": "pod-fail-on-request"},
+            "spec": {
+                "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                "selector": {
+                    "matchAnnotations": {KWOK_OUTCOME_ANNOTATION: "fail"},
+                    "matchExpressions": [
+                        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                        {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                    ],
+                },
+                "next": {"statusTemplate": KWOK_FAIL_TEMPLATE},
+            },
+        }
+    )
+    path = cluster.directory / "kwok-stages.yaml"
+    path.write_text(yaml.safe_dump_all(stages, sort_keys=False))
+    return path
+
+
+def _create_fake_nodes(cluster: Cluster) -> None:
+    # What a real node reports, ephemeral-storage included: a pod requesting it is unschedulable without.
+    resources = {"cpu": "32", "memory": "256Gi", "ephemeral-storage": "100Gi", "pods": "110"}
+    for index in range(cluster.fake_nodes):
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"kwok-node-{index}",
+                "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": f"kwok-node-{index}",
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                },
+            },
+            "status": {"allocatable": resources, "capacity": resources},
+        }
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(node))
+
+
+def _kwok_nodes_ready(cluster: Cluster) -> bool:
+    result = cluster.kubectl(
+        "get",
+        "nodes",
+        "-l",
+        "type=kwok",
+        "-o",
+        'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+        check=False,
+    )
+    statuses = result.stdout.split()
+    return (
+        result.returncode == 0 and len(statuses) == cluster.fake_nodes and all(s == "True" for s in statuses)
+    )
+
+
+def _pod_discovery_job(endpoints: Endpoints, prom_dir: Path) -> str:
+    """Pods found through the API server and the usual prometheus.io/* annotations, as in a cluster."""
+    token = prom_dir / "discovery-token"
+    token.write_text(endpoints.admin_token)
+    token.chmod(0o600)
+    return (
+        "  - job_name: kubernetes-pods\n"
+        # The operator's per-loop metrics name their loop's namespace: keep it, not exported_namespace.
+        "    honor_labels: true\n"
+        "    kubernetes_sd_configs:\n"
+        "      - role: pod\n"
+        f"        api_server: {endpoints.api_server_url}\n"
+        f"        tls_config: {{ca_file: '{endpoints.ca_file}'}}\n"
+        f"        authorization: {{credentials_file: '{token}'}}\n"
+        "    relabel_configs:\n"
+        "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n"
+        "        regex: 'true'\n"
+        "        action: keep\n"
+        "      - source_labels: [__meta_kubernetes_pod_phase]\n"
+        "        regex: Pending|Succeeded|Failed|Unknown\n"
+        "        action: drop\n"
+        "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]\n"
+        "        regex: (.+)\n"
+        "        target_label: __metrics_path__\n"
+        "      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]\n"
+        "        regex: '([^:]+)(?::\\d+)?;(\\d+)'\n"
+        "        replacement: '$1:$2'\n"
+        "        target_label: __address__\n"
+        "      - source_labels: [__meta_kubernetes_namespace]\n"
+        "        target_label: namespace\n"
+        "      - source_labels: [__meta_kubernetes_pod_name]\n"
+        "        target_label: pod\n"
+    )
+
+
+def _prepare_prometheus(cluster: Cluster) -> None:
+    endpoints = _endpoints(cluster)
+    port = cluster.port("prometheus")
+    prom_dir = cluster.directory / "prometheus"
+    endpoints.prometheus_targets_file.write_text("[]\n")
+    (prom_dir / "prometheus.yml").write_text(
+        "global:\n"
+        "  scrape_interval: 1s\n"
+        "  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: prometheus\n"
+        "    static_configs:\n"
+        f"      - targets: ['{LOCALHOST}:{port}']\n"
+        # Tests register their own exporters here; Prometheus watches the file.
+        "  - job_name: test-targets\n"
+        "    file_sd_configs:\n"
+        f"      - files: ['{endpoints.prometheus_targets_file}']\n"
+        "        refresh_interval: 1s\n" + _pod_discovery_job(endpoints, prom_dir)
+    )
+    endpoints.prometheus_url = f"http://{LOCALHOST}:{port}"
+
+
+def _prometheus_argv(cluster: Cluster) -> list[str]:
+    prom_dir = cluster.directory / "prometheus"
+    return [
+        str(cluster.bins["prometheus"]),
+        f"--config.file={prom_dir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={prom_dir / 'data'}",
+        f"--web.listen-address={LOCALHOST}:{cluster.port('prometheus')}",
+        "--web.enable-lifecycle",
+        "--web.enable-admin-api",
+        "--storage.tsdb.retention.time=1d",
+    ]
+
+
+def _prometheus_ready(cluster: Cluster) -> bool:
+    return _http_ok(f"{_endpoints(cluster).prometheus_url}/-/ready")
+
+
+def _prepare_versitygw(cluster: Cluster) -> None:
+    endpoints = _endpoints(cluster)
+    endpoints.s3_endpoint_url = f"http://{LOCALHOST}:{cluster.port('versitygw')}"
+    endpoints.s3_access_key = "fbl" + secrets.token_hex(6)
+    endpoints.s3_secret_key = secrets.token_urlsafe(24)
+
+
+def _versitygw_env(cluster: Cluster) -> dict[str, str]:
+    endpoints = _endpoints(cluster)
+    return {
+        **os.environ,
+        "ROOT_ACCESS_KEY": endpoints.s3_access_key,
+        "ROOT_SECRET_KEY": endpoints.s3_secret_key,
+    }
+
+
+def _versitygw_argv(cluster: Cluster) -> list[str]:
+    return [
+        str(cluster.bins["versitygw"]),
+        "--port",
+        f"{LOCALHOST}:{cluster.port('versitygw')}",
+        "--region",
+        S3_REGION,
+        "posix",
+        "--sidecar",
+        str(cluster.directory / "s3" / "meta"),
+        str(cluster.directory / "s3" / "data"),
+    ]
+
+
+def _versitygw_ready(cluster: Cluster) -> bool:
+    # Any HTTP answer (an unsigned request gets 403) means the gateway is serving.
+    return _http_answers(_endpoints(cluster).s3_endpoint_url)
+
+
+def _prepare_redis(cluster: Cluster) -> None:
+    """The model servers' shared prediction store, with a password and an append-only file."""
+    password = cluster.credentials["redis"] = secrets.token_urlsafe(18)
+    _endpoints(cluster).redis_url = f"redis://:{password}@{LOCALHOST}:{cluster.port('redis')}/0"
+
+
+def _redis_argv(cluster: Cluster) -> list[str]:
+    port, password = cluster.port("redis"), cluster.credentials["redis"]
+    return [
+        str(REDIS_SERVER),
+        "--bind", LOCALHOST, "--port", str(port), "--requirepass", password,
+        "--dir", str(cluster.directory / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
+        "--save", "", "--daemonize", "no", "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+def _redis_ready(cluster: Cluster) -> bool:
+    return _redis_answers(cluster.port("redis"), cluster.credentials["redis"])
+
+
+# Started in this order, each ready before the next starts (but for with_next and ready_last).
+COMPONENTS: tuple[Component, ...] = (
+    Component("etcd", _etcd_argv, _etcd_ready, timeout=60),
+    Component("kube-apiserver", _apiserver_argv, _apiserver_ready, timeout=120, timing="apiserver_ready_s"),
+    Component(
+        "kube-controller-manager",
+        _controller_manager_argv,
+        _healthz("kube-controller-manager"),
+        timeout=60,
+        with_next=True,
+    ),
+    Component("kube-scheduler", _scheduler_argv, _healthz("kube-scheduler"), timeout=60),
+    Component(
+        "kwok",
+        _kwok_argv,
+        _kwok_nodes_ready,
+        timeout=90,
+        prepare=_prepare_kwok,
+        readiness="kwok nodes",
+        ready_last=True,
+    ),
+    Component("prometheus", _prometheus_argv, _prometheus_ready, timeout=60, prepare=_prepare_prometheus),
+    Component(
+        "versitygw",
+        _versitygw_argv,
+        _versitygw_ready,
+        timeout=60,
+        env=_versitygw_env,
+        prepare=_prepare_versitygw,
+    ),
+    Component("redis", _redis_argv, _redis_ready, timeout=30, prepare=_prepare_redis),
+)
+COMPONENT_ORDER = {component.name: index for index, component in enumerate(COMPONENTS)}
+
+
+def component_named(name: str) -> Component:
+    if name not in COMPONENT_ORDER:
+        raise ValueError(f"no component {name!r}; there are {list(COMPONENT_ORDER)}")
+    return COMPONENTS[COMPONENT_ORDER[name]]
+
+
 @dataclass
 class Cluster:
     directory: Path
@@ -266,6 +669,12 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     endpoints: Endpoints | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    bins: dict[str, Path] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    # Generated for a component before its first start and kept for its restarts (the Redis password).
+    credentials: dict[str, str] = field(default_factory=dict)
+    # Components stop_component stopped, as they ran: start_component runs them the same way.
+    stopped: dict[str, Process] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
@@ -287,6 +696,8 @@ class Cluster:
         for proc in reversed(self.processes):
             _terminate(proc.popen)
         self.processes.clear()
+        # A component stopped on its own stays stopped: nothing is left to start it against.
+        self.stopped.clear()
 
     def __enter__(self) -> Cluster:
         return self
@@ -302,6 +713,39 @@ class Cluster:
         dead = [p.name for p in self.processes if p.popen.poll() is not None]
         if dead:
             raise ClusterStartError(f"components exited: {dead}\n{self.log_tails()}")
+
+    # ---------------------------------------------------------------- one component
+    def port(self, key: str) -> int:
+        """A free port for `key`, the same on every call: a restarted component listens where it did."""
+        if key not in self.ports:
+            self.ports[key] = free_port()
+        return self.ports[key]
+
+    def stop_component(self, name: str, grace: float = 10.0) -> None:
+        """Stops one running component: SIGTERM, then SIGKILL after `grace` seconds (0: at once)."""
+        process = next((p for p in self.processes if p.name == name), None)
+        if process is None:
+            raise ValueError(f"{name} is not running; running: {[p.name for p in self.processes]}")
+        _terminate(process.popen, grace)
+        self.processes.remove(process)
+        self.stopped[name] = process
+
+    def start_component(self, name: str) -> None:
+        """Runs a component stop_component stopped again, with the same argv, env, ports and data directory,
+        and waits until it is ready (ClusterStartError with its log's tail when it is not in time)."""
+        process = self.stopped.pop(name, None)
+        if process is None:
+            raise ValueError(f"{name} was not stopped with stop_component")
+        component = component_named(name)
+        self._spawn(component, process.argv, process.env)
+        # stop() goes in reverse start order: etcd still stops last.
+        self.processes.sort(key=lambda p: COMPONENT_ORDER[p.name])
+        self._await(component)
+
+    def restart_component(self, name: str, grace: float = 10.0) -> None:
+        """stop_component, then start_component: its data and ports survive, its process does not."""
+        self.stop_component(name, grace)
+        self.start_component(name)
 
     # ---------------------------------------------------------------- helpers for tests
     def kubectl(
@@ -321,144 +765,49 @@ class Cluster:
     # ---------------------------------------------------------------- start-up
     def _start_all(self) -> None:
         started = time.monotonic()
-        bins = binary_paths()
+        self._lay_out()
+        batch: list[Component] = []
+        last: list[Component] = []
+        for component in COMPONENTS:
+            if component.prepare is not None:
+                component.prepare(self)
+            env = component.env(self) if component.env is not None else None
+            self._spawn(component, component.argv(self), env)
+            batch.append(component)
+            if component.with_next:
+                continue
+            for spawned in batch:
+                if spawned.ready_last:
+                    last.append(spawned)
+                else:
+                    self._await(spawned, started)
+            batch.clear()
+        for spawned in last:
+            self._await(spawned, started)
+        self.timings["all_ready_s"] = time.monotonic() - started
+        self._write_endpoints()
+
+    def _lay_out(self) -> None:
+        """The directory, PKI, tokens, kubeconfigs and endpoints: everything that needs no process."""
+        self.bins = binary_paths()
         d = self.directory
         for sub in ("logs", "pki", "bin", "etcd", "prometheus", "s3/data", "s3/meta", "redis"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         for name in ("kubectl", "helm", "promtool"):
             link = d / "bin" / name
             if not link.exists():
-                link.symlink_to(bins[name])
+                link.symlink_to(self.bins[name])
 
         pki = self._make_pki()
         admin_token, user_token = secrets.token_hex(16), secrets.token_hex(16)
         (pki / "tokens.csv").write_text(
             f'{admin_token},{ADMIN_USER},uid-admin,"system:masters"\n{user_token},{PLAIN_USER},uid-user\n'
         )
-
-        etcd_port, etcd_peer = free_port(), free_port()
-        self._spawn(
-            "etcd",
-            [
-                str(bins["etcd"]),
-                "--name=fbl",
-                f"--data-dir={d / 'etcd'}",
-                f"--listen-client-urls=http://{LOCALHOST}:{etcd_port}",
-                f"--advertise-client-urls=http://{LOCALHOST}:{etcd_port}",
-                f"--listen-peer-urls=http://{LOCALHOST}:{etcd_peer}",
-                f"--initial-advertise-peer-urls=http://{LOCALHOST}:{etcd_peer}",
-                f"--initial-cluster=fbl=http://{LOCALHOST}:{etcd_peer}",
-                "--unsafe-no-fsync",
-                "--quota-backend-bytes=4294967296",
-                f"--listen-metrics-urls=http://{LOCALHOST}:{free_port()}",
-            ],
-        )
-        self._wait("etcd", lambda: _http_ok(f"http://{LOCALHOST}:{etcd_port}/health"), 60)
-
-        api_port = free_port()
-        api_url = f"https://{LOCALHOST}:{api_port}"
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(bins["kube-apiserver"]),
-                f"--etcd-servers=http://{LOCALHOST}:{etcd_port}",
-                f"--bind-address={LOCALHOST}",
-                f"--advertise-address={LOCALHOST}",
-                f"--secure-port={api_port}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--cert-dir={pki}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--token-auth-file={pki / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                "--enable-priority-and-fairness=false",
-                "--storage-media-type=application/json",
-            ],
-        )
-        ca_context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        self._wait(
-            "kube-apiserver",
-            lambda: _http_ok(f"{api_url}/readyz", token=admin_token, context=ca_context),
-            120,
-        )
-        self.timings["apiserver_ready_s"] = time.monotonic() - started
-
+        api_url = f"https://{LOCALHOST}:{self.port('kube-apiserver')}"
         kubeconfig = d / "admin.kubeconfig"
         limited = d / "user.kubeconfig"
         write_kubeconfig(kubeconfig, api_url, pki / "ca.crt", ADMIN_USER, admin_token)
         write_kubeconfig(limited, api_url, pki / "ca.crt", PLAIN_USER, user_token)
-
-        cm_port = free_port()
-        self._spawn(
-            "kube-controller-manager",
-            [
-                str(bins["kube-controller-manager"]),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                # No front-proxy CA exists here; looking it up only fills the log with errors.
-                "--authentication-skip-lookup=true",
-                "--leader-elect=false",
-                f"--bind-address={LOCALHOST}",
-                f"--secure-port={cm_port}",
-                f"--cert-dir={d / 'pki' / 'controller-manager'}",
-                f"--controllers={','.join(CONTROLLERS)}",
-                "--node-monitor-grace-period=1h",
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'ca.crt'}",
-                "--use-service-account-credentials=false",
-            ],
-        )
-        sched_port = free_port()
-        self._spawn(
-            "kube-scheduler",
-            [
-                str(bins["kube-scheduler"]),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                # No front-proxy CA exists here; looking it up only fills the log with errors.
-                "--authentication-skip-lookup=true",
-                "--leader-elect=false",
-                f"--bind-address={LOCALHOST}",
-                f"--secure-port={sched_port}",
-                f"--cert-dir={d / 'pki' / 'scheduler'}",
-            ],
-        )
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-        self._wait(
-            "kube-controller-manager",
-            lambda: _http_ok(f"https://{LOCALHOST}:{cm_port}/healthz", context=insecure),
-            60,
-        )
-        self._wait(
-            "kube-scheduler",
-            lambda: _http_ok(f"https://{LOCALHOST}:{sched_port}/healthz", context=insecure),
-            60,
-        )
-
-        self._spawn(
-            "kwok",
-            [
-                str(bins["kwok"]),
-                f"--kubeconfig={kubeconfig}",
-                f"--config={self._write_kwok_stages(bins['kwok-stages'])}",
-                "--node-lease-duration-seconds=40",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--server-address={LOCALHOST}:{free_port()}",
-                "--node-ip=127.0.0.1",
-                "--cidr=10.244.0.0/16",
-            ],
-        )
         self.endpoints = Endpoints(
             directory=d,
             kubeconfig=kubeconfig,
@@ -474,215 +823,30 @@ class Cluster:
             bin_dir=d / "bin",
             prometheus_targets_file=d / "prometheus" / "targets.json",
         )
-        self._create_fake_nodes()
 
-        self._start_prometheus(bins)
-        self._start_versitygw(bins)
-        self._start_redis()
-        self._wait("kwok nodes", self._fake_nodes_ready, 90)
-        self.timings["all_ready_s"] = time.monotonic() - started
-
-        (d / "endpoints.json").write_text(
+    def _write_endpoints(self) -> None:
+        endpoints = _endpoints(self)
+        path = self.directory / "endpoints.json"
+        path.write_text(
             json.dumps(
                 {
-                    "api_server_url": api_url,
-                    "admin_token": admin_token,
-                    "user_token": user_token,
-                    "ca_file": str(pki / "ca.crt"),
+                    "api_server_url": endpoints.api_server_url,
+                    "admin_token": endpoints.admin_token,
+                    "user_token": endpoints.user_token,
+                    "ca_file": str(endpoints.ca_file),
                     "pids": {p.name: p.popen.pid for p in self.processes},
                     "timings": self.timings,
                 },
                 indent=2,
             )
         )
-        (d / "endpoints.json").chmod(0o600)
-        self.endpoints.write_env_file(d / "env")
+        path.chmod(0o600)
+        endpoints.write_env_file(self.directory / "env")
 
-    def _pod_discovery_job(self, prom_dir: Path) -> str:
-        """Pods found through the API server and the usual prometheus.io/* annotations, as in a cluster."""
-        assert self.endpoints is not None
-        token = prom_dir / "discovery-token"
-        token.write_text(self.endpoints.admin_token)
-        token.chmod(0o600)
-        return (
-            "  - job_name: kubernetes-pods\n"
-            # The operator's per-loop metrics name their loop's namespace: keep it, not exported_namespace.
-            "    honor_labels: true\n"
-            "    kubernetes_sd_configs:\n"
-            "      - role: pod\n"
-            f"        api_server: {self.endpoints.api_server_url}\n"
-            f"        tls_config: {{ca_file: '{self.endpoints.ca_file}'}}\n"
-            f"        authorization: {{credentials_file: '{token}'}}\n"
-            "    relabel_configs:\n"
-            "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n"
-            "        regex: 'true'\n"
-            "        action: keep\n"
-            "      - source_labels: [__meta_kubernetes_pod_phase]\n"
-            "        regex: Pending|Succeeded|Failed|Unknown\n"
-            "        action: drop\n"
-            "      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]\n"
-            "        regex: (.+)\n"
-            "        target_label: __metrics_path__\n"
-            "      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]\n"
-            "        regex: '([^:]+)(?::\\d+)?;(\\d+)'\n"
-            "        replacement: '$1:$2'\n"
-            "        target_label: __address__\n"
-            "      - source_labels: [__meta_kubernetes_namespace]\n"
-            "        target_label: namespace\n"
-            "      - source_labels: [__meta_kubernetes_pod_name]\n"
-            "        target_label: pod\n"
-        )
-
-    def _start_prometheus(self, bins: dict[str, Path]) -> None:
-        assert self.endpoints is not None
-        port = free_port()
-        prom_dir = self.directory / "prometheus"
-        self.endpoints.prometheus_targets_file.write_text("[]\n")
-        config = prom_dir / "prometheus.yml"
-        config.write_text(
-            "global:\n"
-            "  scrape_interval: 1s\n"
-            "  evaluation_interval: 1s\n"
-            "scrape_configs:\n"
-            "  - job_name: prometheus\n"
-            "    static_configs:\n"
-            f"      - targets: ['{LOCALHOST}:{port}']\n"
-            # Tests register their own exporters here; Prometheus watches the file.
-            "  - job_name: test-targets\n"
-            "    file_sd_configs:\n"
-            f"      - files: ['{self.endpoints.prometheus_targets_file}']\n"
-            "        refresh_interval: 1s\n" + self._pod_discovery_job(prom_dir)
-        )
-        self._spawn(
-            "prometheus",
-            [
-                str(bins["prometheus"]),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={prom_dir / 'data'}",
-                f"--web.listen-address={LOCALHOST}:{port}",
-                "--web.enable-lifecycle",
-                "--web.enable-admin-api",
-                "--storage.tsdb.retention.time=1d",
-            ],
-        )
-        url = f"http://{LOCALHOST}:{port}"
-        self._wait("prometheus", lambda: _http_ok(f"{url}/-/ready"), 60)
-        self.endpoints.prometheus_url = url
-
-    def _start_versitygw(self, bins: dict[str, Path]) -> None:
-        assert self.endpoints is not None
-        port = free_port()
-        access_key = "fbl" + secrets.token_hex(6)
-        secret_key = secrets.token_urlsafe(24)
-        env = {**os.environ, "ROOT_ACCESS_KEY": access_key, "ROOT_SECRET_KEY": secret_key}
-        self._spawn(
-            "versitygw",
-            [
-                str(bins["versitygw"]),
-                "--port",
-                f"{LOCALHOST}:{port}",
-                "--region",
-                S3_REGION,
-                "posix",
-                "--sidecar",
-                str(self.directory / "s3" / "meta"),
-                str(self.directory / "s3" / "data"),
-            ],
-            env=env,
-        )
-        url = f"http://{LOCALHOST}:{port}"
-        # Any HTTP answer (an unsigned request gets 403) means the gateway is serving.
-        self._wait("versitygw", lambda: _http_answers(url), 60)
-        self.endpoints.s3_endpoint_url = url
-        self.endpoints.s3_access_key = access_key
-        self.endpoints.s3_secret_key = secret_key
-
-    def _start_redis(self) -> None:
-        """The model servers' shared prediction store, with a password and an append-only file."""
-        assert self.endpoints is not None
-        port, password = free_port(), secrets.token_urlsafe(18)
-        self._spawn(
-            "redis",
-            [
-                str(REDIS_SERVER),
-                "--bind", LOCALHOST, "--port", str(port), "--requirepass", password,
-                "--dir", str(self.directory / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
-                "--save", "", "--daemonize", "no", "--loglevel", "warning",
-            ],
-        )  # fmt: skip
-        self._wait("redis", lambda: _redis_answers(port, password), 30)
-        self.endpoints.redis_url = f"redis://:{password}@{LOCALHOST}:{port}/0"
-
-    def _write_kwok_stages(self, upstream: Path) -> Path:
-        """kwok's default stages plus one the tests use: a Job pod annotated to fail does, with a message."""
-        stages = [stage for stage in yaml.safe_load_all(upstream.read_text()) if stage]
-        outcome_key = f'.metadata.annotations["{KWOK_OUTCOME_ANNOTATION}"]'
-        for stage in stages:
-            expressions = stage["spec"]["selector"].get("matchExpressions", [])
-            if stage["metadata"]["name"] == "pod-complete":
-                expressions.append({"key": outcome_key, "operator": "DoesNotExist"})
-                stage["spec"]["next"]["statusTemplate"] = stage["spec"]["next"]["statusTemplate"].replace(
-                    "reason: Completed\n", "reason: Completed\n" + KWOK_SUCCESS_MESSAGE
-                )
-            if stage["metadata"]["name"] == "pod-ready":
-                expressions.append({"key": NEVER_READY_EXPRESSION, "operator": "NotIn", "values": ["true"]})
-        stages.append(
-            {
-                "apiVersion": "kwok.x-k8s.io/v1alpha1",
-                "kind": "Stage",
-                "metadata": {"name": "pod-fail-on-request"},
-                "spec": {
-                    "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-                    "selector": {
-                        "matchAnnotations": {KWOK_OUTCOME_ANNOTATION: "fail"},
-                        "matchExpressions": [
-                            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-                            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                        ],
-                    },
-                    "next": {"statusTemplate": KWOK_FAIL_TEMPLATE},
-                },
-            }
-        )
-        path = self.directory / "kwok-stages.yaml"
-        path.write_text(yaml.safe_dump_all(stages, sort_keys=False))
-        return path
-
-    def _create_fake_nodes(self) -> None:
-        # What a real node reports, ephemeral-storage included: a pod requesting it is unschedulable without.
-        resources = {"cpu": "32", "memory": "256Gi", "ephemeral-storage": "100Gi", "pods": "110"}
-        for index in range(self.fake_nodes):
-            node = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": f"kwok-node-{index}",
-                    "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {
-                        "kubernetes.io/hostname": f"kwok-node-{index}",
-                        "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64",
-                        "type": "kwok",
-                    },
-                },
-                "status": {"allocatable": resources, "capacity": resources},
-            }
-            self.kubectl("apply", "-f", "-", input_text=json.dumps(node))
-
-    def _fake_nodes_ready(self) -> bool:
-        result = self.kubectl(
-            "get",
-            "nodes",
-            "-l",
-            "type=kwok",
-            "-o",
-            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
-            check=False,
-        )
-        statuses = result.stdout.split()
-        return (
-            result.returncode == 0 and len(statuses) == self.fake_nodes and all(s == "True" for s in statuses)
-        )
+    def _await(self, component: Component, since: float | None = None) -> None:
+        self._wait(component.readiness or component.name, lambda: component.ready(self), component.timeout)
+        if component.timing and since is not None:
+            self.timings[component.timing] = time.monotonic() - since
 
     def _make_pki(self) -> Path:
         pki = self.directory / "pki"
@@ -716,8 +880,8 @@ class Cluster:
             key.chmod(0o600)
         return pki
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.directory / "logs" / f"{name}.log"
+    def _spawn(self, component: Component, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.directory / component.log
         handle = log.open("ab")
         popen = subprocess.Popen(
             args,
@@ -730,7 +894,7 @@ class Cluster:
             preexec_fn=_die_with_parent,
         )
         handle.close()
-        self.processes.append(Process(name, popen, log))
+        self.processes.append(Process(component.name, popen, log, args, env))
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

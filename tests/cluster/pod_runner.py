@@ -26,6 +26,9 @@ and Ready condition fresh, watches the pods bound to it and runs each container 
   still running at the end of the grace period is cut short (an exec hook's process group killed); neither
   stops the deletion. A pod removed at once (grace 0) runs no hook.
 
+The kubelet's rules (restart policy, back-off, probe thresholds, grace periods, env resolution, container and
+pod status) are pure functions in kubelet_rules.py; this module does the I/O around them.
+
 A runner that starts finds pods a previous instance had started (a container has a container ID): it kills
 any of their process groups still alive in their pod directory and marks them Failed (reason
 RunnerRestarted, containers terminated with ContainerStatusUnknown), as a lost node would. A ReplicaSet then
@@ -49,9 +52,7 @@ import ctypes
 import http.client
 import json
 import logging
-import math
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -62,49 +63,40 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import kubelet_rules as rules
+from kubelet_rules import (
+    HOST_IP,
+    TERMINAL_PHASES,
+    ContainerConfigError,
+    ContainerView,
+    ProbeTracker,
+    exit_code_of,
+    resolve_port,
+)
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from kubernetes.utils import parse_quantity
 
 LOG = logging.getLogger("pod_runner")
 
-HOST_IP = "127.0.0.1"
 NODE_LABEL_TYPE = "local-runner"
-NODE_RESOURCES = {"cpu": "8", "memory": "16Gi", "pods": "50"}
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 TICK_SECONDS = 0.5
 CONFIG_RETRY_SECONDS = 2.0
-BACKOFF_FIRST_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 10.0
-# A container that ran this long before exiting starts its back-off again from the first step.
-BACKOFF_RESET_AFTER_SECONDS = 10.0
 VANISHED_POD_GRACE_SECONDS = 5.0
-DEFAULT_GRACE_SECONDS = 30
-# As the kubelet's floor: even a forced delete (grace 0) gives a process 2 s to handle SIGTERM.
-MINIMUM_GRACE_SECONDS = 2
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4096
 FALLBACK_LOG_LINES = 80
-LOST_EXIT_CODE = 137
-START_ERROR_EXIT_CODE = 128
-DROPPED_ENV = frozenset({"KUBECONFIG"})
-DROPPED_ENV_PREFIXES = ("FBL_", "AWS_", "MODEL_")
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 PR_SET_PDEATHSIG = 1
-ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
-SUBSCRIPTED_FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 # Loaded once here: a dlopen in a child forked from a threaded parent could deadlock on the loader lock.
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
@@ -124,25 +116,9 @@ def micro_time_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def expand_references(text: str, values: dict[str, str]) -> str:
-    """Kubernetes `$(VAR)` expansion: `$$` is a literal `$`, an undefined reference stays as written."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return values.get(match.group(1), match.group(0))
-
-    return REFERENCE.sub(replace, text)
-
-
 def signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def exit_code_of(returncode: int) -> int:
-    """A process killed by signal N reports 128 + N, as a container runtime does."""
-    return returncode if returncode >= 0 else 128 - returncode
 
 
 def terminate_groups(
@@ -229,52 +205,7 @@ class LoopbackPool:
         return self._usable(int(parts[2]) * 256 + int(parts[3]))
 
 
-class ContainerConfigError(Exception):
-    """The container cannot be configured yet (a missing Secret, ConfigMap or key); the kubelet retries."""
-
-
 # --------------------------------------------------------------------------------------------- probes
-@dataclass
-class ProbeTracker:
-    """One probe of one container instance: when it is due and the result its thresholds settle on."""
-
-    spec: dict[str, Any]
-    next_due: float
-    result: bool
-    streak_outcome: bool | None = None
-    streak: int = 0
-
-    @classmethod
-    def create(cls, spec: dict[str, Any], started: float, initial: bool) -> ProbeTracker:
-        return cls(spec=spec, next_due=started + float(spec.get("initialDelaySeconds") or 0), result=initial)
-
-    def due(self, clock: float) -> bool:
-        return clock >= self.next_due
-
-    def record(self, outcome: bool, clock: float) -> None:
-        self.next_due = clock + max(1.0, float(self.spec.get("periodSeconds") or 10))
-        if outcome == self.streak_outcome:
-            self.streak += 1
-        else:
-            self.streak_outcome, self.streak = outcome, 1
-        key, default = ("successThreshold", 1) if outcome else ("failureThreshold", 3)
-        if self.streak >= int(self.spec.get(key) or default):
-            self.result = outcome
-
-    @property
-    def failed(self) -> bool:
-        return self.streak_outcome is False and self.streak >= int(self.spec.get("failureThreshold") or 3)
-
-
-def resolve_port(port: int | str, container: dict[str, Any]) -> int:
-    if isinstance(port, int) or str(port).isdigit():
-        return int(port)
-    for declared in container.get("ports") or []:
-        if declared.get("name") == port:
-            return int(declared["containerPort"])
-    raise ValueError(f"container {container['name']} has no port named {port!r}")
-
-
 def http_get(
     action: dict[str, Any], container: dict[str, Any], pod_ip: str, timeout: float, agent: str
 ) -> int:
@@ -439,26 +370,26 @@ class Container:
 
     @property
     def ready(self) -> bool:
-        if self.init:
-            return self.succeeded
         readiness = self.probes.get("readiness")
-        return self.running and self.startup_passed and (readiness is None or readiness.result)
+        return rules.container_ready(
+            self.init,
+            self.succeeded,
+            self.running,
+            self.startup_passed,
+            None if readiness is None else readiness.result,
+        )
 
-    def status(self) -> dict[str, Any]:
-        state = {"waiting": None, "running": None, "terminated": None, **self.state}
-        status: dict[str, Any] = {
-            "name": self.name,
-            "image": self.spec.get("image", ""),
-            "imageID": "",
-            "restartCount": self.restart_count,
-            "started": self.running and self.startup_passed,
-            "ready": self.ready,
-            "state": state,
-            "lastState": self.last_state,
-        }
-        if self.pid is not None:
-            status["containerID"] = f"local://{self.pid}"
-        return status
+    def view(self) -> ContainerView:
+        status = rules.container_status(
+            self.spec,
+            restart_count=self.restart_count,
+            started=self.running and self.startup_passed,
+            ready=self.ready,
+            state=self.state,
+            last_state=self.last_state,
+            pid=self.pid,
+        )
+        return ContainerView(self.name, self.done, self.exit_code, self.ever_started, self.ready, status)
 
 
 # --------------------------------------------------------------------------------------------- pods
@@ -554,11 +485,7 @@ class PodWorker:
         """Whether the pod is ours to run: False when the API already reports it terminal."""
         pod = self._latest
         status = pod.get("status") or {}
-        previous_ids = [
-            s.get("containerID", "")
-            for key in ("initContainerStatuses", "containerStatuses")
-            for s in status.get(key) or []
-        ]
+        previous_ids = rules.previous_container_ids(status)
         if status.get("phase") in TERMINAL_PHASES:
             return False
         if any(previous_ids):
@@ -580,40 +507,19 @@ class PodWorker:
             with contextlib.suppress(OSError, ValueError):
                 if Path(f"/proc/{pid}/cwd").resolve() == self.pod_dir.resolve():
                     signal_group(int(pid), signal.SIGKILL)
-        now = rfc3339_now()
-        statuses = {
-            s["name"]: s
-            for key in ("initContainerStatuses", "containerStatuses")
-            for s in (self._latest.get("status") or {}).get(key) or []
-        }
+        status = self._latest.get("status") or {}
+        lost = rules.lost_containers(status, [c.name for c in self.all_containers], rfc3339_now())
         for container in self.all_containers:
-            previous = statuses.get(container.name, {})
-            container.restart_count = int(previous.get("restartCount") or 0)
-            if "terminated" in (previous.get("state") or {}):
-                container.state = {"terminated": previous["state"]["terminated"]}
-                container.exit_code = int(previous["state"]["terminated"].get("exitCode") or 0)
-            else:
-                container.exit_code = LOST_EXIT_CODE
-                container.state = {
-                    "terminated": {
-                        "exitCode": LOST_EXIT_CODE,
-                        "reason": "ContainerStatusUnknown",
-                        "message": "The container could not be located when the pod runner restarted",
-                        "startedAt": None,
-                        "finishedAt": now,
-                    }
-                }
-            container.done = True
+            found = lost[container.name]
+            container.restart_count, container.exit_code = found.restart_count, found.exit_code
+            container.state, container.done = found.state, True
         self.pod_ip = (self._latest.get("status") or {}).get("podIP")
         self.lost_message = "the local pod runner restarted and lost this pod's processes"
         self.terminal = True
         LOG.info("pod %s/%s: started by a previous runner, marking it Failed", self.namespace, self.name)
 
     def _step(self, clock: float) -> None:
-        pending_init = [c for c in self.init_containers if not c.succeeded]
-        if any(c.done for c in pending_init):
-            return
-        for container in pending_init[:1] or self.containers:
+        for container in rules.runnable(self.init_containers, self.containers):
             if container.popen is not None:
                 returncode = container.popen.poll()
                 if returncode is None:
@@ -633,22 +539,19 @@ class PodWorker:
             container.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
             container.next_start = time.monotonic() + CONFIG_RETRY_SECONDS
             return
-        message_path = spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
-        host_message_path = str(container.termination_path)
-        defined = {k: host_message_path if v == message_path else v for k, v in defined.items()}
-        argv = [
-            host_message_path if arg == message_path else arg
-            for arg in (
-                expand_references(a, defined) for a in [*spec.get("command", []), *spec.get("args", [])]
-            )
-        ]
-        path = os.pathsep.join(
-            [str(self.runner.python_bin_dir), defined.get("PATH", os.environ.get("PATH", ""))]
+        plan = rules.launch(
+            spec,
+            defined,
+            str(container.termination_path),
+            self.runner.base_env(),
+            pod["spec"].get("hostname") or self.name,
+            str(self.runner.python_bin_dir),
+            os.environ.get("PATH", ""),
         )
-        env = {**self.runner.base_env(), "HOSTNAME": pod["spec"].get("hostname") or self.name, **defined}
-        env["PATH"] = path
-        if container.terminations:
-            container.restart_count += 1
+        argv, env, path = plan.argv, plan.env, plan.path
+        container.restart_count = rules.restart_count_at_start(
+            container.restart_count, container.terminations
+        )
         if not argv:
             self._start_failed(container, "the local pod runner cannot run an image entrypoint: set command")
             return
@@ -680,11 +583,7 @@ class PodWorker:
         container.ever_started = True
         container.started_at, container.started_clock = rfc3339_now(), clock
         container.state = {"running": {"startedAt": container.started_at}}
-        container.probes = {}
-        for kind, initial in (("startup", False), ("readiness", False), ("liveness", True)):
-            probe = spec.get(f"{kind}Probe")
-            if probe and not container.init:
-                container.probes[kind] = ProbeTracker.create(probe, clock, initial)
+        container.probes = rules.probe_trackers(spec, container.init, clock)
         container.startup_passed = "startup" not in container.probes
         LOG.info("pod %s/%s: started %s as pid %d", self.namespace, self.name, container.name, container.pid)
 
@@ -693,14 +592,8 @@ class PodWorker:
         now = rfc3339_now()
         container.started_at = now
         container.started_clock = time.monotonic()
-        terminated = {
-            "exitCode": START_ERROR_EXIT_CODE,
-            "reason": "StartError",
-            "message": message,
-            "startedAt": now,
-            "finishedAt": now,
-        }
-        self._finish(container, START_ERROR_EXIT_CODE, terminated, allow_restart=True)
+        terminated = rules.start_error_state(message, now)
+        self._finish(container, terminated["exitCode"], terminated, allow_restart=True)
 
     # ---------------------------------------------------------------- probes and exits
     def _probe(self, container: Container, clock: float) -> None:
@@ -730,11 +623,8 @@ class PodWorker:
         LOG.info(
             "pod %s/%s: %s probe of %s failed, killing it", self.namespace, self.name, kind, container.name
         )
-        grace = probe.get("terminationGracePeriodSeconds")
-        if grace is None:
-            grace = self._latest["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        grace = rules.probe_kill_grace(probe, self._latest["spec"])
         assert container.popen is not None
-        grace = max(int(grace), MINIMUM_GRACE_SECONDS)
         terminate_groups([container.popen], grace, self.runner.stopping, self.runner.stop_grace_seconds)
         self._record_exit(container, container.popen.returncode)
 
@@ -745,18 +635,12 @@ class PodWorker:
         # None: a process that outlived SIGKILL (uninterruptible sleep), reported as killed.
         exit_code = exit_code_of(-signal.SIGKILL if returncode is None else returncode)
         message = read_capped(container.termination_path)
-        policy = container.spec.get("terminationMessagePolicy") or "File"
-        if not message.strip() and policy == "FallbackToLogsOnError" and exit_code != 0:
+        policy = container.spec.get("terminationMessagePolicy")
+        if rules.falls_back_to_logs(message, policy, exit_code):
             message = log_tail(container.log_path, container.log_offset)
-        terminated: dict[str, Any] = {
-            "exitCode": exit_code,
-            "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": container.started_at,
-            "finishedAt": rfc3339_now(),
-            "containerID": f"local://{container.pid}",
-        }
-        if message:
-            terminated["message"] = message
+        terminated = rules.terminated_state(
+            exit_code, container.started_at, rfc3339_now(), f"local://{container.pid}", message
+        )
         LOG.info("pod %s/%s: %s exited with %d", self.namespace, self.name, container.name, exit_code)
         self._finish(container, exit_code, terminated, allow_restart)
 
@@ -764,22 +648,25 @@ class PodWorker:
         self, container: Container, exit_code: int, terminated: dict[str, Any], allow_restart: bool
     ) -> None:
         container.terminations += 1
-        policy = self._latest["spec"].get("restartPolicy") or "Always"
-        if container.init:
-            restart = exit_code != 0 and policy != "Never"
-        else:
-            restart = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
-        if not (restart and allow_restart):
-            container.state, container.done, container.exit_code = {"terminated": terminated}, True, exit_code
-            return
-        ran = time.monotonic() - container.started_clock
-        container.crash_streak = 0 if ran >= BACKOFF_RESET_AFTER_SECONDS else container.crash_streak + 1
-        delay = min(BACKOFF_FIRST_SECONDS * 2 ** max(container.crash_streak - 1, 0), BACKOFF_MAX_SECONDS)
-        container.next_start = time.monotonic() + delay
-        container.last_state = {"terminated": terminated}
-        reason = "CrashLoopBackOff" if terminated["reason"] != "StartError" else "RunContainerError"
-        message = f"back-off {delay:g}s restarting failed container={container.name} pod={self.name}"
-        container.state = {"waiting": {"reason": reason, "message": message}}
+        clock = time.monotonic()
+        outcome = rules.after_exit(
+            container=container.name,
+            pod=self.name,
+            init=container.init,
+            restart_policy=self._latest["spec"].get("restartPolicy"),
+            exit_code=exit_code,
+            terminated=terminated,
+            allow_restart=allow_restart,
+            ran_seconds=clock - container.started_clock,
+            crash_streak=container.crash_streak,
+        )
+        container.state, container.crash_streak = outcome.state, outcome.crash_streak
+        if outcome.last_state is not None:
+            container.last_state = outcome.last_state
+        if outcome.done:
+            container.done, container.exit_code = True, exit_code
+        if outcome.delay is not None:
+            container.next_start = clock + outcome.delay
 
     # ---------------------------------------------------------------- stopping
     def _kill_all(self, grace: float) -> None:
@@ -792,13 +679,11 @@ class PodWorker:
     def _delete(self, pod: dict[str, Any]) -> None:
         """Graceful deletion as the kubelet does it: each container's preStop hook, SIGTERM, SIGKILL at the
         end of the grace period, then the final delete."""
-        grace = pod["metadata"].get("deletionGracePeriodSeconds")
-        if grace is None:
-            grace = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        grace = rules.deletion_grace(pod)
         running = [c for c in self.all_containers if c.popen is not None]
         if running:
             LOG.info("pod %s/%s: deleting, grace %ss", self.namespace, self.name, grace)
-            self._stop_side_by_side(running, int(grace))
+            self._stop_side_by_side(running, grace)
             for container in running:
                 assert container.popen is not None
                 self._record_exit(container, container.popen.returncode, allow_restart=False)
@@ -823,14 +708,13 @@ class PodWorker:
         (never less than the minimum), then SIGKILL."""
         spent = self._pre_stop(container, grace)
         assert container.popen is not None
-        window = max(grace - spent, MINIMUM_GRACE_SECONDS)
+        window = rules.sigterm_window(grace, spent)
         terminate_groups([container.popen], window, self.runner.stopping, self.runner.stop_grace_seconds)
 
     def _pre_stop(self, container: Container, budget: int) -> float:
         """Runs the container's preStop hook for at most `budget` seconds; returns the seconds it took."""
         hook = (container.spec.get("lifecycle") or {}).get("preStop")
-        # As the kubelet: a forced delete (grace 0) leaves no time for a hook.
-        if not hook or budget <= 0:
+        if hook is None or not rules.runs_pre_stop(hook, budget):
             return 0.0
         started = time.monotonic()
         pod_ip, deadline = self.pod_ip or HOST_IP, started + budget
@@ -848,75 +732,20 @@ class PodWorker:
         return time.monotonic() - started
 
     # ---------------------------------------------------------------- status
-    def _phase(self) -> str:
-        if any(c.done and not c.succeeded for c in self.init_containers):
-            return "Failed"
-        if not all(c.succeeded for c in self.init_containers):
-            return "Pending"
-        if self.containers and all(c.done for c in self.containers):
-            return "Succeeded" if all(c.succeeded for c in self.containers) else "Failed"
-        return "Running" if any(c.ever_started for c in self.containers) else "Pending"
-
-    def _condition(
-        self, kind: str, true: bool, reason: str | None = None, message: str | None = None
-    ) -> dict[str, Any]:
-        status = "True" if true else "False"
-        previous = self._transitions.get(kind)
-        if previous is None or previous[0] != status:
-            self._transitions[kind] = previous = (status, rfc3339_now())
-        return {
-            "type": kind,
-            "status": status,
-            "lastProbeTime": None,
-            "lastTransitionTime": previous[1],
-            "reason": None if true else reason,
-            "message": None if true else message,
-        }
-
     def _status(self, pod: dict[str, Any]) -> dict[str, Any]:
-        phase = self._phase()
-        self.terminal = self.terminal or phase in TERMINAL_PHASES
-        if self.lost_message:
-            phase = "Failed"
-        incomplete = [c.name for c in self.init_containers if not c.succeeded]
-        unready = [c.name for c in self.containers if not c.ready]
-        current = {c["type"]: c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
-        gates = [g["conditionType"] for g in pod["spec"].get("readinessGates") or []]
-        gates_open = all(current.get(gate) == "True" for gate in gates)
-        if phase in TERMINAL_PHASES:
-            not_ready: tuple[str, str | None] = ("PodCompleted", None)
-        elif unready:
-            not_ready = ("ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]")
-        else:
-            not_ready = ("ReadinessGatesNotReady", "the pod's readiness gates are not all True")
-        containers_ready = not incomplete and not unready and phase == "Running"
-        conditions = [
-            self._condition("PodReadyToStartContainers", not self.terminal),
-            self._condition(
-                "Initialized",
-                not incomplete,
-                "ContainersNotInitialized",
-                f"containers with incomplete status: [{' '.join(incomplete)}]",
-            ),
-            self._condition("ContainersReady", containers_ready, *not_ready),
-            self._condition("Ready", containers_ready and gates_open, *not_ready),
-            self._condition("PodScheduled", True),
-        ]
-        status: dict[str, Any] = {
-            "phase": phase,
-            "conditions": conditions,
-            "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}],
-            "startTime": (pod.get("status") or {}).get("startTime") or self.start_time,
-            "containerStatuses": [c.status() for c in self.containers],
-        }
-        if self.init_containers:
-            status["initContainerStatuses"] = [c.status() for c in self.init_containers]
-        if self.pod_ip:
-            status["podIP"], status["podIPs"] = self.pod_ip, [{"ip": self.pod_ip}]
-        if self.lost_message:
-            status["reason"], status["message"] = "RunnerRestarted", self.lost_message
-        return status
+        computed = rules.pod_status(
+            pod,
+            [c.view() for c in self.init_containers],
+            [c.view() for c in self.containers],
+            terminal=self.terminal,
+            lost_message=self.lost_message,
+            pod_ip=self.pod_ip,
+            start_time=self.start_time,
+            transitions=self._transitions,
+            now=rfc3339_now(),
+        )
+        self.terminal, self._transitions = computed.terminal, computed.transitions
+        return computed.status
 
     def _sync_status(self, pod: dict[str, Any]) -> None:
         status = self._status(pod)
@@ -1020,11 +849,7 @@ class PodRunner:
 
     def base_env(self) -> dict[str, str]:
         """The runner's environment without its credentials and the project's own settings."""
-        return {
-            key: value
-            for key, value in os.environ.items()
-            if key not in DROPPED_ENV and not key.startswith(DROPPED_ENV_PREFIXES)
-        }
+        return rules.runner_env(os.environ)
 
     def wait_schedulable(self, timeout: float = 60.0) -> bool:
         """Whether the node became Ready without the not-ready taint (which the node controller lifts)."""
@@ -1040,45 +865,7 @@ class PodRunner:
 
     # ---------------------------------------------------------------- node and lease
     def _node_status(self) -> dict[str, Any]:
-        heartbeat = rfc3339_now()
-
-        def condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
-            return {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastHeartbeatTime": heartbeat,
-                "lastTransitionTime": self._ready_since,
-            }
-
-        return {
-            "capacity": NODE_RESOURCES,
-            "allocatable": NODE_RESOURCES,
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "enough PIDs"),
-                condition("Ready", "True", "KubeletReady", "the local pod runner is posting ready status"),
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": HOST_IP},
-                {"type": "Hostname", "address": self.node_name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-            "nodeInfo": {
-                "machineID": "local",
-                "systemUUID": "local",
-                "bootID": "local",
-                "kernelVersion": os.uname().release,
-                "osImage": "local processes",
-                "containerRuntimeVersion": "local://1",
-                "kubeletVersion": "local-runner",
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-        }
+        return rules.node_status(self.node_name, rfc3339_now(), self._ready_since, os.uname().release)
 
     def _register_node(self) -> None:
         labels = {
@@ -1228,22 +1015,17 @@ class PodRunner:
 
     def record_event(self, worker: PodWorker, container: Container, reason: str, message: str) -> None:
         """A Warning event on one container, as the kubelet records it; one that fails is only logged."""
-        now = rfc3339_now()
-        field_path = f"spec.{'initContainers' if container.init else 'containers'}{{{container.name}}}"
-        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": worker.namespace, "name": worker.name}
-        event = {
-            "metadata": {"generateName": f"{worker.name}."},
-            "involvedObject": {**involved, "uid": worker.uid, "fieldPath": field_path},
-            "type": "Warning",
-            "reason": reason,
-            "message": message,
-            "source": {"component": "kubelet", "host": self.node_name},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": "kubelet",
-            "reportingInstance": self.node_name,
-        }
+        event = rules.warning_event(
+            namespace=worker.namespace,
+            pod=worker.name,
+            uid=worker.uid,
+            container=container.name,
+            init=container.init,
+            reason=reason,
+            message=message,
+            node_name=self.node_name,
+            now=rfc3339_now(),
+        )
         try:
             self.core.create_namespaced_event(worker.namespace, event)
         except ApiException as err:
@@ -1253,32 +1035,11 @@ class PodRunner:
     def container_env(self, pod: dict[str, Any], container: dict[str, Any], pod_ip: str) -> dict[str, str]:
         """The container's own variables, resolved and expanded as the kubelet does."""
         namespace = pod["metadata"]["namespace"]
-        sources: dict[tuple[str, str], dict[str, str] | None] = {}
 
-        def source(kind: str, name: str) -> dict[str, str] | None:
-            if (kind, name) not in sources:
-                sources[kind, name] = self._read_source(kind, namespace, name)
-            return sources[kind, name]
+        def lookup(kind: str, name: str) -> dict[str, str] | None:
+            return self._read_source(kind, namespace, name)
 
-        values: dict[str, str] = {}
-        for item in container.get("envFrom") or []:
-            kind = "Secret" if "secretRef" in item else "ConfigMap"
-            ref = item.get("secretRef") or item.get("configMapRef") or {}
-            data = source(kind, ref["name"])
-            if data is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'{kind.lower()} "{ref["name"]}" not found')
-            prefix = item.get("prefix", "")
-            values.update({prefix + k: v for k, v in data.items() if ENV_NAME.match(prefix + k)})
-        for item in container.get("env") or []:
-            if "valueFrom" not in item:
-                values[item["name"]] = expand_references(item.get("value", ""), values)
-                continue
-            value = self._value_from(item["valueFrom"], pod, container, pod_ip, source)
-            if value is not None:
-                values[item["name"]] = value
-        return values
+        return rules.container_env(pod, container, pod_ip, self.node_name, lookup)
 
     def _read_source(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         try:
@@ -1298,70 +1059,6 @@ class PodRunner:
             if err.status == 404:
                 return None
             raise ContainerConfigError(f"cannot read {kind} {namespace}/{name}: {err.reason}") from err
-
-    def _value_from(
-        self,
-        value_from: dict[str, Any],
-        pod: dict[str, Any],
-        container: dict[str, Any],
-        pod_ip: str,
-        source: Callable[[str, str], dict[str, str] | None],
-    ) -> str | None:
-        """One `valueFrom`; None for an optional reference that is missing."""
-        namespace = pod["metadata"]["namespace"]
-        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
-            if key in value_from:
-                ref = value_from[key]
-                data = source(kind, ref["name"])
-                if data is None:
-                    if ref.get("optional"):
-                        return None
-                    raise ContainerConfigError(f'{kind.lower()} "{ref["name"]}" not found')
-                if ref["key"] not in data:
-                    if ref.get("optional"):
-                        return None
-                    raise ContainerConfigError(
-                        f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}"
-                    )
-                return data[ref["key"]]
-        if "fieldRef" in value_from:
-            return self._field_value(value_from["fieldRef"]["fieldPath"], pod, pod_ip)
-        if "resourceFieldRef" in value_from:
-            return resource_value(value_from["resourceFieldRef"], container)
-        raise ContainerConfigError(f"unsupported valueFrom {sorted(value_from)}")
-
-    def _field_value(self, path: str, pod: dict[str, Any], pod_ip: str) -> str:
-        metadata, spec = pod["metadata"], pod["spec"]
-        fields = {
-            "metadata.name": metadata["name"],
-            "metadata.namespace": metadata["namespace"],
-            "metadata.uid": metadata["uid"],
-            "spec.nodeName": self.node_name,
-            "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-            "status.podIP": pod_ip,
-            "status.podIPs": pod_ip,
-            "status.hostIP": HOST_IP,
-            "status.hostIPs": HOST_IP,
-        }
-        if path in fields:
-            return str(fields[path])
-        subscripted = SUBSCRIPTED_FIELD.match(path)
-        if subscripted:
-            return str((metadata.get(subscripted.group(1)) or {}).get(subscripted.group(2), ""))
-        raise ContainerConfigError(f"unsupported fieldPath {path}")
-
-
-def resource_value(ref: dict[str, Any], container: dict[str, Any]) -> str:
-    """A resourceFieldRef: the container's limit or request, else the node's allocatable, over the divisor."""
-    kind, _, resource = str(ref["resource"]).partition(".")
-    resources = container.get("resources") or {}
-    amount = (resources.get(kind) or {}).get(resource)
-    if amount is None and kind == "requests":
-        amount = (resources.get("limits") or {}).get(resource)
-    if amount is None:
-        amount = NODE_RESOURCES.get(resource, "0") if kind == "limits" else "0"
-    divisor = parse_quantity(ref.get("divisor") or "1")
-    return str(math.ceil(parse_quantity(amount) / divisor))
 
 
 # --------------------------------------------------------------------------------------------- shell

@@ -13,7 +13,7 @@ KUBE_SCORE = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/kube-score-$(KUBE
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := $(or $(FBL_CACHE_DIR),$(HOME)/.cache/feedbackloop)/checkov-$(CHECKOV_VERSION)
 
-.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale clean
+.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale chaos clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -93,6 +93,9 @@ bench-serving: $(STAMP) cluster-build  ## model server req/s and latency vs in-p
 
 bench-scale: $(STAMP) cluster-build  ## N FeedbackLoops vs a no-op kopf operator: lag, breach → Job, API, CPU, RSS (N=100,1000,3000 SHARDS=1 OPERATOR_SRC=operator)
 	$(BIN)/python bench/scale.py --n "$${N:-100,1000,3000}" --shards "$${SHARDS:-1}" --operator-src "$${OPERATOR_SRC:-operator}"
+
+chaos: $(STAMP) cluster-build  ## fault injection on the real control plane, Prometheus and S3: each fault 3 times, then the outcome table (CHAOS_REPEAT=3)
+	CHAOS_REPEAT=$${CHAOS_REPEAT:-3} CHAOS_ETCD_OUTAGE_SECONDS=$${CHAOS_ETCD_OUTAGE_SECONDS:-60} $(BIN)/pytest tests/integration/test_chaos.py
 
 clean:  ## remove the virtualenv and local cluster state (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -63,6 +63,9 @@ class OperatorConfig:
     """FBL_PROMETHEUS_FAILURE_THRESHOLD: consecutive failures of one Prometheus URL that open its circuit."""
     prometheus_cool_down_seconds: float = 30.0
     """FBL_PROMETHEUS_COOL_DOWN_SECONDS: how long an open circuit refuses requests before one trial."""
+    watch_inactivity_seconds: float = 70.0
+    """FBL_WATCH_INACTIVITY_SECONDS: a watch that delivers nothing, not even a bookmark, for this long is
+    restarted; the API server sends a bookmark about every minute."""
     prometheus_concurrency: int = 4
     """FBL_PROMETHEUS_CONCURRENCY: requests in flight to one Prometheus URL at most."""
     shard: ShardSelector = field(default_factory=ShardSelector)
@@ -243,6 +246,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         reconcile_budget_seconds=_seconds(env, "FBL_RECONCILE_BUDGET_SECONDS", 20, 1, 300),
         prometheus_failure_threshold=_int(env, "FBL_PROMETHEUS_FAILURE_THRESHOLD", 3, 1, 100),
         prometheus_cool_down_seconds=_seconds(env, "FBL_PROMETHEUS_COOL_DOWN_SECONDS", 30, 1, 3600),
+        watch_inactivity_seconds=_seconds(env, "FBL_WATCH_INACTIVITY_SECONDS", 70, 10, 3600),
         prometheus_concurrency=_int(env, "FBL_PROMETHEUS_CONCURRENCY", 4, 1, 64),
         shard=_shard(env),
         leader_election=_flag(env, "FBL_LEADER_ELECTION", True),

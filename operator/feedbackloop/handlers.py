@@ -58,7 +58,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.watching.inactivity_timeout = 600
+    # A silently dead watch (no RST, no bookmark) restarts after this; the API server bookmarks every ~60 s.
+    settings.watching.inactivity_timeout = config.watch_inactivity_seconds
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.posting.enabled = False  # events are ours: one per condition transition

@@ -13,6 +13,7 @@ from botocore.config import Config
 from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
+import chaos
 import harness
 from feedbackloop.api import CRD_NAME, GROUP, VERSION
 from install_helpers import install_chart  # noqa: F401 - shared fixture
@@ -105,3 +106,32 @@ def crd(cluster: harness.Cluster) -> dict[str, Any]:
     cluster.kubectl("wait", f"crd/{CRD_NAME}", "--for=condition=Established", "--timeout=30s")
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
+
+
+# ---------------------------------------------------------------- fault injection (test_chaos.py)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`attempt` runs a chaos test CHAOS_REPEAT times (make chaos: 3; CI: once)."""
+    if "attempt" in metafunc.fixturenames:
+        metafunc.parametrize("attempt", range(1, chaos.REPEAT + 1), ids=lambda n: f"try{n}")
+
+
+@pytest.fixture
+def inject() -> Iterator[Callable[[str], chaos.Injection]]:
+    """Names the fault a test injects; the Injection is logged even when the test fails (not converged)."""
+    made: list[chaos.Injection] = []
+
+    def start(fault: str) -> chaos.Injection:
+        made.append(chaos.Injection(fault))
+        return made[-1]
+
+    yield start
+    chaos.CHAOS_LOG.injections.extend(made)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if chaos.CHAOS_LOG.injections:
+        terminalreporter.section("fault injection")
+        for line in chaos.CHAOS_LOG.table():
+            terminalreporter.write_line(line)

@@ -257,6 +257,112 @@ def test_a_missing_manifest_and_a_missing_listed_file_are_told_apart(
     )
 
 
+# ---------------------------------------------------------------- refused credentials are their own kind
+
+SECRET_ECHO = "StringToSign AWS4-HMAC-SHA256 secret-key-material"  # what a store's error text may carry
+DENIED_RESPONSES = [
+    ("AccessDenied", 403),
+    ("InvalidAccessKeyId", 403),
+    ("SignatureDoesNotMatch", 403),
+    ("InvalidToken", 400),
+    ("ExpiredToken", 400),
+    ("403", 403),  # a HEAD's answer: no body, so the bare status is the code
+    ("RequestTimeTooSkewed", 403),  # any other 403 is a refusal too
+]
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_every_refusal_of_the_credentials_is_access_denied(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    with pytest.raises(ArtifactAccessDeniedError) as raised:
+        store.get_bytes(BUCKET, KEY)
+    assert raised.value.code == code
+
+
+def test_a_403_without_a_code_is_access_denied_with_the_status_as_its_code(
+    stubbed: tuple[ArtifactStore, Stubber],
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error("get_object", service_error_code="", http_status_code=403)
+    with pytest.raises(ArtifactAccessDeniedError) as raised:
+        store.get_bytes(BUCKET, KEY)
+    assert (raised.value.code, raised.value.denial) == ("403", Denial.NOT_ALLOWED)
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_verify_version_reports_access_denied_with_only_the_code_and_key(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied ({code}) to s3://{BUCKET}/ml/churn/v1/manifest.json",
+    )
+
+
+def test_a_refused_listed_file_is_access_denied_too(stubbed: tuple[ArtifactStore, Stubber]) -> None:
+    store, stubber = stubbed
+    stubber.add_response("get_object", {"Body": _body(MANIFEST)})
+    stubber.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied (AccessDenied) to s3://{BUCKET}/ml/churn/v1/metrics.json",
+    )
+
+
+def test_no_credentials_at_all_is_access_denied() -> None:
+    result = ArtifactStore(RaisingClient(NoCredentialsError())).verify_version(f"s3://{BUCKET}/ml/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied (no credentials were found) to s3://{BUCKET}/ml/v1/manifest.json",
+    )
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_the_bucket_probe_reports_access_denied_with_only_the_code_and_bucket(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "head_bucket", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    probe = store.probe_bucket(BUCKET)
+    assert (probe.ok, probe.access_denied, probe.not_found) == (False, True, False)
+    assert probe.message == f"access denied ({code}) to bucket {BUCKET}"
+
+
+@pytest.mark.parametrize(("code", "status"), [("InternalError", 500), ("SlowDown", 503), ("500", 500)])
+def test_a_store_that_fails_stays_unreachable_and_its_text_stays_out(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    stubber.add_client_error(
+        "head_bucket", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.UNREACHABLE,
+        f"{code}: s3://{BUCKET}/ml/churn/v1/manifest.json",
+    )
+    probe = store.probe_bucket(BUCKET)
+    assert (probe.ok, probe.access_denied, probe.not_found, probe.message) == (
+        False, False, False, f"{code}: bucket {BUCKET}",
+    )  # fmt: skip
+
+
 def _body(document: dict[str, Any]) -> StreamingBody:
     data = json.dumps(document).encode()
     return StreamingBody(io.BytesIO(data), len(data))

@@ -89,6 +89,7 @@ class ArtifactStoreUnavailableError(ArtifactStoreError):
 
 def _from_client_error(err: ClientError, bucket: str, key: str | None) -> ArtifactStoreError:
     code = str(err.response.get("Error", {}).get("Code", ""))
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     message = str(err)
     if code in _NOT_FOUND_CODES:
         # A call without a key (head_bucket, list) can only miss the bucket.
@@ -97,8 +98,9 @@ def _from_client_error(err: ClientError, bucket: str, key: str | None) -> Artifa
         )
     if code in _BAD_CREDENTIAL_CODES:
         return ArtifactAccessDeniedError(message, bucket, key, code, Denial.BAD_CREDENTIALS)
-    if code in _NOT_ALLOWED_CODES:
-        return ArtifactAccessDeniedError(message, bucket, key, code, Denial.NOT_ALLOWED)
+    if code in _NOT_ALLOWED_CODES or status == 403:
+        # Any other 403 (a proxy's, a skewed clock's, a disabled account's) is a refusal retries won't lift.
+        return ArtifactAccessDeniedError(message, bucket, key, code or "403", Denial.NOT_ALLOWED)
     return ArtifactStoreUnavailableError(message, bucket, key, code, endpoint_unreachable=False)
 
 
@@ -123,15 +125,24 @@ def _translated(bucket: str, key: str | None = None) -> Iterator[None]:
         raise _from_botocore_error(err, bucket, key) from err
 
 
+def _where(err: ArtifactStoreError) -> str:
+    return f"s3://{err.bucket}/{err.key}" if err.key is not None else f"bucket {err.bucket}"
+
+
 def _describe(err: ArtifactStoreError) -> str:
-    return f"{err.code}: {err}" if err.code else str(err)
+    # An answer is named by its code and location only: the store's text may echo the signed request.
+    return f"{err.code}: {_where(err)}" if err.code else str(err)
+
+
+def _denied(err: ArtifactAccessDeniedError) -> str:
+    return f"access denied ({err.code or err.denial.value}) to {_where(err)}"
 
 
 def _bucket_problem(err: ArtifactStoreError) -> str:
     if isinstance(err, ArtifactNotFoundError):
         return "bucket does not exist"
-    if isinstance(err, ArtifactAccessDeniedError) and err.denial is Denial.NOT_ALLOWED:
-        return "access denied with the operator's read credentials"
+    if isinstance(err, ArtifactAccessDeniedError):
+        return _denied(err)
     return _describe(err)
 
 
@@ -197,7 +208,10 @@ class ArtifactStore:
                 self._client.head_bucket(Bucket=bucket)
         except ArtifactStoreError as err:
             return Probe(
-                ok=False, message=_bucket_problem(err), not_found=isinstance(err, ArtifactNotFoundError)
+                ok=False,
+                message=_bucket_problem(err),
+                not_found=isinstance(err, ArtifactNotFoundError),
+                access_denied=isinstance(err, ArtifactAccessDeniedError),
             )
         return Probe(ok=True)
 
@@ -236,6 +250,8 @@ class ArtifactStore:
             metrics = json.loads(self.get_bytes(*contract.version_file(uri, contract.METRICS_FILE)))
         except ArtifactNotFoundError as err:
             return _missing_file(uri, err)
+        except ArtifactAccessDeniedError as err:
+            return ArtifactObservation(ArtifactCheck.ACCESS_DENIED, message=_denied(err), uri=uri)
         except ArtifactStoreError as err:
             return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=_describe(err), uri=uri)
         except (contract.ManifestError, ValueError) as err:  # also a >4300-digit integer, not only bad JSON

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -238,8 +239,11 @@ class ArtifactStore:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
         try:
             manifest, manifest_sha256 = self._read_manifest(uri, version)
+            metrics_bytes = io.BytesIO()
             for entry in manifest.files:
-                digest, size = self._hash_object(*contract.version_file(uri, entry.name))
+                # metrics.json is parsed from the very bytes hashed here, not from a second read.
+                sink = metrics_bytes if entry.name == contract.METRICS_FILE else None
+                digest, size = self._hash_object(*contract.version_file(uri, entry.name), sink)
                 if (digest, size) != (entry.sha256, entry.size):
                     return ArtifactObservation(
                         ArtifactCheck.DIGEST_MISMATCH,
@@ -247,7 +251,7 @@ class ArtifactStore:
                         f"manifest says {entry.sha256[:12]}… size {entry.size}",
                         uri=uri,
                     )
-            metrics = json.loads(self.get_bytes(*contract.version_file(uri, contract.METRICS_FILE)))
+            metrics = json.loads(metrics_bytes.getvalue())
         except ArtifactNotFoundError as err:
             return _missing_file(uri, err)
         except ArtifactAccessDeniedError as err:

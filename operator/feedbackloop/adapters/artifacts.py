@@ -10,6 +10,8 @@ import enum
 import hashlib
 import io
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ _BAD_CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 )
 _NOT_ALLOWED_CODES = frozenset({"AccessDenied", "Forbidden", "403"})
+VERIFIED_VERSIONS_LIMIT = 256  # versions a long-lived reader remembers as verified; each holds a metrics.json
 
 
 class DigestMismatchError(ValueError):
@@ -196,11 +199,44 @@ def _hash_stream(body: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int
     return digest.hexdigest(), size
 
 
-class ArtifactStore:
-    """The S3 calls the operator, trainer, server and plugin make; every failure is an ArtifactStoreError."""
+class VerifiedVersions:
+    """Versions a long-lived reader verified, keyed by the sha256 of the manifest they were verified against:
+    a bounded LRU, safe across reconcile threads."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, limit: int = VERIFIED_VERSIONS_LIMIT) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[tuple[str, str, str], ArtifactObservation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, uri: str, version: str, manifest_sha256: str) -> ArtifactObservation | None:
+        key = (uri, version, manifest_sha256)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, uri: str, version: str, verified: ArtifactObservation) -> None:
+        key = (uri, version, verified.manifest_sha256)
+        with self._lock:
+            self._entries[key] = verified
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ArtifactStore:
+    """The S3 calls the operator, trainer, server and plugin make; every failure is an ArtifactStoreError.
+
+    With `verified`, verify_version reads only the manifest of a version it verified before: the manifest
+    lists every file's sha256, so the same manifest bytes name the same verified files."""
+
+    def __init__(self, client: Any, verified: VerifiedVersions | None = None) -> None:
         self._client = client
+        self._verified = verified
 
     # ---------------------------------------------------------------- reads
     def probe_bucket(self, bucket: str) -> Probe:
@@ -239,6 +275,9 @@ class ArtifactStore:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
         try:
             manifest, manifest_sha256 = self._read_manifest(uri, version)
+            known = self._verified.get(uri, version, manifest_sha256) if self._verified is not None else None
+            if known is not None:
+                return known
             metrics_bytes = io.BytesIO()
             for entry in manifest.files:
                 # metrics.json is parsed from the very bytes hashed here, not from a second read.
@@ -266,13 +305,16 @@ class ArtifactStore:
             )
         model = manifest.file(contract.MODEL_FILE)
         assert model is not None  # parse_manifest requires it
-        return ArtifactObservation(
+        verified = ArtifactObservation(
             ArtifactCheck.VERIFIED,
             uri=uri,
             model_sha256=model.sha256,
             metrics=metrics,
             manifest_sha256=manifest_sha256,
         )
+        if self._verified is not None:
+            self._verified.put(uri, version, verified)
+        return verified
 
     def download_verified(self, bucket: str, key: str, expected_sha256: str, destination: Path) -> Path:
         """Download to `destination` and return it only if the bytes hash to `expected_sha256`."""

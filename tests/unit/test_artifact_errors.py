@@ -214,17 +214,38 @@ def test_an_empty_prefix_lists_no_keys(stubbed: tuple[ArtifactStore, Stubber]) -
     assert store.list_keys(BUCKET, "nothing/") == []
 
 
+def denied(code: str) -> str:
+    return f"access denied ({code}) to bucket {BUCKET}"
+
+
 @pytest.mark.parametrize(
-    ("code", "status", "not_found"), [("404", 404, True), ("403", 403, False), ("500", 500, False)]
+    ("head", "listed", "expected"),
+    [
+        (404, ("NoSuchBucket", 404), (True, False, "bucket does not exist")),
+        # versitygw's answer to an unknown access key: a bare 404 to HEAD, XAdminUserNotFound to a GET.
+        (404, ("XAdminUserNotFound", 404), (False, True, denied("XAdminUserNotFound"))),
+        (403, ("SignatureDoesNotMatch", 403), (False, True, denied("SignatureDoesNotMatch"))),
+        (403, ("AccessDenied", 403), (False, True, denied("AccessDenied"))),
+        (403, ("", 403), (False, True, denied("403"))),
+        (404, None, (True, False, "bucket does not exist")),  # the GET found it: the HEAD's answer stands
+        (500, None, (False, False, f"500: bucket {BUCKET}")),  # not a refusal or a miss: nothing to ask
+    ],
 )
-def test_the_bucket_probe_says_when_the_bucket_does_not_exist(
-    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int, not_found: bool
+def test_the_bucket_probe_asks_a_bare_403_or_404_again_for_its_code(
+    stubbed: tuple[ArtifactStore, Stubber],
+    head: int,
+    listed: tuple[str, int] | None,
+    expected: tuple[bool, bool, str],
 ) -> None:
     store, stubber = stubbed
     # head_bucket has no body: the store's answer is the bare HTTP status.
-    stubber.add_client_error("head_bucket", service_error_code=code, http_status_code=status)
+    stubber.add_client_error("head_bucket", service_error_code=str(head), http_status_code=head)
+    if listed is not None:
+        stubber.add_client_error("list_objects_v2", service_error_code=listed[0], http_status_code=listed[1])
+    elif head == 404:
+        stubber.add_response("list_objects_v2", {"IsTruncated": False}, {"Bucket": BUCKET, "MaxKeys": 1})
     probe = store.probe_bucket(BUCKET)
-    assert (probe.ok, probe.not_found) == (False, not_found)
+    assert (probe.ok, probe.not_found, probe.access_denied, probe.message) == (False, *expected)
 
 
 def test_a_version_in_a_missing_bucket_is_unreachable_not_missing(
@@ -263,6 +284,7 @@ SECRET_ECHO = "StringToSign AWS4-HMAC-SHA256 secret-key-material"  # what a stor
 DENIED_RESPONSES = [
     ("AccessDenied", 403),
     ("InvalidAccessKeyId", 403),
+    ("XAdminUserNotFound", 404),  # versitygw's InvalidAccessKeyId
     ("SignatureDoesNotMatch", 403),
     ("InvalidToken", 400),
     ("ExpiredToken", 400),
@@ -333,9 +355,10 @@ def test_the_bucket_probe_reports_access_denied_with_only_the_code_and_bucket(
     stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
 ) -> None:
     store, stubber = stubbed
-    stubber.add_client_error(
-        "head_bucket", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
-    )
+    for operation in ("head_bucket", "list_objects_v2") if code == "403" else ("head_bucket",):
+        stubber.add_client_error(
+            operation, service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+        )
     probe = store.probe_bucket(BUCKET)
     assert (probe.ok, probe.access_denied, probe.not_found) == (False, True, False)
     assert probe.message == f"access denied ({code}) to bucket {BUCKET}"

@@ -37,7 +37,8 @@ UPLOAD_WORKERS = 4  # below botocore's default pool of 10 connections
 # S3 error codes; HEAD requests carry no body, so their code is the bare HTTP status.
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _BAD_CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+    # versitygw answers an unknown access key with 404 XAdminUserNotFound where AWS says InvalidAccessKeyId.
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "XAdminUserNotFound"}
 )
 _NOT_ALLOWED_CODES = frozenset({"AccessDenied", "Forbidden", "403"})
 VERIFIED_VERSIONS_LIMIT = 256  # versions a long-lived reader remembers as verified; each holds a metrics.json
@@ -244,6 +245,8 @@ class ArtifactStore:
             with _translated(bucket):
                 self._client.head_bucket(Bucket=bucket)
         except ArtifactStoreError as err:
+            if err.code in {"403", "404"}:
+                err = self._named(bucket, err)
             return Probe(
                 ok=False,
                 message=_bucket_problem(err),
@@ -251,6 +254,16 @@ class ArtifactStore:
                 access_denied=isinstance(err, ArtifactAccessDeniedError),
             )
         return Probe(ok=True)
+
+    def _named(self, bucket: str, bare: ArtifactStoreError) -> ArtifactStoreError:
+        """A HEAD's answer has no body, so a bare 403 or 404 is asked again by a GET, whose answer has a code:
+        a missing bucket and an unknown access key (404 on some stores) are told apart."""
+        try:
+            with _translated(bucket):
+                self._client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except ArtifactStoreError as named:
+            return named
+        return bare
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         """Every key under `prefix`, in the store's (lexicographic) order, across all result pages."""

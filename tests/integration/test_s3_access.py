@@ -89,8 +89,8 @@ def test_an_operator_with_wrong_s3_credentials_is_not_ready_with_access_denied(
 
     ready = scenario.wait_condition("Ready", "False", "AccessDenied")
     assert ready["message"] == (
-        f"artifact store: access denied (SignatureDoesNotMatch) to bucket {BUCKET} "
-        "with the operator's credentials"
+        "artifact store, with the operator's credentials: "
+        f"access denied (SignatureDoesNotMatch) to bucket {BUCKET}"
     )
     scenario.annotate_retrain("r1")
     retraining = scenario.wait_condition("Retraining", "False", "Blocked")

@@ -379,7 +379,7 @@ def test_refused_credentials_are_not_ready_with_access_denied_and_block_launches
     assert condition(decision, "Ready") == (
         "False",
         "AccessDenied",
-        "artifact store: access denied (403) to bucket models with the operator's credentials",
+        "artifact store, with the operator's credentials: access denied (403) to bucket models",
     )
     assert decision.actions == ()
     assert condition(decision, "Retraining")[:2] == ("False", "Blocked")

@@ -74,7 +74,7 @@ def preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> b
         problems.append((Reason.ARTIFACT_BUCKET_NOT_FOUND, message))
     elif store is not None and not store.ok and store.access_denied:
         # The store answered and refused: waiting will not help until someone fixes the credentials or policy.
-        message = f"artifact store: {store.message} with the operator's credentials"
+        message = f"artifact store, with the operator's credentials: {store.message}"
         problems.append((Reason.ACCESS_DENIED, message))
     elif store is not None and not store.ok:
         problems.append((Reason.ARTIFACT_STORE_UNREACHABLE, f"artifact store: {store.message}"))

@@ -85,6 +85,7 @@ class Reason(enum.StrEnum):
     POD_METADATA_NOT_ALLOWED = "PodMetadataNotAllowed"
     # shared
     INITIALIZING = "Initializing"
+    ACCESS_DENIED = "AccessDenied"  # Ready (the bucket probe), Retraining (reading a candidate's artifacts)
     SUSPENDED = "Suspended"
     # Healthy
     WITHIN_THRESHOLDS = "WithinThresholds"

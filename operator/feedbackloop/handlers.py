@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from feedbackloop.adapters.artifacts import ArtifactStore, s3_client
+from feedbackloop.adapters.artifacts import ArtifactStore, VerifiedVersions, s3_client
 from feedbackloop.adapters.kube import (
     ApiFailureError,
     KubeAdapter,
@@ -80,7 +80,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             cool_down_seconds=config.prometheus_cool_down_seconds,
             concurrency_per_url=config.prometheus_concurrency,
         ),
-        artifacts=ArtifactStore(s3_client(config.s3_endpoint_url, config.s3_region)),
+        # A rollback-to pending through a long retrain is verified once, not every tick.
+        artifacts=ArtifactStore(s3_client(config.s3_endpoint_url, config.s3_region), VerifiedVersions()),
         policy=config.policy,
         max_concurrent_retrains=config.max_concurrent_retrains,
         namespaces=config.namespaces,

@@ -132,8 +132,8 @@ def test_probe_distinguishes_missing_bucket_and_wrong_credentials(
     missing = ArtifactStore(s3).probe_bucket("no-such-bucket-here")
     assert (missing.ok, missing.message, missing.not_found) == (False, "bucket does not exist", True)
     denied = ArtifactStore(s3_with_secret("wrong-secret")).probe_bucket(bucket)
-    assert (denied.ok, denied.not_found) == (False, False)
-    assert "access denied" in denied.message
+    assert (denied.ok, denied.not_found, denied.access_denied) == (False, False, True)
+    assert denied.message == f"access denied (SignatureDoesNotMatch) to bucket {bucket}"
 
 
 def test_a_missing_key_is_not_found_and_names_the_key(s3: Any, bucket: str) -> None:

@@ -214,17 +214,38 @@ def test_an_empty_prefix_lists_no_keys(stubbed: tuple[ArtifactStore, Stubber]) -
     assert store.list_keys(BUCKET, "nothing/") == []
 
 
+def denied(code: str) -> str:
+    return f"access denied ({code}) to bucket {BUCKET}"
+
+
 @pytest.mark.parametrize(
-    ("code", "status", "not_found"), [("404", 404, True), ("403", 403, False), ("500", 500, False)]
+    ("head", "listed", "expected"),
+    [
+        (404, ("NoSuchBucket", 404), (True, False, "bucket does not exist")),
+        # versitygw's answer to an unknown access key: a bare 404 to HEAD, XAdminUserNotFound to a GET.
+        (404, ("XAdminUserNotFound", 404), (False, True, denied("XAdminUserNotFound"))),
+        (403, ("SignatureDoesNotMatch", 403), (False, True, denied("SignatureDoesNotMatch"))),
+        (403, ("AccessDenied", 403), (False, True, denied("AccessDenied"))),
+        (403, ("", 403), (False, True, denied("403"))),
+        (404, None, (True, False, "bucket does not exist")),  # the GET found it: the HEAD's answer stands
+        (500, None, (False, False, f"500: bucket {BUCKET}")),  # not a refusal or a miss: nothing to ask
+    ],
 )
-def test_the_bucket_probe_says_when_the_bucket_does_not_exist(
-    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int, not_found: bool
+def test_the_bucket_probe_asks_a_bare_403_or_404_again_for_its_code(
+    stubbed: tuple[ArtifactStore, Stubber],
+    head: int,
+    listed: tuple[str, int] | None,
+    expected: tuple[bool, bool, str],
 ) -> None:
     store, stubber = stubbed
     # head_bucket has no body: the store's answer is the bare HTTP status.
-    stubber.add_client_error("head_bucket", service_error_code=code, http_status_code=status)
+    stubber.add_client_error("head_bucket", service_error_code=str(head), http_status_code=head)
+    if listed is not None:
+        stubber.add_client_error("list_objects_v2", service_error_code=listed[0], http_status_code=listed[1])
+    elif head == 404:
+        stubber.add_response("list_objects_v2", {"IsTruncated": False}, {"Bucket": BUCKET, "MaxKeys": 1})
     probe = store.probe_bucket(BUCKET)
-    assert (probe.ok, probe.not_found) == (False, not_found)
+    assert (probe.ok, probe.not_found, probe.access_denied, probe.message) == (False, *expected)
 
 
 def test_a_version_in_a_missing_bucket_is_unreachable_not_missing(
@@ -255,6 +276,114 @@ def test_a_missing_manifest_and_a_missing_listed_file_are_told_apart(
         ArtifactCheck.INVALID,
         f"listed file {uri}metrics.json is missing",
     )
+
+
+# ---------------------------------------------------------------- refused credentials are their own kind
+
+SECRET_ECHO = "StringToSign AWS4-HMAC-SHA256 secret-key-material"  # what a store's error text may carry
+DENIED_RESPONSES = [
+    ("AccessDenied", 403),
+    ("InvalidAccessKeyId", 403),
+    ("XAdminUserNotFound", 404),  # versitygw's InvalidAccessKeyId
+    ("SignatureDoesNotMatch", 403),
+    ("InvalidToken", 400),
+    ("ExpiredToken", 400),
+    ("403", 403),  # a HEAD's answer: no body, so the bare status is the code
+    ("RequestTimeTooSkewed", 403),  # any other 403 is a refusal too
+]
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_every_refusal_of_the_credentials_is_access_denied(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    with pytest.raises(ArtifactAccessDeniedError) as raised:
+        store.get_bytes(BUCKET, KEY)
+    assert raised.value.code == code
+
+
+def test_a_403_without_a_code_is_access_denied_with_the_status_as_its_code(
+    stubbed: tuple[ArtifactStore, Stubber],
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error("get_object", service_error_code="", http_status_code=403)
+    with pytest.raises(ArtifactAccessDeniedError) as raised:
+        store.get_bytes(BUCKET, KEY)
+    assert (raised.value.code, raised.value.denial) == ("403", Denial.NOT_ALLOWED)
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_verify_version_reports_access_denied_with_only_the_code_and_key(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied ({code}) to s3://{BUCKET}/ml/churn/v1/manifest.json",
+    )
+
+
+def test_a_refused_listed_file_is_access_denied_too(stubbed: tuple[ArtifactStore, Stubber]) -> None:
+    store, stubber = stubbed
+    stubber.add_response("get_object", {"Body": _body(MANIFEST)})
+    stubber.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied (AccessDenied) to s3://{BUCKET}/ml/churn/v1/metrics.json",
+    )
+
+
+def test_no_credentials_at_all_is_access_denied() -> None:
+    result = ArtifactStore(RaisingClient(NoCredentialsError())).verify_version(f"s3://{BUCKET}/ml/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.ACCESS_DENIED,
+        f"access denied (no credentials were found) to s3://{BUCKET}/ml/v1/manifest.json",
+    )
+
+
+@pytest.mark.parametrize(("code", "status"), DENIED_RESPONSES)
+def test_the_bucket_probe_reports_access_denied_with_only_the_code_and_bucket(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    for operation in ("head_bucket", "list_objects_v2") if code == "403" else ("head_bucket",):
+        stubber.add_client_error(
+            operation, service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+        )
+    probe = store.probe_bucket(BUCKET)
+    assert (probe.ok, probe.access_denied, probe.not_found) == (False, True, False)
+    assert probe.message == f"access denied ({code}) to bucket {BUCKET}"
+
+
+@pytest.mark.parametrize(("code", "status"), [("InternalError", 500), ("SlowDown", 503), ("500", 500)])
+def test_a_store_that_fails_stays_unreachable_and_its_text_stays_out(
+    stubbed: tuple[ArtifactStore, Stubber], code: str, status: int
+) -> None:
+    store, stubber = stubbed
+    stubber.add_client_error(
+        "get_object", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    stubber.add_client_error(
+        "head_bucket", service_error_code=code, service_message=SECRET_ECHO, http_status_code=status
+    )
+    result = store.verify_version(f"s3://{BUCKET}/ml/churn/v1/", "v1")
+    assert (result.check, result.message) == (
+        ArtifactCheck.UNREACHABLE,
+        f"{code}: s3://{BUCKET}/ml/churn/v1/manifest.json",
+    )
+    probe = store.probe_bucket(BUCKET)
+    assert (probe.ok, probe.access_denied, probe.not_found, probe.message) == (
+        False, False, False, f"{code}: bucket {BUCKET}",
+    )  # fmt: skip
 
 
 def _body(document: dict[str, Any]) -> StreamingBody:

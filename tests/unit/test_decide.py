@@ -238,6 +238,7 @@ def test_completed_job_with_verified_artifacts_becomes_the_candidate() -> None:
         (ArtifactCheck.MANIFEST_MISSING, "ManifestMissing"),
         (ArtifactCheck.DIGEST_MISMATCH, "ArtifactDigestMismatch"),
         (ArtifactCheck.INVALID, "ArtifactsInvalid"),
+        (ArtifactCheck.ACCESS_DENIED, "AccessDenied"),
     ],
 )
 def test_completed_job_with_bad_artifacts_is_a_failure(check: ArtifactCheck, reason: str) -> None:
@@ -370,6 +371,18 @@ def test_a_missing_bucket_is_its_own_reason_and_names_the_bucket() -> None:
     assert condition(run(loop_state(), unreachable), "Ready") == (
         "False", "ArtifactStoreUnreachable", "artifact store: connection refused",
     )  # fmt: skip
+
+
+def test_refused_credentials_are_not_ready_with_access_denied_and_block_launches() -> None:
+    probe = Probe(ok=False, message="access denied (403) to bucket models", access_denied=True)
+    decision = run(loop_state(), healthy_dependencies(retrain_request="r1", artifact_store=probe))
+    assert condition(decision, "Ready") == (
+        "False",
+        "AccessDenied",
+        "artifact store, with the operator's credentials: access denied (403) to bucket models",
+    )
+    assert decision.actions == ()
+    assert condition(decision, "Retraining")[:2] == ("False", "Blocked")
 
 
 def test_missing_container_is_its_own_reason() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -486,6 +487,70 @@ def test_manual_rollback_refusals(
     assert condition(decision, "RolledOut")[:2] == ("False", "RollbackRefused")
     assert fragment in condition(decision, "RolledOut")[2]
     assert decision.actions == ()
+
+
+def test_a_rollback_to_a_version_the_operator_may_not_read_is_refused_once_not_awaited() -> None:
+    denied = ArtifactObservation(
+        ArtifactCheck.ACCESS_DENIED,
+        "access denied (InvalidAccessKeyId) to s3://models/churn/ml/churn/v1/manifest.json",
+        uri=V1.uri,
+    )
+    current = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64)
+    status = FeedbackLoopStatus(current_model=current, retrain_count=3)
+    observed = healthy_dependencies(rollback_request="v1", rollback_artifacts=denied)
+    decision = run(spec_dict(), status, observed)
+    assert condition(decision, "RolledOut") == (
+        "False",
+        "RollbackRefused",
+        "rollback-to v1: refused, "
+        "access denied (InvalidAccessKeyId) to s3://models/churn/ml/churn/v1/manifest.json",
+    )
+    assert decision.actions == ()
+    assert decision.status.rollout is None
+    assert decision.status.handled_rollback_request == "v1"
+
+
+def test_a_rollback_to_a_version_in_an_unreachable_store_waits_unhandled_and_applies_nothing() -> None:
+    unreachable = ArtifactObservation(ArtifactCheck.UNREACHABLE, "connection refused", uri=V1.uri)
+    current = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64)
+    status = FeedbackLoopStatus(current_model=current, retrain_count=3)
+    observed = healthy_dependencies(rollback_request="v1", rollback_artifacts=unreachable)
+    for minutes in (0, 1, 60):
+        decision = run(spec_dict(), status, observed, minutes=minutes)
+        assert decision.actions == ()
+        assert decision.status.rollout is None
+        assert decision.status.handled_rollback_request is None
+        status = decision.status
+
+
+def test_a_candidate_the_operator_may_not_read_is_rejected_and_never_promoted() -> None:
+    status, verified = retrained({"accuracy": 0.95})
+    message = "access denied (AccessDenied) to s3://models/churn/ml/churn/v2/manifest.json"
+    observed = replace(verified, artifacts=ArtifactObservation(ArtifactCheck.ACCESS_DENIED, message))
+    decision = run(spec_dict(), status, observed)
+    assert condition(decision, "Retraining") == (
+        "False", "AccessDenied", f"Job churn-retrain-2 complete but {message}",
+    )  # fmt: skip
+    assert decision.actions == ()
+    assert (decision.status.active_retrain, decision.status.candidate_model, decision.status.rollout) == (
+        None, None, None,
+    )  # fmt: skip
+    last = decision.status.history[-1]
+    assert (last.version, last.outcome, last.reason) == ("v2", Outcome.RETRAIN_FAILED, "AccessDenied")
+
+
+def test_a_candidate_in_an_unreachable_store_waits_and_is_promoted_only_once_verified() -> None:
+    status, verified = retrained({"accuracy": 0.95})
+    unreachable = ArtifactObservation(ArtifactCheck.UNREACHABLE, "connection refused")
+    observed = replace(verified, artifacts=unreachable)
+    for minutes in (0, 1, 60):
+        decision = run(spec_dict(), status, observed, minutes=minutes)
+        assert decision.actions == ()
+        assert (decision.status.candidate_model, decision.status.rollout) == (None, None)
+        assert condition(decision, "Retraining")[:2] == ("True", "VerifyingArtifacts")
+        status = decision.status
+    back = run(spec_dict(), status, verified, minutes=61)
+    assert [type(action).__name__ for action in back.actions] == ["ApplyModel"]
 
 
 def test_analysis_queries_are_scoped_to_the_version_under_analysis() -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,9 +37,11 @@ UPLOAD_WORKERS = 4  # below botocore's default pool of 10 connections
 # S3 error codes; HEAD requests carry no body, so their code is the bare HTTP status.
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _BAD_CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+    # versitygw answers an unknown access key with 404 XAdminUserNotFound where AWS says InvalidAccessKeyId.
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "XAdminUserNotFound"}
 )
 _NOT_ALLOWED_CODES = frozenset({"AccessDenied", "Forbidden", "403"})
+VERIFIED_VERSIONS_LIMIT = 256  # versions a long-lived reader remembers as verified; each holds a metrics.json
 
 
 class DigestMismatchError(ValueError):
@@ -89,6 +94,7 @@ class ArtifactStoreUnavailableError(ArtifactStoreError):
 
 def _from_client_error(err: ClientError, bucket: str, key: str | None) -> ArtifactStoreError:
     code = str(err.response.get("Error", {}).get("Code", ""))
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     message = str(err)
     if code in _NOT_FOUND_CODES:
         # A call without a key (head_bucket, list) can only miss the bucket.
@@ -97,8 +103,9 @@ def _from_client_error(err: ClientError, bucket: str, key: str | None) -> Artifa
         )
     if code in _BAD_CREDENTIAL_CODES:
         return ArtifactAccessDeniedError(message, bucket, key, code, Denial.BAD_CREDENTIALS)
-    if code in _NOT_ALLOWED_CODES:
-        return ArtifactAccessDeniedError(message, bucket, key, code, Denial.NOT_ALLOWED)
+    if code in _NOT_ALLOWED_CODES or status == 403:
+        # Any other 403 (a proxy's, a skewed clock's, a disabled account's) is a refusal retries won't lift.
+        return ArtifactAccessDeniedError(message, bucket, key, code or "403", Denial.NOT_ALLOWED)
     return ArtifactStoreUnavailableError(message, bucket, key, code, endpoint_unreachable=False)
 
 
@@ -123,15 +130,24 @@ def _translated(bucket: str, key: str | None = None) -> Iterator[None]:
         raise _from_botocore_error(err, bucket, key) from err
 
 
+def _where(err: ArtifactStoreError) -> str:
+    return f"s3://{err.bucket}/{err.key}" if err.key is not None else f"bucket {err.bucket}"
+
+
 def _describe(err: ArtifactStoreError) -> str:
-    return f"{err.code}: {err}" if err.code else str(err)
+    # An answer is named by its code and location only: the store's text may echo the signed request.
+    return f"{err.code}: {_where(err)}" if err.code else str(err)
+
+
+def _denied(err: ArtifactAccessDeniedError) -> str:
+    return f"access denied ({err.code or err.denial.value}) to {_where(err)}"
 
 
 def _bucket_problem(err: ArtifactStoreError) -> str:
     if isinstance(err, ArtifactNotFoundError):
         return "bucket does not exist"
-    if isinstance(err, ArtifactAccessDeniedError) and err.denial is Denial.NOT_ALLOWED:
-        return "access denied with the operator's read credentials"
+    if isinstance(err, ArtifactAccessDeniedError):
+        return _denied(err)
     return _describe(err)
 
 
@@ -184,11 +200,44 @@ def _hash_stream(body: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int
     return digest.hexdigest(), size
 
 
-class ArtifactStore:
-    """The S3 calls the operator, trainer, server and plugin make; every failure is an ArtifactStoreError."""
+class VerifiedVersions:
+    """Versions a long-lived reader verified, keyed by the sha256 of the manifest they were verified against:
+    a bounded LRU, safe across reconcile threads."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, limit: int = VERIFIED_VERSIONS_LIMIT) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[tuple[str, str, str], ArtifactObservation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, uri: str, version: str, manifest_sha256: str) -> ArtifactObservation | None:
+        key = (uri, version, manifest_sha256)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, uri: str, version: str, verified: ArtifactObservation) -> None:
+        key = (uri, version, verified.manifest_sha256)
+        with self._lock:
+            self._entries[key] = verified
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ArtifactStore:
+    """The S3 calls the operator, trainer, server and plugin make; every failure is an ArtifactStoreError.
+
+    With `verified`, verify_version reads only the manifest of a version it verified before: the manifest
+    lists every file's sha256, so the same manifest bytes name the same verified files."""
+
+    def __init__(self, client: Any, verified: VerifiedVersions | None = None) -> None:
         self._client = client
+        self._verified = verified
 
     # ---------------------------------------------------------------- reads
     def probe_bucket(self, bucket: str) -> Probe:
@@ -196,10 +245,25 @@ class ArtifactStore:
             with _translated(bucket):
                 self._client.head_bucket(Bucket=bucket)
         except ArtifactStoreError as err:
+            if err.code in {"403", "404"}:
+                err = self._named(bucket, err)
             return Probe(
-                ok=False, message=_bucket_problem(err), not_found=isinstance(err, ArtifactNotFoundError)
+                ok=False,
+                message=_bucket_problem(err),
+                not_found=isinstance(err, ArtifactNotFoundError),
+                access_denied=isinstance(err, ArtifactAccessDeniedError),
             )
         return Probe(ok=True)
+
+    def _named(self, bucket: str, bare: ArtifactStoreError) -> ArtifactStoreError:
+        """A HEAD's answer has no body, so a bare 403 or 404 is asked again by a GET, whose answer has a code:
+        a missing bucket and an unknown access key (404 on some stores) are told apart."""
+        try:
+            with _translated(bucket):
+                self._client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except ArtifactStoreError as named:
+            return named
+        return bare
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         """Every key under `prefix`, in the store's (lexicographic) order, across all result pages."""
@@ -224,8 +288,14 @@ class ArtifactStore:
         """Manifest present, every listed file's sha256 and size match, metrics.json parsed."""
         try:
             manifest, manifest_sha256 = self._read_manifest(uri, version)
+            known = self._verified.get(uri, version, manifest_sha256) if self._verified is not None else None
+            if known is not None:
+                return known
+            metrics_bytes = io.BytesIO()
             for entry in manifest.files:
-                digest, size = self._hash_object(*contract.version_file(uri, entry.name))
+                # metrics.json is parsed from the very bytes hashed here, not from a second read.
+                sink = metrics_bytes if entry.name == contract.METRICS_FILE else None
+                digest, size = self._hash_object(*contract.version_file(uri, entry.name), sink)
                 if (digest, size) != (entry.sha256, entry.size):
                     return ArtifactObservation(
                         ArtifactCheck.DIGEST_MISMATCH,
@@ -233,9 +303,11 @@ class ArtifactStore:
                         f"manifest says {entry.sha256[:12]}… size {entry.size}",
                         uri=uri,
                     )
-            metrics = json.loads(self.get_bytes(*contract.version_file(uri, contract.METRICS_FILE)))
+            metrics = json.loads(metrics_bytes.getvalue())
         except ArtifactNotFoundError as err:
             return _missing_file(uri, err)
+        except ArtifactAccessDeniedError as err:
+            return ArtifactObservation(ArtifactCheck.ACCESS_DENIED, message=_denied(err), uri=uri)
         except ArtifactStoreError as err:
             return ArtifactObservation(ArtifactCheck.UNREACHABLE, message=_describe(err), uri=uri)
         except (contract.ManifestError, ValueError) as err:  # also a >4300-digit integer, not only bad JSON
@@ -246,13 +318,16 @@ class ArtifactStore:
             )
         model = manifest.file(contract.MODEL_FILE)
         assert model is not None  # parse_manifest requires it
-        return ArtifactObservation(
+        verified = ArtifactObservation(
             ArtifactCheck.VERIFIED,
             uri=uri,
             model_sha256=model.sha256,
             metrics=metrics,
             manifest_sha256=manifest_sha256,
         )
+        if self._verified is not None:
+            self._verified.put(uri, version, verified)
+        return verified
 
     def download_verified(self, bucket: str, key: str, expected_sha256: str, destination: Path) -> Path:
         """Download to `destination` and return it only if the bytes hash to `expected_sha256`."""

@@ -58,6 +58,7 @@ class Probe:
     ok: bool
     message: str = ""
     not_found: bool = False  # the dependency answered that the probed thing (the bucket) does not exist
+    access_denied: bool = False  # the dependency refused the operator's credentials: retrying will not help
     circuit_open: bool = False  # not probed: the dependency failed repeatedly and is cooling down
 
     @classmethod
@@ -146,6 +147,7 @@ class ArtifactCheck(enum.StrEnum):
     DIGEST_MISMATCH = "DigestMismatch"
     INVALID = "Invalid"  # present but unusable: bad JSON, missing model file, wrong schema
     UNREACHABLE = "Unreachable"  # transient: try again later
+    ACCESS_DENIED = "AccessDenied"  # the store refused the reader's credentials: not transient
 
 
 @dataclass(frozen=True)

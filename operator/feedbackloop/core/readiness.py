@@ -72,6 +72,10 @@ def preflight(draft: Draft, spec: FeedbackLoopSpec, observed: Observations) -> b
         # The store answered: retrying will not help until someone creates the bucket or fixes its name.
         message = f"artifact store: bucket {spec.artifacts.bucket} does not exist"
         problems.append((Reason.ARTIFACT_BUCKET_NOT_FOUND, message))
+    elif store is not None and not store.ok and store.access_denied:
+        # The store answered and refused: waiting will not help until someone fixes the credentials or policy.
+        message = f"artifact store, with the operator's credentials: {store.message}"
+        problems.append((Reason.ACCESS_DENIED, message))
     elif store is not None and not store.ok:
         problems.append((Reason.ARTIFACT_STORE_UNREACHABLE, f"artifact store: {store.message}"))
     if observed.target is not None:

@@ -254,6 +254,9 @@ def _accept_artifacts(
     match artifacts.check:
         case ArtifactCheck.UNREACHABLE:
             _verifying(draft, active, artifacts.message)
+        case ArtifactCheck.ACCESS_DENIED:
+            # Unverifiable is not verified: the retrain ends rather than waiting for credentials to change.
+            _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.ACCESS_DENIED, refused)
         case ArtifactCheck.MANIFEST_MISSING:
             _end_retrain(draft, active, Outcome.RETRAIN_FAILED, Reason.MANIFEST_MISSING, refused)
         case ArtifactCheck.DIGEST_MISMATCH:

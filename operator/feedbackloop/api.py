@@ -101,6 +101,8 @@ class Reason(enum.StrEnum):
     RETRAIN_JOB_DEADLINE_EXCEEDED = "RetrainJobDeadlineExceeded"
     RETRAIN_JOB_MISSING = "RetrainJobMissing"
     JOB_NAME_TAKEN = "JobNameTaken"
+    JOB_CREATE_REFUSED = "JobCreateRefused"  # the API server refused the Job for good, try after try
+    JOB_CREATE_FAILED = "JobCreateFailed"  # the Job create kept failing (5xx, 429, no answer) past its bound
     MANIFEST_MISSING = "ManifestMissing"
     ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
     MANIFEST_TAMPERED = "ManifestTampered"

@@ -78,6 +78,9 @@ class OperatorConfig:
     """FBL_LEASE_NAME: one Lease per shard; replicas of one shard share it."""
     lease: LeaseTimings = field(default_factory=LeaseTimings)
     """FBL_LEASE_DURATION_SECONDS, FBL_LEASE_RENEW_DEADLINE_SECONDS, FBL_LEASE_RETRY_SECONDS."""
+    job_create_backoff_seconds: float = 10.0
+    """FBL_JOB_CREATE_BACKOFF_SECONDS: the wait after a failed retrain Job create, doubled with each failed
+    try up to 5 minutes."""
 
     @property
     def policy(self) -> OperatorPolicy:
@@ -90,6 +93,7 @@ class OperatorConfig:
             prometheus_urls=self.prometheus_urls,
             artifact_buckets=self.artifact_buckets,
             tick=timedelta(seconds=self.tick_seconds),
+            job_create_backoff=timedelta(seconds=self.job_create_backoff_seconds),
         )
 
 
@@ -253,4 +257,5 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         lease_namespace=_name(env, "FBL_LEASE_NAMESPACE", env.get("POD_NAMESPACE") or "default"),
         lease_name=_name(env, "FBL_LEASE_NAME", "feedbackloop-operator"),
         lease=_lease(env),
+        job_create_backoff_seconds=_seconds(env, "FBL_JOB_CREATE_BACKOFF_SECONDS", 10, 0.1, 300),
     )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from feedbackloop import metrics
-from feedbackloop.adapters.kube import StaleWriteError
+from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
 from feedbackloop.api import (
     FINALIZER as LEGACY_FINALIZER,
 )
@@ -63,7 +63,7 @@ from feedbackloop.core.observations import (
 from feedbackloop.core.patch import merge_patch
 from feedbackloop.core.plan import ObservationPlan, plan
 from feedbackloop.core.readiness import dependency_failed
-from feedbackloop.core.retrain import job_create_failed, mark_job_created
+from feedbackloop.core.retrain import JobCreateFailure, job_create_failed, mark_job_created
 from feedbackloop.core.spec import FeedbackLoopSpec, SpecError, parse_spec
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, parse_status, to_status_dict
 from feedbackloop.failpoints import Failpoint
@@ -366,6 +366,7 @@ class Reconciler:
         status = decision.status
         self._write_status(writing, status, now)
         _count(ref, decision.transitions)
+        events = list(decision.events)
         for action in decision.actions:
             match action:
                 case ApplyModel():
@@ -375,34 +376,40 @@ class Reconciler:
                     rollback = any(isinstance(t, RollbackStarted) for t in decision.transitions)
                     self._crash_at(Failpoint.DURING_ROLLBACK if rollback else Failpoint.AFTER_MODEL_APPLY)
                 case CreateJob():
-                    status = self._create_job(loop, writing, status, action, now)
-        if decision.events:
+                    created = self._create_job(loop, writing, status, action, now)
+                    status = created.status
+                    _count(ref, created.transitions)
+                    events.extend(created.events)
+        if events:
             self._crash_at(Failpoint.BEFORE_EVENTS)
-        for event in decision.events:
+        for event in events:
             self._post(ref, event)
         return status
 
     def _create_job(
         self, loop: LoopState, writing: _Writing, status: FeedbackLoopStatus, action: CreateJob, now: datetime
-    ) -> FeedbackLoopStatus:
+    ) -> Decision:
+        """The Job, then its mark in status; a failed create is one status write, and no exception, so that
+        the backoff in that status, not the handler's fixed retry, decides when it is tried again."""
         ref, name = loop.ref, action.manifest["metadata"]["name"]
         self._crash_at(Failpoint.AFTER_COUNTER_WRITE)
         try:
             created = self.cluster.create_job(action.manifest)
-        except Exception as err:
-            blocked, event = job_create_failed(status, str(err), now, loop.generation)
-            self._write_status(writing, blocked, now)
-            self._post(ref, event)
-            raise
+        except ApiFailureError as err:
+            log.warning("cannot create Job %s for %s/%s: %s", name, ref.namespace, ref.name, err)
+            failure = JobCreateFailure(refused=err.refused, message=err.answer)
+            failed = job_create_failed(status, failure, now, loop.generation, self.policy)
+            self._write_status(writing, failed.status, now)
+            return failed
         if created is JobCreation.NAME_TAKEN:
             # Not ours, so not marked created: the next observation reports it and ends this retrain.
             log.warning("Job %s for %s/%s exists with another controller", name, ref.namespace, ref.name)
-            return status
+            return Decision(status)
         log.info("%s Job %s for %s/%s", created, name, ref.namespace, ref.name)
         self._crash_at(Failpoint.AFTER_JOB_CREATE)
         marked = mark_job_created(status)
         self._write_status(writing, marked, now)
-        return marked
+        return Decision(marked)
 
     def _write_status(self, writing: _Writing, after: FeedbackLoopStatus, now: datetime) -> None:
         """A write only when something worth one changed, guarded by the resourceVersion it was decided on."""

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core_inputs import POLICY
-from feedbackloop.adapters.kube import StaleWriteError
+from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
 from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
@@ -31,9 +31,10 @@ from feedbackloop.core.observations import (
     TargetObservation,
 )
 from feedbackloop.core.status import ModelRef
-from feedbackloop.reconcile import Reconciler
+from feedbackloop.reconcile import Reconciled, Reconciler
 
 __all__ = [
+    "QUOTA_REFUSAL",
     "Call",
     "FakeApiError",
     "FakeArtifacts",
@@ -59,6 +60,13 @@ class FakeApiError(Exception):
         self.forbidden = forbidden
 
 
+# What the API server answers a Job create that a ResourceQuota of `count/jobs.batch: "0"` forbids.
+QUOTA_REFUSAL = (
+    'Forbidden: jobs.batch "{name}" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, '
+    "used: count/jobs.batch=0, limited: count/jobs.batch=0"
+)
+
+
 def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """RFC 7386, as the API server applies a status merge patch."""
     result = copy.deepcopy(target)
@@ -81,6 +89,8 @@ class FakeCluster:
     deployed_uri: str | None = None
     rollout_completes: bool = True
     failing: set[str] = field(default_factory=set)  # method names that raise FakeApiError
+    # HTTP statuses the next Job creates fail with, in order (0: no answer), as the adapter's ApiFailureError.
+    create_failures: list[int] = field(default_factory=list)
     version: int = 1  # the last resourceVersion handed out
 
     def _call(self, name: str, *args: Any) -> None:
@@ -143,6 +153,10 @@ class FakeCluster:
     def create_job(self, manifest: dict[str, Any]) -> JobCreation:
         name = manifest["metadata"]["name"]
         self._call("create_job", name)
+        if self.create_failures:
+            status = self.create_failures.pop(0)
+            reason = QUOTA_REFUSAL.format(name=name) if status == 403 else "injected"
+            raise ApiFailureError(f"create jobs/{name}", status, reason)
         if self.job_states.get(name) is JobState.FOREIGN:
             return JobCreation.NAME_TAKEN
         if name in self.jobs:
@@ -233,6 +247,7 @@ class World:
         self.artifacts = FakeArtifacts(self.journal)
         self.clock = ManualClock(start)
         self.watch_lags = False
+        self.reconciled: Reconciled | None = None  # what the last reconcile returned
         self.cluster.loops[(self.namespace, name)] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -287,7 +302,7 @@ class World:
                 self.reconciler.index.put(copy.deepcopy(stored))
         start = len(self.journal)
         try:
-            self.reconciler.reconcile(self.namespace, self.name)
+            self.reconciled = self.reconciler.reconcile(self.namespace, self.name)
         finally:
             self.last_calls = self.journal[start:]
         return self.last_calls

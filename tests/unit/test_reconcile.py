@@ -175,22 +175,24 @@ def test_a_failed_status_write_creates_no_job_posts_nothing_and_counts_nothing(w
     assert metric(world, "feedbackloop_metric_evaluations_total", metric="accuracy", verdict="Healthy") == 0
 
 
-def test_a_failed_job_create_leaves_the_counter_says_blocked_and_retries_the_same_name(world: World) -> None:
-    world.cluster.failing.add("create_job")
+def test_a_failed_job_create_keeps_the_counter_backs_off_and_retries_the_same_name(world: World) -> None:
+    world.cluster.create_failures.append(503)
     world.annotate(RETRAIN_REQUEST_ANNOTATION, "r1")
-    with pytest.raises(FakeApiError):
-        world.reconcile()
-    assert names(world.writes()) == ["patch_loop_status", "create_job", "patch_loop_status", "post_event"]
-    assert world.writes()[-1].args == ("Warning", "Blocked")
+    world.reconcile()  # handled in status, not raised: its backoff decides the next try
+    writes = world.writes()
+    assert names(writes)[:3] == ["patch_loop_status", "create_job", "patch_loop_status"]
+    assert set(names(writes[3:])) == {"post_event"}
+    assert [call.args for call in writes].count(("Warning", "Blocked")) == 1
     retraining = next(c for c in world.status["conditions"] if c["type"] == "Retraining")
     assert (retraining["status"], retraining["reason"]) == ("False", "Blocked")
-    assert "cannot create the retrain Job" in retraining["message"]
+    assert f"cannot create Job {world.name}-retrain-1: HTTP 503 injected (try 1)" in retraining["message"]
     assert world.status["retrainCount"] == 1
 
-    world.cluster.failing.clear()
-    calls = world.reconcile(after_seconds=1)
+    calls = world.reconcile(after_seconds=10)
     assert [call.args for call in calls if call.name == "create_job"] == [(f"{world.name}-retrain-1",)]
     assert world.status["activeRetrain"]["jobCreated"] is True
+    assert world.status["activeRetrain"]["createAttempts"] == 0
+    assert "nextCreateAt" not in world.status["activeRetrain"]
     assert world.status["retrainCount"] == 1
     assert metric(world, "feedbackloop_retrains_started_total", trigger="Manual") == 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError, MaxRetryError
 
 from feedbackloop.api import (
     API_VERSION,
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 _REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for every API call
 _LEASE_TIMEOUT = (2, 3)  # a renewal slower than this cannot keep the lease anyway
 _MAX_MESSAGE = 1024
+_MAX_REASON = 300  # the API's reason in a condition or an Event: enough for a quota's or a field's name
+# The API server judged the request itself: sent again, it meets the same answer until someone acts.
+_REFUSED_FOR_GOOD = frozenset({400, 403, 404, 422})
+_URL_USERINFO = re.compile(r"(?<=://)[^\s/@\"']+@")
 
 
 def load_kube_config() -> None:
@@ -64,15 +70,25 @@ class ApiFailureError(Exception):
     """An API call failed for a reason other than 404/409; `forbidden` marks RBAC problems."""
 
     operation: str
-    status: int
+    status: int  # 0: no answer (a timeout or a connection error)
     reason: str
 
     @property
     def forbidden(self) -> bool:
         return self.status == 403
 
+    @property
+    def refused(self) -> bool:
+        """Refused for good (400, 403 by RBAC or a ResourceQuota, 404, 422), unlike 5xx, 429 or no answer."""
+        return self.status in _REFUSED_FOR_GOOD
+
+    @property
+    def answer(self) -> str:
+        """What the API server said, without the operation: `HTTP 403 Forbidden: ...`."""
+        return f"HTTP {self.status} {self.reason}" if self.status else self.reason
+
     def __str__(self) -> str:
-        return f"{self.operation}: HTTP {self.status} {self.reason}"
+        return f"{self.operation}: {self.answer}"
 
 
 class StaleWriteError(ApiFailureError):
@@ -80,8 +96,21 @@ class StaleWriteError(ApiFailureError):
 
 
 def _failure(operation: str, err: ApiException) -> ApiFailureError:
-    body = str(err.body or err.reason or "")[:300]
-    return ApiFailureError(operation, int(err.status or 0), body)
+    return ApiFailureError(operation, int(err.status or 0), api_reason(err.body, err.reason))
+
+
+def api_reason(body: str | bytes | None, http_reason: str | None) -> str:
+    """The Status object's reason and message, short and without URL credentials; never a body that is not a
+    Status, which may be anything a proxy in between sends."""
+    try:
+        status = json.loads(body) if body else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict) or status.get("kind") != "Status":
+        status = {}
+    parts = (str(status.get("reason") or http_reason or ""), str(status.get("message") or ""))
+    text = _URL_USERINFO.sub("…@", ": ".join(part for part in parts if part))
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
 class KubeAdapter:
@@ -199,7 +228,8 @@ class KubeAdapter:
 
     # ---------------------------------------------------------------- Jobs
     def create_job(self, manifest: dict[str, Any]) -> JobCreation:
-        """CREATED; EXISTED when the Job of that name is already this loop's (a repeat); else NAME_TAKEN."""
+        """CREATED; EXISTED when the Job of that name is already this loop's (a repeat); else NAME_TAKEN.
+        Any other failure raises ApiFailureError; `refused` tells a refusal for good from a passing one."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         owner_uid = manifest["metadata"]["ownerReferences"][0]["uid"]
         try:
@@ -209,6 +239,10 @@ class KubeAdapter:
                 raise _failure(f"create jobs/{name}", err) from None
             existing = self.observe_job(namespace, name, owner_uid)
             return JobCreation.NAME_TAKEN if existing.state is JobState.FOREIGN else JobCreation.EXISTED
+        except (HTTPError, OSError) as err:
+            # No answer: the Job may exist or not; the next try's 409 tells, as after a crash.
+            cause = err.reason if isinstance(err, MaxRetryError) and err.reason is not None else err
+            raise ApiFailureError(f"create jobs/{name}", 0, f"no answer ({type(cause).__name__})") from None
         return JobCreation.CREATED
 
     def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation:

@@ -44,9 +44,12 @@ def next_reconcile(
 ) -> datetime:
     """The earliest time anything about this loop can change without a watch event saying so."""
     status, spec = loop.status, loop.spec
-    if _in_flight(loop, annotations):
+    retry_at = job_create_retry_at(status, now)
+    if _in_flight(loop, annotations, retry_at is not None):
         return now + policy.tick
     wake = now + policy.heartbeat
+    if retry_at is not None:
+        wake = min(wake, retry_at)
     if spec is None or spec.suspend or status.phase is LoopPhase.INVALID:
         return wake  # nothing to evaluate until the spec or the operator's settings change
     if status.last_evaluation is None or loop.generation != status.observed_generation:
@@ -59,10 +62,21 @@ def next_reconcile(
     return max(wake, now)
 
 
-def _in_flight(loop: LoopState, annotations: dict[str, str]) -> bool:
-    """A Job, a rollout, or a trigger that waits (cooldown, capacity, readiness) is followed every tick."""
+def job_create_retry_at(status: FeedbackLoopStatus, now: datetime) -> datetime | None:
+    """When a retrain whose Job create failed tries again, while that is still ahead."""
+    active = status.active_retrain
+    if active is None or active.job_created or active.next_create_at is None or active.next_create_at <= now:
+        return None
+    return active.next_create_at
+
+
+def _in_flight(loop: LoopState, annotations: dict[str, str], create_backing_off: bool) -> bool:
+    """A Job, a rollout, or a trigger that waits (cooldown, capacity, readiness) is followed every tick; a
+    retrain whose Job create backs off is not, until its next try."""
     status = loop.status
-    if status.active_retrain is not None or status.rollout is not None or status.waiting_reason:
+    if status.active_retrain is not None and not create_backing_off:
+        return True
+    if status.rollout is not None or status.waiting_reason:
         return True
     if loop.rollback_request and not is_handled(loop.rollback_request, status.handled_rollback_request):
         return True

@@ -38,6 +38,8 @@ class OperatorPolicy:
     heartbeat: timedelta = timedelta(minutes=10)
     # How often a loop with work in flight (a Job, a rollout, a waiting trigger) is looked at.
     tick: timedelta = timedelta(seconds=5)
+    # The wait after a failed retrain Job create; it doubles with each failed try (core.retrain).
+    job_create_backoff: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-from feedbackloop.api import ConditionStatus, ConditionType, EventType, Outcome, Reason, Trigger
+from feedbackloop.api import ConditionStatus, ConditionType, Outcome, Reason, Trigger
 from feedbackloop.core import contract
 from feedbackloop.core.builders import JobSettings, build_retrain_job, retrain_job_name
-from feedbackloop.core.conditions import set_condition
-from feedbackloop.core.decision import CreateJob, Event, RetrainFinished, RetrainStarted
+from feedbackloop.core.decision import CreateJob, Decision, RetrainFinished, RetrainStarted
 from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
@@ -29,6 +28,20 @@ from feedbackloop.core.triggers import PendingTrigger, pending_triggers
 _WAITING_REASONS = frozenset(
     {Reason.SUSPENDED, Reason.OBSERVE_ONLY, Reason.COOLDOWN, Reason.BLOCKED, Reason.QUEUED}
 )
+# A refusal may be an RBAC or quota change still on its way, so it gets a few tries; then someone must act.
+JOB_CREATE_REFUSALS = 3
+# Failures that may pass (5xx, 429, no answer) get ~25 min at the default backoff: long enough to outlast an
+# API server restart, bounded so a webhook that always times out does not hold the retrain for ever.
+JOB_CREATE_TRIES = 10
+JOB_CREATE_BACKOFF_CAP = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class JobCreateFailure:
+    """A Job create the API server did not accept, as the Kubernetes adapter judged it."""
+
+    refused: bool  # for good (400, 403, 404, 422): the same Job meets the same answer until someone acts
+    message: str  # the HTTP status and the API's reason, short
 
 
 # ---- starting a retrain
@@ -142,6 +155,8 @@ def _start_retrain(
 
 def _create_job(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: OperatorPolicy) -> None:
     assert loop.spec is not None
+    if active.next_create_at is not None and draft.now < active.next_create_at:
+        return  # backing off after a failed create; the Retraining condition says until when
     settings = JobSettings(
         image=loop.spec.retrain_spec().image or policy.trainer_images[0],
         s3_endpoint_url=policy.s3_endpoint_url,
@@ -150,7 +165,11 @@ def _create_job(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: Op
     current = draft.status.current_model
     manifest = build_retrain_job(loop.ref, loop.spec, active, current, settings, active.started_at)
     draft.actions.append(CreateJob(manifest))
-    draft.condition(ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.RETRAIN_STARTED, _describe(active))
+    # A retry keeps the condition that says why it waits, and so posts no Event.
+    if active.create_attempts == 0:
+        draft.condition(
+            ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.RETRAIN_STARTED, _describe(active)
+        )
 
 
 def mark_job_created(status: FeedbackLoopStatus) -> FeedbackLoopStatus:
@@ -160,29 +179,46 @@ def mark_job_created(status: FeedbackLoopStatus) -> FeedbackLoopStatus:
         return status
 
     def created(working: WorkingStatus) -> None:
-        working.active_retrain = replace(active, job_created=True)
+        working.active_retrain = _created(active)
 
     return edit_status(status, created)
 
 
+def _created(active: ActiveRetrain) -> ActiveRetrain:
+    return replace(active, job_created=True, create_attempts=0, next_create_at=None)
+
+
 def job_create_failed(
-    status: FeedbackLoopStatus, message: str, now: datetime, generation: int
-) -> tuple[FeedbackLoopStatus, Event]:
-    """The counter is durable, so the next reconcile retries the same Job name; say why it waits."""
-    text = f"cannot create the retrain Job: {message}"
-
-    def blocked(working: WorkingStatus) -> None:
-        working.conditions = set_condition(
-            working.conditions,
-            ConditionType.RETRAINING,
-            ConditionStatus.FALSE,
-            Reason.BLOCKED,
-            text,
-            now,
-            generation,
+    status: FeedbackLoopStatus,
+    failure: JobCreateFailure,
+    now: datetime,
+    generation: int,
+    policy: OperatorPolicy,
+) -> Decision:
+    """Another try of the same Job name after a backoff (the counter is durable), or past the bound the end
+    of the retrain with the API's reason. Events come from the Retraining condition's transitions alone: one
+    on the first failure, none while the tries go on, one on giving up."""
+    active = status.active_retrain
+    assert active is not None, "a Job is created only for an active retrain"
+    draft = Draft.start(status, now, generation)
+    attempts = active.create_attempts + 1
+    said = f"cannot create Job {active.job}: {failure.message}"
+    if attempts >= (JOB_CREATE_REFUSALS if failure.refused else JOB_CREATE_TRIES):
+        reason = Reason.JOB_CREATE_REFUSED if failure.refused else Reason.JOB_CREATE_FAILED
+        _end_retrain(
+            draft, active, Outcome.RETRAIN_FAILED, reason, f"{said} (gave up after {attempts} tries)", said
         )
+        return draft.freeze()
+    next_at = now + job_create_backoff(policy.job_create_backoff, attempts)
+    draft.status.active_retrain = replace(active, create_attempts=attempts, next_create_at=next_at)
+    message = f"{said} (try {attempts}); next try at {next_at.isoformat().replace('+00:00', 'Z')}"
+    draft.condition(ConditionType.RETRAINING, ConditionStatus.FALSE, Reason.BLOCKED, message)
+    return draft.freeze()
 
-    return edit_status(status, blocked), Event(EventType.WARNING, Reason.BLOCKED, message)
+
+def job_create_backoff(base: timedelta, failed_tries: int) -> timedelta:
+    """`base`, doubled for each failed try after the first, up to JOB_CREATE_BACKOFF_CAP."""
+    return min(base * (1 << min(failed_tries - 1, 30)), JOB_CREATE_BACKOFF_CAP)
 
 
 def count_running_retrains(jobs: Iterable[ListedJob], active: Mapping[tuple[str, str], str]) -> int:
@@ -205,7 +241,7 @@ def follow_retrain(draft: Draft, loop: LoopState, observed: Observations, policy
     assert active is not None
     job = observed.job or JobObservation(active.job, JobState.RUNNING)
     if job.state not in (JobState.MISSING, JobState.FOREIGN) and not active.job_created:
-        active = replace(active, job_created=True)
+        active = _created(active)
         draft.status.active_retrain = active
     match job.state:
         case JobState.MISSING:
@@ -300,7 +336,14 @@ def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservati
     draft.condition(ConditionType.VALIDATED, ConditionStatus.UNKNOWN, Reason.AWAITING_VALIDATION, awaiting)
 
 
-def _end_retrain(draft: Draft, active: ActiveRetrain, outcome: Outcome, reason: Reason, message: str) -> None:
+def _end_retrain(
+    draft: Draft,
+    active: ActiveRetrain,
+    outcome: Outcome,
+    reason: Reason,
+    message: str,
+    history_message: str = "",
+) -> None:
     draft.status.active_retrain = None
     retrained = outcome is Outcome.RETRAINED
     draft.add_history(
@@ -309,6 +352,7 @@ def _end_retrain(draft: Draft, active: ActiveRetrain, outcome: Outcome, reason: 
             trigger=active.trigger,
             outcome=outcome,
             reason=reason,
+            message=history_message,
             started_at=active.started_at,
             retrained_at=draft.now if retrained else None,
             finished_at=None if retrained else draft.now,

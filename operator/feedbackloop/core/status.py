@@ -111,6 +111,9 @@ class ActiveRetrain:
     started_at: datetime
     # False until the Job is known to exist: then a missing Job means "create it", not "it was deleted".
     job_created: bool = False
+    # Failed tries to create the Job, and when the next may go (a backoff); both reset once the Job exists.
+    create_attempts: int = 0
+    next_create_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)

@@ -284,6 +284,25 @@ def test_a_failed_retrain_keeps_the_loop_healthy_and_says_so(lua_module: Any) ->
 
 
 @pytest.mark.parametrize(
+    "reason",
+    [
+        Reason.ACCESS_DENIED,
+        Reason.JOB_CREATE_REFUSED,
+        Reason.JOB_CREATE_FAILED,
+        Reason.MANIFEST_TAMPERED,
+        Reason.JOB_NAME_TAKEN,
+        Reason.MANIFEST_MISSING,
+    ],
+)
+def test_every_way_a_retrain_ends_in_failure_is_named_in_argo_health(lua_module: Any, reason: Reason) -> None:
+    retraining = {"type": "Retraining", "status": "False", "reason": str(reason), "message": "why"}
+    ready = {"type": "Ready", "status": "True", "reason": "Ready", "message": ""}
+    status = {"observedGeneration": 1, "conditions": [ready, retraining]}
+    _health, message = argo_health(lua_module, feedback_loop(status))
+    assert f"last retrain failed: {reason}: why" in message
+
+
+@pytest.mark.parametrize(
     "obj",
     [
         {},

@@ -183,6 +183,11 @@ local retrainFailures = {
   ManifestMissing = true,
   ArtifactDigestMismatch = true,
   ArtifactsInvalid = true,
+  ManifestTampered = true,
+  AccessDenied = true,
+  JobNameTaken = true,
+  JobCreateRefused = true,
+  JobCreateFailed = true,
 }
 if retraining ~= nil and retraining.status == "False" and retrainFailures[retraining.reason] then
   table.insert(notes, "last retrain failed: " .. explain(retraining))

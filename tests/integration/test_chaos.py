@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from http_stubs import RecordingServer
@@ -27,6 +28,7 @@ import harness
 from fault_proxy import FaultProxy
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import ENV_MODEL_URI, RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.core import contract
 from feedbackloop.failpoints import Failpoint
 from harness import wait_until
 from loop_scenario import Scenario, served, spec_for, trainer_report, wait_status, write_candidate
@@ -195,6 +197,84 @@ def test_prometheus_faults_hold_and_never_retrain_or_promote(
     assert {fault: c["status"] for fault, c in still_held.items()} == dict.fromkeys(loops, "Unknown")
     assert all(c["reason"] != "WithinThresholds" for c in held.values()), held
     assert all(injection.converged for injection in injections.values()), injections
+
+
+# ---------------------------------------------------------------- S3 faults
+
+S3_FAULTS = ("down", "wrong operator credentials", "a flipped byte in model.joblib", "a missing manifest")
+
+
+@pytest.mark.parametrize("fault", S3_FAULTS)
+def test_an_s3_fault_never_promotes(
+    fault: str,
+    attempt: int,
+    endpoints: harness.Endpoints,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    s3: Any,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject(f"S3 {fault}")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    report = trainer_report(store, candidate)  # what the trainer saw: the manifest before any fault
+    original = served(scenario)
+    url = urlsplit(endpoints.s3_endpoint_url)
+    with FaultProxy(str(url.hostname), int(url.port or 80)) as proxy:
+        env = {"FBL_S3_ENDPOINT_URL": proxy.url("http")}
+        if fault == "wrong operator credentials":
+            env["AWS_SECRET_ACCESS_KEY"] = "not-the-operators-secret"
+        elif fault == "a flipped byte in model.joblib":
+            bucket, key = contract.version_file(candidate, contract.MODEL_FILE)
+            body = store.get_bytes(bucket, key)
+            s3.put_object(Bucket=bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+        elif fault == "a missing manifest":
+            bucket, key = contract.version_file(candidate, contract.MANIFEST_FILE)
+            s3.delete_object(Bucket=bucket, Key=key)
+        elif fault == "down":
+            proxy.set_mode("reset")
+        operator = start_operator(**env)
+        scenario.apply_loop(
+            spec_for(scenario, **{"retrain.podAnnotations": report}),
+            annotations={RETRAIN_REQUEST_ANNOTATION: "go"},
+        )
+
+        if fault in ("down", "wrong operator credentials"):
+            reason = "ArtifactStoreUnreachable" if fault == "down" else "AccessDenied"
+            ready = scenario.wait_condition("Ready", "False", reason)
+            assert "not-the-operators-secret" not in json.dumps(ready)
+            time.sleep(12)  # an evaluation or more: nothing starts while the store cannot be read
+            assert scenario.job_names() == []
+            injection.bad_promotions = int(served(scenario) != original)
+            if fault == "down":
+                proxy.set_mode("pass")
+            else:
+                operator.stop()
+                start_operator(FBL_S3_ENDPOINT_URL=proxy.url("http"))  # the right credentials again
+            injection.fault_ended()
+            status = wait_status(
+                scenario,
+                lambda s: (s.get("currentModel") or {}).get("version") == "v2" and "rollout" not in s,
+                timeout=CONVERGE,
+            )
+            injection.bad_promotions += int(served(scenario)[0].get(ENV_MODEL_URI) != candidate)
+            version = "v2"
+        else:
+            reason = "ArtifactDigestMismatch" if "flipped" in fault else "ManifestMissing"
+            injection.fault_ended()  # the fault stays: converging is rejecting the candidate, with its reason
+            rejected = scenario.wait_condition("Retraining", "False", reason, timeout=CONVERGE)
+            assert "v2" in rejected["message"] or "manifest" in rejected["message"]
+            time.sleep(3)
+            status = scenario.loop()["status"]
+            injection.bad_promotions = int(served(scenario) != original)
+            assert "candidateModel" not in status
+            version = "v2"
+
+    injection.duplicate_jobs = chaos.duplicate_jobs(scenario.jobs(), status["retrainCount"], first_number=2)
+    injection.lost_status = _lost_status(scenario, status, request="go", version=version)
+    assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
+    assert scenario.job_names() == ["churn-retrain-2"]
+    injection.converged_now()
 
 
 # ---------------------------------------------------------------- the control plane

@@ -46,8 +46,9 @@ DEFAULT_FAKE_NODES = 2
 # Debian's package (build.sh installs it); the harness runs the binary itself, never the service.
 REDIS_SERVER = Path("/usr/bin/redis-server")
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-# A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION; a Job
-# pod without it completes with that message, if any (what a trainer reports on success).
+# A pod annotated `<this>: fail` terminates with exit code 1 and the message in KWOK_MESSAGE_ANNOTATION; with
+# `<this>: oom`, with exit code 137 and reason OOMKilled, as the kubelet reports it; a Job pod without it
+# completes with that message, if any (what a trainer reports on success).
 KWOK_OUTCOME_ANNOTATION = "kwok.feedbackloop.dev/outcome"
 KWOK_MESSAGE_ANNOTATION = "kwok.feedbackloop.dev/message"
 # A pod whose MODEL_URI contains this marker never becomes ready: a rollout that cannot progress.
@@ -74,6 +75,9 @@ KWOK_FAIL_TEMPLATE = (
     "      finishedAt: {{ $now | Quote }}\n"
     "{{ end }}\n"
     "phase: Failed\n"
+)
+KWOK_OOM_TEMPLATE = KWOK_FAIL_TEMPLATE.replace("exitCode: 1\n", "exitCode: 137\n").replace(
+    "reason: Error\n", "reason: OOMKilled\n"
 )
 KWOK_SUCCESS_MESSAGE = (
     "{{ with $root.metadata.annotations }}"
@@ -446,6 +450,24 @@ def _write_kwok_stages(cluster: Cluster, upstream: Path) -> Path:
                     ],
                 },
                 "next": {"statusTemplate": KWOK_FAIL_TEMPLATE},
+            },
+        }
+    )
+    stages.append(
+        {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Stage",
+            "metadata": {"name": "pod-oom-on-request"},
+            "spec": {
+                "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                "selector": {
+                    "matchAnnotations": {KWOK_OUTCOME_ANNOTATION: "oom"},
+                    "matchExpressions": [
+                        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                        {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                    ],
+                },
+                "next": {"statusTemplate": KWOK_OOM_TEMPLATE},
             },
         }
     )

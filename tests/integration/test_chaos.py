@@ -277,6 +277,51 @@ def test_an_s3_fault_never_promotes(
     injection.converged_now()
 
 
+# ---------------------------------------------------------------- the retrain Job
+
+# kwok keeps a pod with an outcome it has no stage for running: a Job that is deleted before it ends.
+KEEP_RUNNING = "run"
+
+
+@pytest.mark.parametrize("fault", ["OOMKilled", "deleted mid-run"])
+def test_a_retrain_job_fault_ends_the_retrain_with_its_reason(
+    fault: str,
+    attempt: int,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject(f"retrain Job {fault}")
+    outcome = "oom" if fault == "OOMKilled" else KEEP_RUNNING
+    original = served(scenario)
+    start_operator()
+    spec = spec_for(
+        scenario,
+        **{"retrain.podAnnotations": {harness.KWOK_OUTCOME_ANNOTATION: outcome}, "retrain.backoffLimit": 0},
+    )
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    if fault == "deleted mid-run":
+        scenario.wait_condition("Retraining", "True", "RetrainRunning")
+        scenario.kubectl("delete", "job", "churn-retrain-2", "--wait=false")
+    injection.fault_ended()
+    reason = "RetrainJobFailed" if fault == "OOMKilled" else "RetrainJobMissing"
+    ended = scenario.wait_condition("Retraining", "False", reason, timeout=CONVERGE)
+    # The kubelet's reason from the container state: OOMKilled pods write no termination message.
+    assert ("exit code 137 (OOMKilled)" if fault == "OOMKilled" else "deleted before it finished") in ended[
+        "message"
+    ]
+    time.sleep(3)
+    status = scenario.loop()["status"]
+    assert "activeRetrain" not in status
+    entry = next(e for e in status["history"] if e["version"] == "v2")
+    assert (entry["outcome"], entry["reason"]) == ("RetrainFailed", reason)
+    injection.duplicate_jobs = chaos.duplicate_jobs(scenario.jobs(), status["retrainCount"], first_number=2)
+    injection.bad_promotions = int(served(scenario) != original)
+    injection.lost_status = _lost_status(scenario, status, request="go", version="v2")
+    assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
+    injection.converged_now()
+
+
 # ---------------------------------------------------------------- the control plane
 
 

@@ -19,7 +19,7 @@ from urllib3 import HTTPConnectionPool
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from core_inputs import POLICY, T0, accuracy, created_jobs, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter, api_reason
+from feedbackloop.adapters.kube import ApiFailureError, KubeAdapter, api_reason, describe_termination
 from feedbackloop.api import RETRAIN_REQUEST_ANNOTATION, ConditionType, EventType, Outcome, Reason
 from feedbackloop.config import ConfigError, load_config
 from feedbackloop.core.cadence import next_reconcile
@@ -323,3 +323,20 @@ def test_the_job_create_backoff_is_a_validated_setting() -> None:
     for value in ("0", "301", "nan", "soon"):
         with pytest.raises(ConfigError, match="FBL_JOB_CREATE_BACKOFF_SECONDS"):
             load_config({"FBL_JOB_CREATE_BACKOFF_SECONDS": value})
+
+
+@pytest.mark.parametrize(
+    ("reason", "exit_code", "message", "described"),
+    [
+        ("OOMKilled", 137, None, "exit code 137 (OOMKilled)"),
+        ("OOMKilled", 137, "killed while fitting\n", "exit code 137 (OOMKilled): killed while fitting"),
+        ("Error", 1, "label column 'churned' not found", "exit code 1: label column 'churned' not found"),
+        ("Error", 1, "", ""),
+        ("Completed", 0, None, ""),
+    ],
+)
+def test_a_container_termination_names_a_telling_reason_even_without_a_message(
+    reason: str, exit_code: int, message: str | None, described: str
+) -> None:
+    terminated = client.V1ContainerStateTerminated(exit_code=exit_code, reason=reason, message=message)
+    assert describe_termination(terminated) == described

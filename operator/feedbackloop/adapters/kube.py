@@ -113,6 +113,22 @@ def api_reason(body: str | bytes | None, http_reason: str | None) -> str:
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
+# The kubelet's generic reasons; any other (OOMKilled, ContainerCannotRun, ...) says why by itself.
+_GENERIC_TERMINATIONS = frozenset({"Error", "Completed", ""})
+
+
+def describe_termination(terminated: client.V1ContainerStateTerminated) -> str:
+    """`exit code N (Reason): message`; empty when neither a telling reason nor a message says anything."""
+    reason = terminated.reason or ""
+    message = (terminated.message or "").strip()
+    if reason in _GENERIC_TERMINATIONS and not message:
+        return ""
+    text = f"exit code {terminated.exit_code}"
+    if reason not in _GENERIC_TERMINATIONS:
+        text += f" ({reason})"
+    return f"{text}: {message}" if message else text
+
+
 class KubeAdapter:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or client.ApiClient()
@@ -282,11 +298,11 @@ class KubeAdapter:
             for status in pod.status.container_statuses or []:
                 for state in (status.state, status.last_state):
                     terminated = state.terminated if state else None
-                    if terminated is None or not terminated.message:
+                    if terminated is None or not (described := describe_termination(terminated)):
                         continue
                     at = terminated.finished_at or datetime.min.replace(tzinfo=UTC)
                     if newest is None or at > newest[0]:
-                        newest = (at, f"exit code {terminated.exit_code}: {terminated.message.strip()}")
+                        newest = (at, described)
         return newest[1] if newest else ""
 
     def _success_report(self, namespace: str, job: client.V1Job) -> str:

@@ -27,6 +27,8 @@ FIELD_MANAGER = "feedbackloop-operator"  # server-side apply owner of the servin
 RETRAIN_REQUEST_ANNOTATION = f"{GROUP}/retrain-requested"
 PROMOTE_ANNOTATION = f"{GROUP}/promote"
 ROLLBACK_ANNOTATION = f"{GROUP}/rollback-to"
+# A new value makes the same promote or rollback-to a new request (as Flux's reconcile.fluxcd.io/requestedAt).
+REQUESTED_AT_ANNOTATION = f"{GROUP}/requested-at"
 
 # ---- annotations the operator writes on objects it creates or owns fields of
 MODEL_VERSION_ANNOTATION = f"{GROUP}/model-version"  # on the serving Deployment's pod template

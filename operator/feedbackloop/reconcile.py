@@ -25,6 +25,7 @@ from feedbackloop.api import (
 )
 from feedbackloop.api import (
     PROMOTE_ANNOTATION,
+    REQUESTED_AT_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     ROLLBACK_ANNOTATION,
     ConditionStatus,
@@ -308,6 +309,7 @@ class Reconciler:
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
             promote_request=annotations.get(PROMOTE_ANNOTATION),
             rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+            request_token=annotations.get(REQUESTED_AT_ANNOTATION),
         )
         if spec is None:
             return observed
@@ -488,6 +490,7 @@ def loop_state_from_body(
         spec_error=error,
         status=remembered.intended if remembered else parse_status(body.get("status")),
         rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+        request_token=annotations.get(REQUESTED_AT_ANNOTATION),
         last_probe=remembered.last_probe if remembered else None,
     )
     return loop, annotations

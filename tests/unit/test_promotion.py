@@ -468,6 +468,24 @@ def test_manual_rollback_to_a_verified_version() -> None:
     assert done.status.current_model is not None and done.status.current_model.version == "v1"
 
 
+def test_the_same_rollback_to_again_is_a_new_request_only_with_a_new_requested_at_token() -> None:
+    v3 = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64)
+    artifacts = ArtifactObservation(ArtifactCheck.VERIFIED, uri=V1.uri, model_sha256="1" * 64, metrics={})
+    first = healthy_dependencies(rollback_request="v1", rollback_artifacts=artifacts, request_token="monday")
+    decision = run(spec_dict(), FeedbackLoopStatus(current_model=v3, retrain_count=3), first)
+    assert decision.status.handled_rollback_request == "v1@monday"
+    assert len(decision.actions) == 1
+    # Later v3 serves again (a retrain rolled it out); rolling back to v1 once more is asked for.
+    later = decision.status.model_copy(update={"rollout": None, "current_model": v3})
+    assert run(spec_dict(), later, first, minutes=5).actions == ()  # the same token: already handled
+    again = healthy_dependencies(rollback_request="v1", rollback_artifacts=artifacts, request_token="friday")
+    redone = run(spec_dict(), later, again, minutes=5)
+    assert redone.status.handled_rollback_request == "v1@friday"
+    assert redone.actions == (
+        ApplyModel("ml", "churn-server", "server", ModelRef(version="v1", uri=V1.uri, sha256="1" * 64)),
+    )
+
+
 @pytest.mark.parametrize(
     ("status", "artifacts", "fragment"),
     [

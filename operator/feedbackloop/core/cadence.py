@@ -78,13 +78,15 @@ def _in_flight(loop: LoopState, annotations: dict[str, str], create_backing_off:
         return True
     if status.rollout is not None or status.waiting_reason:
         return True
-    if loop.rollback_request and not is_handled(loop.rollback_request, status.handled_rollback_request):
-        return True
-    requests = (
-        (annotations.get(RETRAIN_REQUEST_ANNOTATION), status.handled_retrain_request),
-        (annotations.get(PROMOTE_ANNOTATION), status.handled_promote_request),
+    token = loop.request_token
+    pending = (
+        (loop.rollback_request, status.handled_rollback_request, token),
+        (annotations.get(PROMOTE_ANNOTATION), status.handled_promote_request, token),
+        (annotations.get(RETRAIN_REQUEST_ANNOTATION), status.handled_retrain_request, None),
     )
-    return any(request and not is_handled(request, handled) for request, handled in requests)
+    return any(
+        request and not is_handled(request, handled, with_token) for request, handled, with_token in pending
+    )
 
 
 def status_write_needed(

@@ -115,17 +115,18 @@ def handle_manual_requests(
     if draft.status.rollout is not None or draft.status.active_retrain is not None:
         return  # busy: the request waits, unhandled
     promote = observed.promote_request
-    if promote and not is_handled(promote, draft.status.handled_promote_request):
-        draft.status.handled_promote_request = request_id(promote)
+    token = observed.request_token
+    if promote and not is_handled(promote, draft.status.handled_promote_request, token):
+        draft.status.handled_promote_request = request_id(promote, token)
         if _acceptable(draft, spec, PROMOTE_ANNOTATION, promote):
             _promote(draft, spec, namespace, promote)
         return
     rollback = observed.rollback_request
-    if rollback and not is_handled(rollback, draft.status.handled_rollback_request):
+    if rollback and not is_handled(rollback, draft.status.handled_rollback_request, token):
         artifacts = observed.rollback_artifacts
         if artifacts is not None and artifacts.check is ArtifactCheck.UNREACHABLE:
             return  # try again when the store answers
-        draft.status.handled_rollback_request = request_id(rollback)
+        draft.status.handled_rollback_request = request_id(rollback, token)
         if _acceptable(draft, spec, ROLLBACK_ANNOTATION, rollback):
             _rollback_to(draft, spec, namespace, rollback, observed)
 

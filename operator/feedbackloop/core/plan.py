@@ -56,7 +56,7 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     rollback_uri = None
     if (
         rollback_version
-        and not is_handled(rollback_version, loop.status.handled_rollback_request)
+        and not is_handled(rollback_version, loop.status.handled_rollback_request, loop.request_token)
         and spec.artifacts is not None
         and spec.mode is not Mode.OBSERVE
         and contract.is_version_name(rollback_version)

@@ -11,9 +11,12 @@ DIGEST_PREFIX = "sha256:"
 QUOTED_LIMIT = 64  # enough of a value to recognise it in a message
 
 
-def request_id(value: str) -> str:
-    """What status.handled*Request records for an annotation value: the value itself when it fits, else its
-    sha256. A digest, not a prefix: distinct values stay distinct, so each is still handled exactly once."""
+def request_id(value: str, token: str | None = None) -> str:
+    """What status.handled*Request records for an annotation value (and the requested-at token beside it,
+    which makes the same value a new request): the value itself when it fits, else its sha256. A digest, not
+    a prefix: distinct values stay distinct, so each is still handled exactly once."""
+    if token:
+        value = f"{value}@{token}"
     encoded = value.encode("utf-8", "surrogatepass")
     # Bytes, not characters: the API server's "Too long" counts either way within this.
     if len(encoded) <= HANDLED_REQUEST_LIMIT and not value.startswith(DIGEST_PREFIX):
@@ -21,9 +24,9 @@ def request_id(value: str) -> str:
     return DIGEST_PREFIX + hashlib.sha256(encoded).hexdigest()
 
 
-def is_handled(value: str | None, handled: str | None) -> bool:
+def is_handled(value: str | None, handled: str | None, token: str | None = None) -> bool:
     """No request, or the one status.handled*Request already records."""
-    return not value or request_id(value) == handled
+    return not value or request_id(value, token) == handled
 
 
 def quoted(value: str) -> str:

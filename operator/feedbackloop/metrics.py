@@ -6,9 +6,11 @@ chart's ServiceMonitor does), or Prometheus renames it `exported_namespace` to m
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 RECONCILE_SECONDS = Histogram(
     "feedbackloop_reconcile_duration_seconds",
@@ -78,6 +80,18 @@ LOOP_READY = Gauge(
     ["namespace", "loop", "reason"],
 )
 
+# Every metric whose series belong to one loop, with its label names (namespace and loop first).
+_PER_LOOP: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
+    (EVALUATIONS, ("namespace", "loop", "metric", "verdict")),
+    (METRIC_VALUE, ("namespace", "loop", "metric")),
+    (RETRAINS_STARTED, ("namespace", "loop", "trigger")),
+    (RETRAINS_FINISHED, ("namespace", "loop", "outcome", "reason")),
+    (GATE_VERDICTS, ("namespace", "loop", "metric", "verdict")),
+    (ROLLOUTS_STARTED, ("namespace", "loop", "kind")),
+    (ROLLOUTS_FINISHED, ("namespace", "loop", "outcome")),
+    (ROLLBACKS, ("namespace", "loop", "reason")),
+)
+
 _ready_reasons: dict[tuple[str, str], str] = {}
 _ready_guard = threading.Lock()
 
@@ -94,8 +108,18 @@ def set_loop_ready(namespace: str, loop: str, ready: bool, reason: str) -> None:
 
 
 def forget_loop(namespace: str, loop: str) -> None:
-    """A deleted loop leaves no readiness series behind."""
+    """A deleted loop leaves no series behind: with loops created and deleted all day, they would pile up."""
     with _ready_guard:
         previous = _ready_reasons.pop((namespace, loop), None)
         if previous is not None:
             LOOP_READY.remove(namespace, loop, previous)
+    for metric, names in _PER_LOOP:
+        series = {
+            tuple(sample.labels[name] for name in names)
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.labels.get("namespace") == namespace and sample.labels.get("loop") == loop
+        }
+        for labels in series:
+            with contextlib.suppress(KeyError):  # removed meanwhile by another forget of the same loop
+                metric.remove(*labels)

@@ -199,6 +199,49 @@ def test_prometheus_faults_hold_and_never_retrain_or_promote(
     assert all(injection.converged for injection in injections.values()), injections
 
 
+def test_a_prometheus_fault_during_analysis_is_inconclusive_never_success(
+    attempt: int,
+    endpoints: harness.Endpoints,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject("Prometheus 5xx during analysis")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    original = served(scenario)
+    host, port = endpoints.prometheus_url.removeprefix("http://").split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        start_operator(FBL_PROMETHEUS_URLS=proxy.url("http"), FBL_PROMETHEUS_COOL_DOWN_SECONDS="5")
+        spec = spec_for(
+            scenario,
+            **{
+                "retrain.podAnnotations": trainer_report(store, candidate),
+                "prometheus.url": proxy.url("http"),
+            },
+        )
+        scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+        wait_status(scenario, lambda s: "rollout" in s)
+        proxy.set_mode("reset")  # ends kept-alive connections, so every measurement sees the 503
+        proxy.set_mode("http_status", status=503)
+        # No data about v2 is no evidence for it: the analysis ends inconclusive and v2 goes.
+        status = wait_status(scenario, lambda s: "rollout" not in s, timeout=CONVERGE)
+        proxy.set_mode("pass")
+        injection.fault_ended()
+        scenario.wait_condition("Healthy", "True", timeout=CONVERGE)
+
+    status = scenario.loop()["status"]
+    degraded = scenario.condition("Degraded")
+    injection.bad_promotions = int(served(scenario) != original or status["currentModel"]["version"] != "v1")
+    injection.duplicate_jobs = chaos.duplicate_jobs(scenario.jobs(), status["retrainCount"], first_number=2)
+    injection.lost_status = _lost_status(scenario, status, request="go", version="v2")
+    assert (degraded["status"], degraded["reason"]) == ("True", "AnalysisInconclusive"), degraded
+    assert scenario.condition("RolledOut")["reason"] == "RolledBack"
+    assert "v2" in status["rejectedVersions"]
+    assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
+    injection.converged_now()
+
+
 # ---------------------------------------------------------------- S3 faults
 
 S3_FAULTS = ("down", "wrong operator credentials", "a flipped byte in model.joblib", "a missing manifest")
@@ -319,6 +362,54 @@ def test_a_retrain_job_fault_ends_the_retrain_with_its_reason(
     injection.bad_promotions = int(served(scenario) != original)
     injection.lost_status = _lost_status(scenario, status, request="go", version="v2")
     assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
+    injection.converged_now()
+
+
+# ---------------------------------------------------------------- deletion mid-flight
+
+
+@pytest.mark.parametrize("moment", ["mid-retrain", "mid-rollout"])
+def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
+    moment: str,
+    attempt: int,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject(f"loop deleted {moment}")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    operator = start_operator()
+    if moment == "mid-retrain":
+        annotations = {harness.KWOK_OUTCOME_ANNOTATION: KEEP_RUNNING}
+        scenario.apply_loop(
+            spec_for(scenario, **{"retrain.podAnnotations": annotations}),
+            annotations={RETRAIN_REQUEST_ANNOTATION: "go"},
+        )
+        scenario.wait_condition("Retraining", "True", "RetrainRunning")
+    else:
+        spec = spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, candidate)})
+        spec["rollout"]["analysis"]["count"] = 20  # still analysing when the loop goes
+        scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+        wait_status(scenario, lambda s: "rollout" in s)
+    scenario.kubectl("delete", "feedbackloop", "churn", "--wait=true", "--timeout=60s")
+    injection.fault_ended()
+
+    # The Job goes with its owner (the garbage collector); the loop left no finalizer to wait on.
+    gone = wait_until(lambda: scenario.job_names(), lambda names: names == [], timeout=60)
+    env, version = served(scenario)
+    serving = (env.get(ENV_MODEL_URI), version)
+    pairs = {(scenario.initial_uri, "v1"), (candidate, "v2")}
+    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    mine = (f'namespace="{scenario.namespace}"', 'loop="churn"')
+    left = [line for line in text.splitlines() if not line.startswith("#") and all(m in line for m in mine)]
+    injection.duplicate_jobs = len(gone)
+    injection.bad_promotions = int(serving not in pairs)  # the served URI and version still belong together
+    injection.lost_status = len(left)
+    assert gone == []
+    assert serving in pairs, env
+    assert left == [], left
+    assert operator.popen is not None and operator.popen.poll() is None
     injection.converged_now()
 
 

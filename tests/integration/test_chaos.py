@@ -31,7 +31,7 @@ from feedbackloop.api import ENV_MODEL_URI, RETRAIN_REQUEST_ANNOTATION
 from feedbackloop.core import contract
 from feedbackloop.failpoints import Failpoint
 from harness import wait_until
-from loop_scenario import Scenario, served, spec_for, trainer_report, wait_status, write_candidate
+from loop_scenario import Scenario, deployment, served, spec_for, trainer_report, wait_status, write_candidate
 from operator_process import ModelExporter, OperatorProcess
 
 CONVERGE = 150  # seconds a loop may take to settle once a fault ends
@@ -361,6 +361,51 @@ def test_a_retrain_job_fault_ends_the_retrain_with_its_reason(
     injection.duplicate_jobs = chaos.duplicate_jobs(scenario.jobs(), status["retrainCount"], first_number=2)
     injection.bad_promotions = int(served(scenario) != original)
     injection.lost_status = _lost_status(scenario, status, request="go", version="v2")
+    assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
+    injection.converged_now()
+
+
+# ---------------------------------------------------------------- other writers mid-rollout
+
+
+def test_other_writers_mid_rollout_lose_nothing_and_the_rollout_finishes(
+    attempt: int,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject("other writers mid-rollout")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    start_operator()
+    spec = spec_for(scenario, **{"retrain.podAnnotations": trainer_report(store, candidate)})
+    spec["rollout"]["analysis"]["count"] = 3
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    wait_status(scenario, lambda s: "rollout" in s)
+
+    # Another controller changes a field of its own in the pod template: a new ReplicaSet, mid-analysis.
+    scenario.kubectl(
+        "patch", "deployment", "churn-server", "--type=merge", "--field-manager=autoscaler",
+        "-p", json.dumps({"spec": {"template": {"metadata": {"labels": {"tier": "gold"}}}}}),
+    )  # fmt: skip
+    # GitOps re-applies the loop with an edit of its own (a new generation), annotations as they were.
+    spec["monitoring"]["metrics"][0]["threshold"]["min"] = 0.84
+    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
+    injection.fault_ended()
+
+    status = wait_status(
+        scenario,
+        lambda s: (s.get("currentModel") or {}).get("version") == "v2" and "rollout" not in s,
+        timeout=CONVERGE,
+    )
+    template = deployment(scenario)["spec"]["template"]
+    env, version = served(scenario)
+    injection.bad_promotions = int((env.get(ENV_MODEL_URI), version) != (candidate, "v2"))
+    injection.duplicate_jobs = chaos.duplicate_jobs(scenario.jobs(), status["retrainCount"], first_number=2)
+    injection.lost_status = _lost_status(scenario, status, request="go", version="v2")
+    assert template["metadata"]["labels"]["tier"] == "gold"  # the other manager's write is kept
+    assert status["observedGeneration"] == scenario.loop()["metadata"]["generation"]
+    assert scenario.condition("RolledOut")["reason"] == "AnalysisSuccessful"
     assert (injection.duplicate_jobs, injection.bad_promotions, injection.lost_status) == (0, 0, 0)
     injection.converged_now()
 

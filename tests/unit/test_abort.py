@@ -1,4 +1,4 @@
-"""The abort annotation, decided without I/O."""
+"""The abort annotation and suspend during an analysis, decided without I/O."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ from feedbackloop.core.cadence import next_reconcile
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision, RollbackStarted, RolloutFinished
 from feedbackloop.core.observations import Observations, TargetObservation
+from feedbackloop.core.plan import plan
 from feedbackloop.core.requests import HANDLED_REQUEST_LIMIT, request_id
-from feedbackloop.core.status import ActiveRetrain, FeedbackLoopStatus, Measurement
+from feedbackloop.core.status import ActiveRetrain, FeedbackLoopStatus, Measurement, ModelRef
 
 REPO = Path(__file__).resolve().parents[2]
 ROLL_BACK_TO_V1 = ApplyModel("ml", "churn-server", "server", V1)
@@ -241,6 +242,48 @@ def test_a_pending_abort_is_followed_every_tick() -> None:
     assert next_reconcile(loop, {ABORT_ANNOTATION: "stop-1"}, POLICY, at) == at + POLICY.tick
     handled = replace(loop, status=loop.status.model_copy(update={"handled_abort_request": "stop-1"}))
     assert next_reconcile(handled, {ABORT_ANNOTATION: "stop-1"}, POLICY, at) > at + POLICY.tick
+
+
+# ---------------------------------------------------------------- suspend during an analysis
+
+
+def test_suspend_does_not_freeze_an_analysis_it_keeps_measuring_and_decides() -> None:
+    status = analyzing("Successful")
+    loop = loop_state(spec_dict(suspend=True), status)
+    assert plan(loop, POLICY, T0 + timedelta(seconds=1)).queries is not None  # the measurement is due
+    assert plan(loop, POLICY, T0 - timedelta(seconds=1)).queries is None  # monitoring alone stays paused
+
+    spec = spec_dict(suspend=True, **{"rollout.analysis": {"count": 2}})
+    passed = decide(
+        loop_state(spec, status),
+        healthy_dependencies(metrics=(accuracy(0.93),)),
+        POLICY,
+        T0 + timedelta(minutes=1),
+    )
+    assert passed.status.rollout is None
+    assert passed.status.current_model is not None and passed.status.current_model.version == "v2"
+    assert condition(passed, "RolledOut")[:2] == ("True", "AnalysisSuccessful")
+
+    failed = run(analyzing("Failed"), healthy_dependencies(metrics=(accuracy(0.5),)), suspend=True)
+    assert failed.actions == (ROLL_BACK_TO_V1,)
+    assert condition(failed, "Degraded")[:2] == ("True", "AnalysisFailed")
+
+
+def test_suspend_holds_a_new_candidate_so_no_rollout_starts_until_resumed() -> None:
+    fresh = replace(PASSED_V2, validation=None)
+    status = FeedbackLoopStatus(current_model=V1, candidate_model=fresh, retrain_count=2)
+    held = run(status, healthy_dependencies(), suspend=True)
+    assert held.actions == ()
+    assert held.status.rollout is None
+    assert condition(held, "Validated") == (
+        "Unknown",
+        "Suspended",
+        "candidate v2 awaits validation until spec.suspend is false",
+    )
+    resumed = run(held.status, healthy_dependencies(), minutes=2)
+    model = ModelRef(version="v2", uri=V2_URI, sha256="2" * 64)
+    assert resumed.actions == (ApplyModel("ml", "churn-server", "server", model),)
+    assert condition(resumed, "Validated")[:2] == ("True", "GatesPassed")
 
 
 # ---------------------------------------------------------------- the status field in every CRD copy

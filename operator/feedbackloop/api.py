@@ -27,7 +27,11 @@ FIELD_MANAGER = "feedbackloop-operator"  # server-side apply owner of the servin
 RETRAIN_REQUEST_ANNOTATION = f"{GROUP}/retrain-requested"
 PROMOTE_ANNOTATION = f"{GROUP}/promote"
 ROLLBACK_ANNOTATION = f"{GROUP}/rollback-to"
-# A new value makes the same promote or rollback-to a new request (as Flux's reconcile.fluxcd.io/requestedAt).
+ABORT_ANNOTATION = (
+    f"{GROUP}/abort"  # stop the rollout in flight and roll back, in every mode and while suspended
+)
+# A new value makes the same promote, rollback-to or abort a new request (as Flux's
+# reconcile.fluxcd.io/requestedAt).
 REQUESTED_AT_ANNOTATION = f"{GROUP}/requested-at"
 
 # ---- annotations the operator writes on objects it creates or owns fields of
@@ -138,9 +142,11 @@ class Reason(enum.StrEnum):
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ROLLBACK_FAILED = "RollbackFailed"
+    ABORTED = "Aborted"  # the abort annotation stopped the rollout (also the reason of its rollback)
     # Events only
     RECOMMENDED = "Recommended"
     ROLLOUT_STARTED = "RolloutStarted"
+    ABORT_IGNORED = "AbortIgnored"  # an abort with nothing to stop: no rollout in flight, or a rollback
 
 
 @enum.unique
@@ -240,4 +246,4 @@ class Outcome(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     ROLLBACK_FAILED = "RollbackFailed"
     DEGRADED = "Degraded"
-    ABORTED = "Aborted"  # the target Deployment or container vanished mid-rollout
+    ABORTED = "Aborted"  # stopped by the abort annotation, or the target Deployment or container vanished

@@ -68,7 +68,9 @@ ROLLOUTS_FINISHED = Counter(
     ["namespace", "loop", "outcome"],
 )
 ROLLBACKS = Counter(
-    "feedbackloop_rollbacks_total", "Automatic rollbacks started, by reason.", ["namespace", "loop", "reason"]
+    "feedbackloop_rollbacks_total",
+    "Rollbacks started on a failure or an abort, by reason.",
+    ["namespace", "loop", "reason"],
 )
 EVENTS_LOST = Counter(
     "feedbackloop_events_lost_total", "Kubernetes Events the operator could not post (best effort)."

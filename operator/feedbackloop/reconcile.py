@@ -21,15 +21,16 @@ from typing import Any, Protocol
 from feedbackloop import metrics
 from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
 from feedbackloop.api import (
-    FINALIZER as LEGACY_FINALIZER,
-)
-from feedbackloop.api import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     REQUESTED_AT_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     ROLLBACK_ANNOTATION,
     ConditionStatus,
     ConditionType,
+)
+from feedbackloop.api import (
+    FINALIZER as LEGACY_FINALIZER,
 )
 from feedbackloop.core.cadence import evaluation_lag, next_reconcile, status_write_needed
 from feedbackloop.core.decide import decide
@@ -309,6 +310,7 @@ class Reconciler:
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
             promote_request=annotations.get(PROMOTE_ANNOTATION),
             rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+            abort_request=annotations.get(ABORT_ANNOTATION),
             request_token=annotations.get(REQUESTED_AT_ANNOTATION),
         )
         if spec is None:

@@ -22,6 +22,7 @@ import pytest
 import harness
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.api import (
+    ABORT_ANNOTATION,
     API_VERSION,
     CRD_NAME,
     PROMOTE_ANNOTATION,
@@ -263,6 +264,9 @@ def plugin(
         "AWS_ENDPOINT_URL_S3": endpoints.s3_endpoint_url,
         "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookup when credentials are missing
     }
+    # A worktree's own sources, when the venv's editable install is another checkout.
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.pathsep.join(map(os.path.abspath, os.environ["PYTHONPATH"].split(os.pathsep)))
     running = Plugin(cluster, endpoints, namespace, env)
     running.apply_loop(LOOP, mode="Recommend")
     running.set_status(LOOP, loop_status(namespace))
@@ -651,6 +655,41 @@ def test_rollback_warns_while_a_rollout_is_in_flight(plugin: Plugin) -> None:
 
     assert result.returncode == 0
     assert result.stderr == "warning: retrain of v6 is in flight: the rollback waits until it ends\n"
+
+
+def test_abort_sets_a_fresh_request_and_warns_when_there_is_nothing_to_stop(plugin: Plugin) -> None:
+    idle = plugin.run("abort", LOOP, "-n", plugin.namespace)
+    first = plugin.annotations()[ABORT_ANNOTATION]
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", first)
+    described = f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}"'
+    assert (idle.returncode, idle.stdout) == (
+        0,
+        f"{described}: abort requested ({ABORT_ANNOTATION}={first})\n",
+    )
+    assert (
+        idle.stderr
+        == "warning: no rollout is in flight: the operator records the abort and changes nothing\n"
+    )
+
+    uri = contract.version_uri(BUCKET, PREFIX, plugin.namespace, LOOP, "v5")
+    rollout = {
+        "version": "v5",
+        "uri": uri,
+        "sha256": sha("model v5"),
+        "kind": "Promotion",
+        "phase": "Analyzing",
+    }
+    plugin.set_status(
+        LOOP,
+        {"rollout": {**rollout, "trigger": "ManualPromote", "startedAt": ago(60), "phaseStartedAt": ago(30)}},
+    )
+    stopping = plugin.run("abort", LOOP, "-n", plugin.namespace)
+    assert (stopping.returncode, stopping.stderr) == (0, "")
+    assert plugin.annotations()[ABORT_ANNOTATION] != first  # a new request, handled once more
+
+    plugin.set_status(LOOP, {"rollout": {"phase": "RollingBack"}})
+    rolling_back = plugin.run("abort", LOOP, "-n", plugin.namespace)
+    assert rolling_back.stderr == "warning: the rollback of v5 in flight is never aborted: it goes on\n"
 
 
 def test_suspend_and_resume_set_spec_suspend(plugin: Plugin) -> None:

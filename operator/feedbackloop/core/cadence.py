@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 from feedbackloop.api import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     ConditionStatus,
@@ -82,6 +83,7 @@ def _in_flight(loop: LoopState, annotations: dict[str, str], create_backing_off:
     pending = (
         (loop.rollback_request, status.handled_rollback_request, token),
         (annotations.get(PROMOTE_ANNOTATION), status.handled_promote_request, token),
+        (annotations.get(ABORT_ANNOTATION), status.handled_abort_request, None),
         (annotations.get(RETRAIN_REQUEST_ANNOTATION), status.handled_retrain_request, None),
     )
     return any(

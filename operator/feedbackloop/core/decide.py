@@ -10,7 +10,7 @@ from feedbackloop.core.decision import Decision, MetricEvaluated
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.gates import validate_candidate
 from feedbackloop.core.loop import LoopState, OperatorPolicy
-from feedbackloop.core.manual import handle_manual_requests
+from feedbackloop.core.manual import handle_abort, handle_manual_requests
 from feedbackloop.core.monitoring import evaluate, healthy_condition
 from feedbackloop.core.observations import Observations
 from feedbackloop.core.readiness import (
@@ -51,8 +51,11 @@ def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now:
     preflight_ok = preflight(draft, spec, observed)
     adopt_deployed_model(draft, observed)
     evaluation = _evaluate(draft, spec, observed)
+    # Before the rollout moves on: the brake wins over a measurement taken in the same reconcile.
+    aborted = handle_abort(draft, spec, namespace, observed)
     if loop.status.rollout is not None:
-        follow_rollout(draft, spec, namespace, observed, evaluation)
+        if not aborted:
+            follow_rollout(draft, spec, namespace, observed, evaluation)
     elif loop.status.active_retrain is not None:
         follow_retrain(draft, loop, observed, policy)
     candidate = draft.status.candidate_model

@@ -220,6 +220,11 @@ def validate_candidate(draft: Draft, spec: FeedbackLoopSpec, namespace: str) -> 
     """Run the gates once on the new candidate; in Auto a pass starts the rollout, in Recommend it waits."""
     candidate = draft.status.candidate_model
     assert candidate is not None
+    if spec.suspend:
+        # A pass would start a rollout: a suspended loop starts nothing new, so its gates wait for resume.
+        waiting = f"candidate {candidate.version} awaits validation until spec.suspend is false"
+        draft.condition(ConditionType.VALIDATED, ConditionStatus.UNKNOWN, Reason.SUSPENDED, waiting)
+        return
     current = draft.status.current_model
     results = evaluate_gates(
         spec.validation.gates,

@@ -1,4 +1,4 @@
-"""Manual operations: the promote and rollback-to annotations, and which versions each one accepts.
+"""Manual operations: the promote, rollback-to and abort annotations, and which versions each one accepts.
 
 The eligibility rules here are the operator's own; `kubectl feedbackloop` asks them too, so the plugin and the
 operator never disagree about what a request will do.
@@ -10,6 +10,7 @@ import enum
 from collections.abc import Iterable
 
 from feedbackloop.api import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     ROLLBACK_ANNOTATION,
     ConditionStatus,
@@ -19,15 +20,16 @@ from feedbackloop.api import (
     Outcome,
     Reason,
     RolloutKind,
+    RolloutPhase,
     Trigger,
 )
 from feedbackloop.core import contract
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.observations import ArtifactCheck, Observations
 from feedbackloop.core.requests import is_handled, quoted, request_id
-from feedbackloop.core.rollout import start_rollout
+from feedbackloop.core.rollout import start_rollout, stop_rollout
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
-from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
+from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, RolloutState
 
 
 class Refusal(enum.StrEnum):
@@ -106,6 +108,50 @@ def _ordered(versions: Iterable[str]) -> list[str]:
 
 
 # ---- the requests, as decide() handles them
+
+
+def handle_abort(draft: Draft, spec: FeedbackLoopSpec, namespace: str, observed: Observations) -> bool:
+    """An abort request, each value once, in every mode and while suspended; True when it turned the rollout
+    in flight into a rollback. One with nothing to stop is answered by an Event, so it never lingers."""
+    # No requested-at token: a token set to repeat a rollback-to must not re-fire an old abort left beside it.
+    abort = observed.abort_request
+    if not abort or is_handled(abort, draft.status.handled_abort_request):
+        return False
+    draft.status.handled_abort_request = request_id(abort)
+    request = f"{ABORT_ANNOTATION}={quoted(abort)}"
+    rollout = draft.status.rollout
+    if spec.mode is Mode.OBSERVE:
+        _ignore_abort(draft, Reason.OBSERVE_ONLY, f"mode Observe: {request} not applied")
+        return False
+    if rollout is None:
+        retrain = draft.status.active_retrain
+        going_on = f"; the retrain of {retrain.version} goes on (abort stops rollouts)" if retrain else ""
+        _ignore_abort(
+            draft, Reason.ABORT_IGNORED, f"{request}: no rollout in flight, nothing to abort{going_on}"
+        )
+        return False
+    if rollout.kind is RolloutKind.ROLLBACK or rollout.phase is RolloutPhase.ROLLING_BACK:
+        # A rollback is the safe direction: stopping it would leave the Deployment half way.
+        message = (
+            f"{request}: the rollback to {_rollback_target(rollout)} goes on; a rollback is never aborted"
+        )
+        _ignore_abort(draft, Reason.ABORT_IGNORED, message)
+        return False
+    target = observed.target
+    if target is not None and not (target.deployment_found and target.container_found):
+        return False  # nothing to apply to: following the rollout ends it, naming what vanished
+    stop_rollout(draft, spec, namespace, rollout, f"aborted by {request} while {rollout.phase}")
+    return True
+
+
+def _rollback_target(rollout: RolloutState) -> str:
+    wanted = rollout.model if rollout.kind is RolloutKind.ROLLBACK else rollout.previous
+    return wanted.version if wanted else "the Deployment's own env"
+
+
+def _ignore_abort(draft: Draft, reason: Reason, message: str) -> None:
+    """An Event only: the conditions keep describing what serves and what is in flight."""
+    draft.event(EventType.WARNING, reason, message)
 
 
 def handle_manual_requests(

@@ -185,5 +185,6 @@ class Observations:
     retrain_request: str | None = None  # the value of the retrain-requested annotation
     promote_request: str | None = None  # feedbackloop.dev/promote
     rollback_request: str | None = None  # feedbackloop.dev/rollback-to
+    abort_request: str | None = None  # feedbackloop.dev/abort
     request_token: str | None = None  # feedbackloop.dev/requested-at: makes the same value a new request
     rollback_artifacts: ArtifactObservation | None = None  # the verified manifest of the rollback-to version

@@ -65,7 +65,8 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
             spec.artifacts.bucket, spec.artifacts.prefix, loop.ref.namespace, loop.ref.name, rollback_version
         )
     return ObservationPlan(
-        queries=render_queries(loop) if (due or measurement_due) and not spec.suspend else None,
+        # Suspend holds monitoring, not an analysis in flight: a half-judged version is still judged.
+        queries=render_queries(loop) if (due and not spec.suspend) or measurement_due else None,
         probe_dependencies=due and probe_due(loop, policy, now),
         job_name=active.job if active else None,
         candidate_uri=candidate_uri,

@@ -222,13 +222,32 @@ def fail_rollout(
     _finish(draft, rollout, Outcome.DEGRADED)
 
 
+def stop_rollout(
+    draft: Draft, spec: FeedbackLoopSpec, namespace: str, rollout: RolloutState, why: str
+) -> None:
+    """An abort request: back to the previous model at once, whatever rollbackOnFailure says. The version is
+    not rejected: an abort says "stop now", not "this version is bad", and rollback-to may bring it back."""
+    target = rollout.previous.version if rollout.previous else "the Deployment's own env (no previous model)"
+    draft.status.rollout = replace(
+        rollout, phase=RolloutPhase.ROLLING_BACK, phase_started_at=draft.now, reason=Reason.ABORTED
+    )
+    draft.actions.append(_apply(spec, namespace, rollout.previous))
+    draft.condition(ConditionType.DEGRADED, ConditionStatus.TRUE, Reason.ABORTED, f"{rollout.version}: {why}")
+    rolling_back = f"rolling back to {target}: {why}"
+    draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.ROLLING_BACK, rolling_back)
+    draft.update_history(rollout.version, lambda e: replace(e, reason=Reason.ABORTED, message=why))
+    draft.record(RollbackStarted(Reason.ABORTED))
+
+
 def _rolled_back(draft: Draft, rollout: RolloutState) -> None:
     target = rollout.previous.version if rollout.previous else "the Deployment's own env"
     draft.status.rollout = None
     message = f"{rollout.version} rolled back to {target}"
     draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.ROLLED_BACK, message)
     draft.event(EventType.WARNING, Reason.ROLLED_BACK, f"{message} ({rollout.reason})")
-    _finish(draft, rollout, Outcome.ROLLED_BACK)
+    # An aborted version was stopped by a person, not judged: its history says so.
+    outcome = Outcome.ABORTED if rollout.reason == Reason.ABORTED else Outcome.ROLLED_BACK
+    _finish(draft, rollout, outcome)
 
 
 def _rollback_failed(draft: Draft, rollout: RolloutState, why: str) -> None:

@@ -194,6 +194,7 @@ class FeedbackLoopStatus(ApiModel):
     recommended_version: str | None = None
     handled_promote_request: str | None = None
     handled_rollback_request: str | None = None
+    handled_abort_request: str | None = None
     rejected_versions: tuple[str, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
 

@@ -15,7 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from feedbackloop.api import KIND, PROMOTE_ANNOTATION, RETRAIN_REQUEST_ANNOTATION, ROLLBACK_ANNOTATION
+from feedbackloop.api import (
+    ABORT_ANNOTATION,
+    KIND,
+    PROMOTE_ANNOTATION,
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    RolloutKind,
+    RolloutPhase,
+)
 from feedbackloop.core.spec import ArtifactsSpec, Mode
 from feedbackloop.core.status import FeedbackLoopStatus, parse_status
 from feedbackloop.kubectl_plugin import render, reports, versions
@@ -48,7 +56,7 @@ def warn(message: str) -> None:
 
 
 def retrain_request_id(at: datetime, nonce: str) -> str:
-    """A fresh annotation value: the operator starts one retrain per distinct value."""
+    """A fresh annotation value: the operator starts one retrain (or handles one abort) per distinct value."""
     return f"{at:%Y%m%dT%H%M%SZ}-{nonce}"
 
 
@@ -176,6 +184,23 @@ def _request_version(
     return EXIT_OK
 
 
+def run_abort(session: Session, args: argparse.Namespace) -> int:
+    body, status = session.loop(args.name)
+    request_id = retrain_request_id(now(), secrets.token_hex(4))
+    _annotate(session, args.name, ABORT_ANNOTATION, request_id)
+    print(f"{session.loop_label(args.name)}: abort requested ({ABORT_ANNOTATION}={request_id})")
+    rollout = status.rollout
+    if (body.get("spec") or {}).get("mode") == Mode.OBSERVE:
+        warn("mode is Observe: the operator records the abort and changes nothing")
+    elif rollout is None:
+        warn("no rollout is in flight: the operator records the abort and changes nothing")
+    elif rollout.kind is RolloutKind.ROLLBACK:
+        warn(f"the rollback to {rollout.version} in flight is never aborted: it goes on")
+    elif rollout.phase is RolloutPhase.ROLLING_BACK:
+        warn(f"the rollback of {rollout.version} in flight is never aborted: it goes on")
+    return EXIT_OK
+
+
 def _set_suspend(session: Session, name: str, suspend: bool) -> int:
     session.loops.get(session.namespace, name)  # a clear "not found" before patching
     session.loops.merge_patch(session.namespace, name, {"spec": {"suspend": suspend}})
@@ -250,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the check against status (for a version the status no longer names); "
         "the operator still verifies its artifacts",
     )
-    command("suspend", run_suspend, "set spec.suspend=true: the loop launches nothing", "NAME")
+    command("abort", run_abort, f"stop the rollout in flight and roll back ({ABORT_ANNOTATION})", "NAME")
+    command("suspend", run_suspend, "set spec.suspend=true: the loop launches nothing new", "NAME")
     command("resume", run_resume, "set spec.suspend=false", "NAME")
     return parser
 

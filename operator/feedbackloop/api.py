@@ -57,6 +57,7 @@ class ConditionType(enum.StrEnum):
     VALIDATED = "Validated"
     ROLLED_OUT = "RolledOut"
     DEGRADED = "Degraded"
+    IN_SYNC = "InSync"  # the Deployment serves the model this loop rolled out (Argo CD's Synced/OutOfSync)
 
 
 @enum.unique
@@ -138,6 +139,9 @@ class Reason(enum.StrEnum):
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ROLLBACK_FAILED = "RollbackFailed"
+    # InSync
+    IN_SYNC = "InSync"
+    OUT_OF_SYNC = "OutOfSync"  # MODEL_URI or MODEL_SHA256 changed outside the operator after its rollout
     # Events only
     RECOMMENDED = "Recommended"
     ROLLOUT_STARTED = "RolloutStarted"

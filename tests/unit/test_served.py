@@ -6,6 +6,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from core_inputs import (
     PASSED_V2,
     POLICY,
@@ -20,6 +22,7 @@ from core_inputs import (
     spec_dict,
 )
 from feedbackloop.api import ConditionType, EventType, Reason, RolloutPhase
+from feedbackloop.config import ConfigError, load_config
 from feedbackloop.core import contract
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision
@@ -198,3 +201,15 @@ def test_a_rollout_in_flight_is_not_drift_and_its_end_ends_the_drift() -> None:
     assert ended.status.rollout is None
     assert in_sync(ended) == ("True", "InSync", f"{WHERE} serves v1 ({V1.uri})")
     assert ended.status.expected_model is None
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(None, 60.0), ("5", 5.0)])
+def test_the_probe_interval_bounds_how_long_drift_goes_unnoticed(raw: str | None, seconds: float) -> None:
+    env = {} if raw is None else {"FBL_PROBE_INTERVAL_SECONDS": raw}
+    assert load_config(env).policy.probe_interval == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("raw", ["0", "3601", "nan", "soon"])
+def test_a_probe_interval_out_of_range_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="FBL_PROBE_INTERVAL_SECONDS"):
+        load_config({"FBL_PROBE_INTERVAL_SECONDS": raw})

@@ -30,7 +30,7 @@ from feedbackloop.core.observations import DeployedModel, Observations, TargetOb
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef
 
 V1_SHA, V2_SHA = "1" * 64, "2" * 64
-# v2 passed its analysis and serves; v1, which it replaced, was adopted from the Deployment without metrics.
+# v2 passed its analysis and serves; V1 has no deployedAt: adopted from the Deployment, never rolled out here.
 ROLLED_OUT_V2 = ModelRef(
     version="v2", uri=V2_URI, sha256=V2_SHA, metrics={"accuracy": 0.93}, deployed_at=T0 - timedelta(hours=1)
 )

@@ -61,6 +61,7 @@ class ConditionType(enum.StrEnum):
     VALIDATED = "Validated"
     ROLLED_OUT = "RolledOut"
     DEGRADED = "Degraded"
+    IN_SYNC = "InSync"  # the Deployment serves the model this loop rolled out (Argo CD's Synced/OutOfSync)
 
 
 @enum.unique
@@ -143,6 +144,9 @@ class Reason(enum.StrEnum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ROLLBACK_FAILED = "RollbackFailed"
     ABORTED = "Aborted"  # the abort annotation stopped the rollout (also the reason of its rollback)
+    # InSync
+    IN_SYNC = "InSync"
+    OUT_OF_SYNC = "OutOfSync"  # MODEL_URI or MODEL_SHA256 changed outside the operator after its rollout
     # Events only
     RECOMMENDED = "Recommended"
     ROLLOUT_STARTED = "RolloutStarted"

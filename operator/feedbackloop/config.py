@@ -81,6 +81,9 @@ class OperatorConfig:
     job_create_backoff_seconds: float = 10.0
     """FBL_JOB_CREATE_BACKOFF_SECONDS: the wait after a failed retrain Job create, doubled with each failed
     try up to 5 minutes."""
+    probe_interval_seconds: float = 60.0
+    """FBL_PROBE_INTERVAL_SECONDS: how often a Ready loop re-checks its dependencies and reads its Deployment
+    (1 to 1.5 times this, per loop); it bounds how long an out-of-band MODEL_URI change goes unnoticed."""
 
     @property
     def policy(self) -> OperatorPolicy:
@@ -94,6 +97,7 @@ class OperatorConfig:
             artifact_buckets=self.artifact_buckets,
             tick=timedelta(seconds=self.tick_seconds),
             job_create_backoff=timedelta(seconds=self.job_create_backoff_seconds),
+            probe_interval=timedelta(seconds=self.probe_interval_seconds),
         )
 
 
@@ -258,4 +262,5 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         lease_name=_name(env, "FBL_LEASE_NAME", "feedbackloop-operator"),
         lease=_lease(env),
         job_create_backoff_seconds=_seconds(env, "FBL_JOB_CREATE_BACKOFF_SECONDS", 10, 0.1, 300),
+        probe_interval_seconds=_seconds(env, "FBL_PROBE_INTERVAL_SECONDS", 60, 1, 3600),
     )

@@ -120,8 +120,15 @@ class Scenario:
         return self.cluster.kubectl(*args, "-n", self.namespace, **kwargs)
 
     def deploy_server(self) -> None:
-        uri = contract.version_uri(BUCKET, PREFIX, self.namespace, LOOP, "v1")
-        self.initial_uri = uri
+        self.initial_uri = contract.version_uri(BUCKET, PREFIX, self.namespace, LOOP, "v1")
+        self.gitops_apply(self.initial_uri, "1" * 64, "v1")
+        self.kubectl(
+            "create", "secret", "generic", CREDENTIALS_SECRET,
+            "--from-literal=AWS_ACCESS_KEY_ID=trainer", "--from-literal=AWS_SECRET_ACCESS_KEY=trainer-secret",
+        )  # fmt: skip
+
+    def gitops_apply(self, uri: str, sha256: str, version: str, force_conflicts: bool = False) -> None:
+        """The served Deployment as in Git; forcing conflicts takes the model env back, as a sync would."""
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -132,7 +139,7 @@ class Scenario:
                 "template": {
                     "metadata": {
                         "labels": {"app": "churn"},
-                        "annotations": {MODEL_VERSION_ANNOTATION: "v1"},
+                        "annotations": {MODEL_VERSION_ANNOTATION: version},
                     },
                     "spec": {
                         "containers": [
@@ -141,7 +148,7 @@ class Scenario:
                                 "image": "feedbackloop-server:test",
                                 "env": [
                                     {"name": ENV_MODEL_URI, "value": uri},
-                                    {"name": ENV_MODEL_SHA256, "value": "1" * 64},
+                                    {"name": ENV_MODEL_SHA256, "value": sha256},
                                 ],
                             }
                         ]
@@ -150,18 +157,16 @@ class Scenario:
             },
         }
         # Another manager (as GitOps would) owns every field; the operator may take only the model env.
+        force = ["--force-conflicts"] if force_conflicts else []
         self.kubectl(
             "apply",
             "--server-side",
+            *force,
             f"--field-manager={GITOPS_MANAGER}",
             "-f",
             "-",
             input_text=json.dumps(deployment),
         )
-        self.kubectl(
-            "create", "secret", "generic", CREDENTIALS_SECRET,
-            "--from-literal=AWS_ACCESS_KEY_ID=trainer", "--from-literal=AWS_SECRET_ACCESS_KEY=trainer-secret",
-        )  # fmt: skip
 
     def apply_loop(
         self,

@@ -492,6 +492,13 @@ FULL_STATUS: dict[str, Any] = {
         "metrics": {"accuracy": 0.88},
         "deployedAt": NOW,
     },
+    "expectedModel": {
+        "version": "v4",
+        "uri": "s3://models/churn/ns/churn/v4/",
+        "sha256": "c" * 64,
+        "metrics": {"accuracy": 0.9},
+        "deployedAt": NOW,
+    },
     "candidateModel": {
         "version": "v4",
         "job": "churn-retrain-4",

@@ -73,7 +73,7 @@ def test_healthy_model_is_reported_in_status_and_operator_metrics(
     status = scenario.loop()["status"]
     assert scenario.condition("Ready")["status"] == "True"
     assert {c["type"] for c in status["conditions"]} == {
-        "Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded",
+        "Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded", "InSync",
     }  # fmt: skip
     metric = status["lastEvaluation"]["metrics"][0]
     assert (metric["name"], metric["value"], metric["samples"], metric["verdict"]) == (

@@ -39,7 +39,7 @@ from feedbackloop.core.promql import render_queries
 from feedbackloop.core.readiness import runtime_spec_errors
 from feedbackloop.core.status import ActiveRetrain, FeedbackLoopStatus, ModelRef
 
-ALL_CONDITIONS = {"Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded"}
+ALL_CONDITIONS = {"Ready", "Healthy", "Retraining", "Validated", "RolledOut", "Degraded", "InSync"}
 
 
 def condition(decision: Decision, kind: str) -> tuple[str, str, str]:

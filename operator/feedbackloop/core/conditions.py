@@ -15,6 +15,7 @@ INITIAL_CONDITIONS: dict[ConditionType, tuple[ConditionStatus, Reason]] = {
     ConditionType.VALIDATED: (ConditionStatus.UNKNOWN, Reason.NO_CANDIDATE),
     ConditionType.ROLLED_OUT: (ConditionStatus.UNKNOWN, Reason.NOT_ROLLED_OUT),
     ConditionType.DEGRADED: (ConditionStatus.FALSE, Reason.NOT_DEGRADED),
+    ConditionType.IN_SYNC: (ConditionStatus.UNKNOWN, Reason.INITIALIZING),
 }
 
 

@@ -22,6 +22,7 @@ from feedbackloop.core.readiness import (
 )
 from feedbackloop.core.retrain import consider_retrain, follow_retrain
 from feedbackloop.core.rollout import follow_rollout
+from feedbackloop.core.served import follow_served_model
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import Evaluation, FeedbackLoopStatus
 
@@ -50,12 +51,16 @@ def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now:
         return draft.freeze()
     preflight_ok = preflight(draft, spec, observed)
     adopt_deployed_model(draft, observed)
+    if loop.status.rollout is None:
+        follow_served_model(draft, spec, loop.ref, observed)  # before a retrain Job names the champion
     evaluation = _evaluate(draft, spec, observed)
     # Before the rollout moves on: the brake wins over a measurement taken in the same reconcile.
     aborted = handle_abort(draft, spec, namespace, observed)
     if loop.status.rollout is not None:
         if not aborted:
             follow_rollout(draft, spec, namespace, observed, evaluation)
+            if draft.status.rollout is None:
+                follow_served_model(draft, spec, loop.ref, observed, rollout_ended=True)
     elif loop.status.active_retrain is not None:
         follow_retrain(draft, loop, observed, policy)
     candidate = draft.status.candidate_model

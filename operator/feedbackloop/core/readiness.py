@@ -105,6 +105,8 @@ def adopt_deployed_model(draft: Draft, observed: Observations) -> None:
     """The first time, the model the Deployment already serves becomes status.currentModel."""
     if draft.status.current_model is not None or observed.target is None:
         return
+    if draft.status.expected_model is not None:
+        return  # out of sync: core.served names what serves, never from this loop's own stale annotation
     deployed = observed.target.deployed
     if deployed is None or not deployed.uri:
         return

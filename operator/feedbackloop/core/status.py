@@ -182,7 +182,9 @@ class FeedbackLoopStatus(ApiModel):
     phase: LoopPhase | None = None
     conditions: tuple[Condition, ...] = ()
     last_evaluation: Evaluation | None = None
-    current_model: ModelRef | None = None
+    current_model: ModelRef | None = None  # what the Deployment serves, as last observed
+    # What this loop rolled out, kept only while the Deployment serves something else (InSync=False).
+    expected_model: ModelRef | None = None
     candidate_model: CandidateModel | None = None
     active_retrain: ActiveRetrain | None = None
     retrain_count: int = 0

@@ -58,11 +58,14 @@ def endpoints(cluster: harness.Cluster) -> harness.Endpoints:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the suite folder it lives in, so `-m "not integration"` works everywhere."""
+    """Mark each test by the suite folder it lives in, so `-m "not integration"` works everywhere; tests that
+    restart or stop control-plane components run last, so no other test meets the aftermath (namespaces
+    whose deletion was cut short by a restart finish late)."""
     for item in items:
         suite = item.path.relative_to(Path(__file__).parent).parts[0]
         if suite in {"integration", "e2e"}:
             item.add_marker(getattr(pytest.mark, suite))
+    items.sort(key=lambda item: item.get_closest_marker("disrupts_control_plane") is not None)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -509,6 +509,7 @@ def _retrain_handled_after_the_fault(
     return status
 
 
+@pytest.mark.disrupts_control_plane
 @pytest.mark.parametrize("outage", ["kube-apiserver restarted", "etcd stopped"])
 def test_a_control_plane_outage_is_survived_without_a_crash(
     outage: str,

@@ -42,6 +42,7 @@ def config_map(core_v1: client.CoreV1Api, namespace: str) -> str:
     return name
 
 
+@pytest.mark.disrupts_control_plane
 def test_api_server_restart_keeps_objects_and_the_cluster_works_after_it(
     own_cluster: harness.Cluster, core_v1: client.CoreV1Api, namespace: str
 ) -> None:
@@ -76,6 +77,7 @@ def test_api_server_restart_keeps_objects_and_the_cluster_works_after_it(
     own_cluster.check_alive()
 
 
+@pytest.mark.disrupts_control_plane
 def test_etcd_stopped_makes_the_api_server_unready_until_it_is_back_with_its_data(
     own_cluster: harness.Cluster, core_v1: client.CoreV1Api, namespace: str
 ) -> None:

@@ -47,6 +47,9 @@ LABEL_APP_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 COMPONENT_RETRAIN = "retrain"
 TRAINER_APP_NAME = "feedbackloop-trainer"
+# On retrain pods: keeps a finished pod, and the digest in its termination message, until the loop's status
+# records the result, so a Job garbage-collected first (ttlSecondsAfterFinished: 0) loses nothing.
+RETRAIN_POD_FINALIZER = f"{GROUP}/retrain-result"
 
 # ---- the serving contract: what the operator sets on the target container
 ENV_MODEL_URI = "MODEL_URI"

@@ -42,6 +42,7 @@ from feedbackloop.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 _RETRY_DELAY = 15  # after a failed dependency call
 _WORKERS = 8  # reconciles at once; each waits mostly on HTTP
+_POD_SWEEP_SECONDS = 300  # the first sweep after start as well: by then the index holds every loop
 _STALE_RETRY_DELAY = 0.2  # after a write that met a newer object: read again almost at once
 # Read at import, like kopf's own handler options: the loops this replica owns.
 SHARD = shard_selector()
@@ -105,7 +106,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.update(
         reconciler=reconciler, index=index, queue=queue, executor=executor, leader=leader, last_reconcile=None
     )
-    memo.tasks = [asyncio.create_task(queue.run_forever()), asyncio.create_task(leader.run_forever())]
+    memo.tasks = [
+        asyncio.create_task(queue.run_forever()),
+        asyncio.create_task(leader.run_forever()),
+        asyncio.create_task(_sweep_forever(memo)),
+    ]
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info(
@@ -136,6 +141,20 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     executor = memo.get("executor")
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _sweep_forever(memo: Any) -> None:
+    """Now and then, release retrain pods that nothing waits on (a crash can leave our finalizer behind)."""
+    running = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(_POD_SWEEP_SECONDS)
+        try:
+            released = await running.run_in_executor(memo.executor, memo.reconciler.sweep_retrain_pods)
+        except ApiFailureError as err:
+            log.warning("retrain pod sweep failed: %s; again in %ss", err, _POD_SWEEP_SECONDS)
+            continue
+        if released:
+            log.info("retrain pod sweep released %d pods", released)
 
 
 async def _run(memo: Any, key: LoopKey) -> float | None:
@@ -183,7 +202,8 @@ async def loop_changed(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         # Deleted, or relabelled out of this shard (the filtered watch reports that as DELETED too).
         memo.index.remove(key)
         memo.queue.forget(key)
-        await asyncio.get_running_loop().run_in_executor(memo.executor, memo.reconciler.forget, *key)
+        uid = meta.get("uid")
+        await asyncio.get_running_loop().run_in_executor(memo.executor, memo.reconciler.forget, *key, uid)
         return
     memo.index.put(body)
     if not memo.reconciler.is_own_write(body):

@@ -52,6 +52,7 @@ from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
 from feedbackloop.core.observations import (
     PROBE_QUERY,
     ArtifactObservation,
+    HeldPod,
     JobCreation,
     JobObservation,
     JobState,
@@ -108,6 +109,8 @@ class Cluster(Protocol):
     def post_event(
         self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
     ) -> None: ...
+    def held_retrain_pods(self, namespaces: tuple[str, ...], loop: str | None = None) -> list[HeldPod]: ...
+    def release_pod(self, namespace: str, name: str) -> None: ...
 
 
 class ArtifactStoreGateway(Protocol):
@@ -166,13 +169,67 @@ class Reconciler:
         with self._locks_guard:
             return self._loop_locks.setdefault((namespace, name), threading.Lock())
 
-    def forget(self, namespace: str, name: str) -> None:
-        """A deleted loop: drop its readiness series (after any reconcile of it in flight) and its lock."""
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """A loop gone from this process's watch: drop its readiness series (after any reconcile of it in
+        flight) and its lock; if it is gone from the cluster too, not only out of this shard, its pods."""
         with self._lock_for(namespace, name):
             metrics.forget_loop(namespace, name)
             self._memory.pop((namespace, name), None)
+            if uid is not None:
+                self._release_pods_of_gone_loop(namespace, name, uid)
         with self._locks_guard:
             self._loop_locks.pop((namespace, name), None)
+
+    def sweep_retrain_pods(self) -> int:
+        """Release the finalizer of every retrain pod no loop waits on: one left by a crash between the
+        status write and the release, or of a loop deleted while no replica watched. Returns how many."""
+        if not self.may_write():
+            return 0
+        held = self.cluster.held_retrain_pods(self.namespaces)  # before the active Jobs: see the race below
+        active = self.active_retrain_jobs()  # a pod listed above whose retrain is active is in this view
+        indexed = dict(self.index.uids())
+        released = 0
+        for pod in held:
+            if active.get((pod.namespace, pod.job)) == pod.loop_uid:
+                continue
+            if indexed.get((pod.namespace, pod.loop)) != pod.loop_uid and self._loop_lives(pod):
+                continue  # another shard's loop, or one this replica has not indexed yet
+            released += self._release(pod)
+        return released
+
+    def _loop_lives(self, pod: HeldPod) -> bool:
+        body = self.cluster.get_loop(pod.namespace, pod.loop) if pod.loop else None
+        return body is not None and body["metadata"].get("uid") == pod.loop_uid
+
+    def _release_pods_of_gone_loop(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            body = self.cluster.get_loop(namespace, name)
+            if (
+                body is not None
+                and body["metadata"].get("uid") == uid
+                and not body["metadata"].get("deletionTimestamp")
+            ):
+                return  # relabelled out of this shard: the shard that owns it now keeps its pods
+            self._release_pods(namespace, name, uid)
+        except Exception as err:  # best effort, as an Event: the sweep tries again
+            log.warning("cannot release the pods of deleted loop %s/%s: %s", namespace, name, err)
+
+    def _release_pods(self, namespace: str, loop: str, uid: str, job: str | None = None) -> None:
+        """Our finalizer off the loop's retrain pods (of one Job, or all), once nothing needs their report."""
+        if not self.may_write():
+            return
+        for pod in self.cluster.held_retrain_pods((namespace,), loop=loop):
+            if pod.loop_uid == uid and (job is None or pod.job == job):
+                self._release(pod)
+
+    def _release(self, pod: HeldPod) -> int:
+        try:
+            self.cluster.release_pod(pod.namespace, pod.name)
+        except Exception as err:  # best effort, as an Event: the sweep tries again
+            log.warning("cannot release pod %s/%s: %s; the sweep tries again", pod.namespace, pod.name, err)
+            return 0
+        log.info("released retrain pod %s/%s of Job %s", pod.namespace, pod.name, pod.job)
+        return 1
 
     def is_own_write(self, body: Mapping[str, Any]) -> bool:
         """The watch echoing this process's last status write: nothing new to reconcile."""
@@ -255,6 +312,7 @@ class Reconciler:
             self._release_legacy_finalizer(body)  # earlier versions' kopf timers put it there
         if meta.get("deletionTimestamp"):
             self._gone(namespace, name)
+            self._release_pods_of_gone_loop(namespace, name, str(meta["uid"]))
             return Reconciled(None, None)
         loop, annotations = loop_state_from_body(body, remembered)
         now = self.clock()
@@ -388,7 +446,16 @@ class Reconciler:
             self._crash_at(Failpoint.BEFORE_EVENTS)
         for event in events:
             self._post(ref, event)
+        ended = loop.status.active_retrain
+        if ended is not None and any(isinstance(t, RetrainFinished) for t in decision.transitions):
+            self._release_job_pods(ref, ended.job)  # the result is in the status written above
         return status
+
+    def _release_job_pods(self, ref: LoopRef, job: str) -> None:
+        try:
+            self._release_pods(ref.namespace, ref.name, ref.uid, job)
+        except Exception as err:  # best effort, as an Event: the sweep tries again
+            log.warning("cannot release the pods of Job %s/%s: %s; the sweep does", ref.namespace, job, err)
 
     def _create_job(
         self, loop: LoopState, writing: _Writing, status: FeedbackLoopStatus, action: CreateJob, now: datetime

@@ -31,7 +31,7 @@ OPERATOR_RULES = {
     f"{CRD_NAME}/status": {"patch"},
     "jobs.batch": {"create", "get", "list", "watch", "delete"},
     "deployments.apps": {"get", "list", "watch", "patch"},
-    "pods": {"get", "list"},
+    "pods": {"get", "list", "patch"},
     "events": {"create"},
 }
 # In the release namespace only: create any Lease (create takes no names), get and update the chart's.

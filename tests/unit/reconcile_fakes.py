@@ -13,7 +13,7 @@ from typing import Any
 
 from core_inputs import POLICY
 from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
-from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP
+from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP, RETRAIN_POD_FINALIZER
 from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import (
@@ -22,6 +22,7 @@ from feedbackloop.core.observations import (
     ArtifactObservation,
     DeployedModel,
     DeploymentProgress,
+    HeldPod,
     JobCreation,
     JobObservation,
     JobState,
@@ -92,6 +93,8 @@ class FakeCluster:
     # HTTP statuses the next Job creates fail with, in order (0: no answer), as the adapter's ApiFailureError.
     create_failures: list[int] = field(default_factory=list)
     version: int = 1  # the last resourceVersion handed out
+    # Retrain pods still carrying the operator's finalizer, by pod name: one per Job created.
+    held_pods: dict[str, HeldPod] = field(default_factory=dict)
 
     def _call(self, name: str, *args: Any) -> None:
         self.journal.append(Call(name, args))
@@ -163,6 +166,13 @@ class FakeCluster:
             return JobCreation.EXISTED
         self.jobs[name] = copy.deepcopy(manifest)
         self.job_states[name] = JobState.RUNNING
+        trainer = manifest["spec"]["template"]["spec"]["containers"][0]
+        env = {variable["name"]: variable.get("value") for variable in trainer["env"]}
+        if RETRAIN_POD_FINALIZER in manifest["spec"]["template"]["metadata"].get("finalizers", []):
+            meta = manifest["metadata"]
+            loop = meta["labels"][LABEL_LOOP]
+            pod = HeldPod(meta["namespace"], f"{name}-pod", loop, env[contract.ENV_LOOP_UID], name)
+            self.held_pods[pod.name] = pod
         return JobCreation.CREATED
 
     def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
@@ -177,6 +187,18 @@ class FakeCluster:
 
     def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
         self._call("post_event", kind, reason)
+
+    def held_retrain_pods(self, namespaces: tuple[str, ...], loop: str | None = None) -> list[HeldPod]:
+        self._call("held_retrain_pods", namespaces, loop)
+        return [
+            pod
+            for pod in self.held_pods.values()
+            if (not namespaces or pod.namespace in namespaces) and (loop is None or pod.loop == loop)
+        ]
+
+    def release_pod(self, namespace: str, name: str) -> None:
+        self._call("release_pod", namespace, name)
+        self.held_pods.pop(name, None)
 
 
 @dataclass

@@ -59,10 +59,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, patch]
-# Pods only to read a retrain Job's termination message: a failure reason, or the manifest digest on success.
+# Retrain pods only: read a Job's termination message (a failure reason, or the manifest digest on success),
+# and patch to remove the operator's finalizer, which keeps that message until the loop's status has it.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [get, list, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -29,15 +29,19 @@ from feedbackloop.api import (
     GROUP,
     KIND,
     LABEL_COMPONENT,
+    LABEL_LOOP,
     LABEL_MANAGED_BY,
     MODEL_VERSION_ANNOTATION,
     PLURAL,
+    RETRAIN_POD_FINALIZER,
     VERSION,
 )
+from feedbackloop.core import contract
 from feedbackloop.core.lease import LeaseRecord
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,
+    HeldPod,
     JobCreation,
     JobObservation,
     JobState,
@@ -55,6 +59,8 @@ _MAX_REASON = 300  # the API's reason in a condition or an Event: enough for a q
 # The API server judged the request itself: sent again, it meets the same answer until someone acts.
 _REFUSED_FOR_GOOD = frozenset({400, 403, 404, 422})
 _URL_USERINFO = re.compile(r"(?<=://)[^\s/@\"']+@")
+_JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+_RETRAIN_PODS = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},{LABEL_MANAGED_BY}={FIELD_MANAGER}"
 
 
 def load_kube_config() -> None:
@@ -267,7 +273,7 @@ class KubeAdapter:
             job = self.batch.read_namespaced_job(name, namespace, _request_timeout=_REQUEST_TIMEOUT)
         except ApiException as err:
             if err.status == 404:
-                return JobObservation(name, JobState.MISSING)
+                return self._vanished_job(namespace, name, owner_uid)
             raise _failure(f"get jobs/{name}", err) from None
         if _controller_loop_uid(job) != owner_uid:
             message = f"Job {name} exists but this FeedbackLoop is not its controller; it is not adopted"
@@ -317,18 +323,83 @@ class KubeAdapter:
         except ApiException as err:
             log.warning("cannot read pods of job %s/%s: %s", namespace, job.metadata.name, err.reason)
             return ""
-        newest: tuple[datetime, str] | None = None
-        for pod in pods:
-            if not any(ref.controller and ref.uid == uid for ref in pod.metadata.owner_references or []):
-                continue
-            for status in pod.status.container_statuses or []:
-                terminated = status.state.terminated if status.state else None
-                if terminated is None or terminated.exit_code != 0 or not terminated.message:
-                    continue
-                at = terminated.finished_at or datetime.min.replace(tzinfo=UTC)
-                if newest is None or at > newest[0]:
-                    newest = (at, terminated.message.strip()[:_MAX_MESSAGE])
-        return newest[1] if newest else ""
+        controlled = [
+            pod
+            for pod in pods
+            if any(ref.controller and ref.uid == uid for ref in pod.metadata.owner_references or [])
+        ]
+        return _newest_success(controlled)
+
+    def _vanished_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation:
+        """A Job deleted before the operator saw it finish: SUCCEEDED when a pod of it, which our finalizer
+        keeps, exited 0 with the trainer's report (a Job garbage-collected at once); else MISSING."""
+        try:
+            pods = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"{_RETRAIN_PODS},{_JOB_NAME_LABEL}={name}",
+                _request_timeout=_REQUEST_TIMEOUT,
+            ).items
+        except ApiException as err:
+            raise _failure(f"list pods of jobs/{name}", err) from None
+        # The loop's uid is in the pod spec the operator wrote; the Job's uid died with it.
+        report = _newest_success([pod for pod in pods if _pod_loop_uid(pod) == owner_uid])
+        if report:
+            return JobObservation(name, JobState.SUCCEEDED, report)
+        return JobObservation(name, JobState.MISSING)
+
+    def held_retrain_pods(self, namespaces: tuple[str, ...], loop: str | None = None) -> list[HeldPod]:
+        """Retrain pods that still carry our finalizer, in `namespaces` (none: cluster-wide), of one loop
+        name or all."""
+        selector = _RETRAIN_PODS if loop is None else f"{_RETRAIN_PODS},{LABEL_LOOP}={loop}"
+        try:
+            if namespaces:
+                pods = [
+                    pod
+                    for namespace in namespaces
+                    for pod in self.core.list_namespaced_pod(
+                        namespace, label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
+                    ).items
+                ]
+            else:
+                pods = self.core.list_pod_for_all_namespaces(
+                    label_selector=selector, _request_timeout=_REQUEST_TIMEOUT
+                ).items
+        except ApiException as err:
+            raise _failure("list retrain pods", err) from None
+        return [
+            HeldPod(
+                pod.metadata.namespace,
+                pod.metadata.name,
+                labels.get(LABEL_LOOP, ""),
+                _pod_loop_uid(pod),
+                labels.get(_JOB_NAME_LABEL, ""),
+            )
+            for pod in pods
+            if RETRAIN_POD_FINALIZER in (pod.metadata.finalizers or [])
+            for labels in [pod.metadata.labels or {}]
+        ]
+
+    def release_pod(self, namespace: str, name: str) -> None:
+        """Remove our finalizer from the pod, leaving every other one; a pod already gone is released."""
+        for _ in range(3):  # the Job controller may drop its own finalizer in between
+            try:
+                pod = self.core.read_namespaced_pod(name, namespace, _request_timeout=_REQUEST_TIMEOUT)
+                finalizers = pod.metadata.finalizers or []
+                if RETRAIN_POD_FINALIZER not in finalizers:
+                    return
+                path = f"/metadata/finalizers/{finalizers.index(RETRAIN_POD_FINALIZER)}"
+                operations = [
+                    {"op": "test", "path": path, "value": RETRAIN_POD_FINALIZER},
+                    {"op": "remove", "path": path},
+                ]
+                self.core.patch_namespaced_pod(name, namespace, operations, _request_timeout=_REQUEST_TIMEOUT)
+                return
+            except ApiException as err:
+                if err.status == 404:
+                    return
+                if err.status not in (409, 422):
+                    raise _failure(f"release pods/{name}", err) from None
+        raise ApiFailureError(f"release pods/{name}", 409, "its finalizers kept changing")
 
     def count_active_retrains(
         self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]
@@ -450,6 +521,29 @@ def _progress(deployment: dict[str, Any]) -> DeploymentProgress:
             for c in status.get("conditions") or []
         ),
     )
+
+
+def _pod_loop_uid(pod: client.V1Pod) -> str:
+    """FBL_LOOP_UID as the operator wrote it into the trainer's env."""
+    for container in pod.spec.containers or []:
+        for variable in container.env or []:
+            if variable.name == contract.ENV_LOOP_UID and variable.value:
+                return str(variable.value)
+    return ""
+
+
+def _newest_success(pods: Iterable[client.V1Pod]) -> str:
+    """The termination message of the newest container that exited 0 with one, among `pods`."""
+    newest: tuple[datetime, str] | None = None
+    for pod in pods:
+        for status in pod.status.container_statuses or []:
+            terminated = status.state.terminated if status.state else None
+            if terminated is None or terminated.exit_code != 0 or not terminated.message:
+                continue
+            at = terminated.finished_at or datetime.min.replace(tzinfo=UTC)
+            if newest is None or at > newest[0]:
+                newest = (at, terminated.message.strip()[:_MAX_MESSAGE])
+    return newest[1] if newest else ""
 
 
 def _controller_loop_uid(job: client.V1Job) -> str | None:

@@ -18,6 +18,7 @@ from feedbackloop.api import (
     LABEL_MANAGED_BY,
     LABEL_TRIGGER,
     LABEL_VERSION,
+    RETRAIN_POD_FINALIZER,
     TRAINER_APP_NAME,
     TRIGGER_REASON_ANNOTATION,
 )
@@ -99,6 +100,7 @@ def build_retrain_job(
                 "metadata": {
                     "labels": {**retrain_spec.pod_labels, **labels},
                     "annotations": dict(retrain_spec.pod_annotations),
+                    "finalizers": [RETRAIN_POD_FINALIZER],
                 },
                 "spec": {
                     "restartPolicy": "Never",

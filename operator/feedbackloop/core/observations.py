@@ -125,6 +125,17 @@ class JobObservation:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class HeldPod:
+    """A retrain pod that still carries the operator's finalizer, and the loop and Job it was made for."""
+
+    namespace: str
+    name: str
+    loop: str
+    loop_uid: str
+    job: str
+
+
 class JobCreation(enum.StrEnum):
     CREATED = "Created"
     EXISTED = "Existed"  # ours already: a repeat after a crash or a lost response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,14 @@ from prometheus_api_client import PrometheusConnect
 
 import chaos
 import harness
-from feedbackloop.api import CRD_NAME, GROUP, VERSION
+from feedbackloop.api import (
+    COMPONENT_RETRAIN,
+    CRD_NAME,
+    GROUP,
+    LABEL_COMPONENT,
+    RETRAIN_POD_FINALIZER,
+    VERSION,
+)
 from install_helpers import install_chart  # noqa: F401 - shared fixture
 from loop_scenario import exporter, scenario, start_operator, store  # noqa: F401 - shared fixtures
 
@@ -55,7 +63,24 @@ def namespace(cluster: harness.Cluster, core_v1: client.CoreV1Api) -> Iterator[s
         yield name
     finally:
         release_loops(client.CustomObjectsApi(core_v1.api_client), name)
+        release_retrain_pods(core_v1, name)
         core_v1.delete_namespace(name)
+
+
+def release_retrain_pods(core_v1: client.CoreV1Api, namespace: str) -> None:
+    """Drops the operator's finalizer from a finished test's retrain pods, as docs/retrain-job-contract.md
+    tells whoever uninstalls the operator: its operator has stopped, and would have released them."""
+    pods = core_v1.list_namespaced_pod(namespace, label_selector=f"{LABEL_COMPONENT}={COMPONENT_RETRAIN}")
+    for pod in pods.items:
+        finalizers = pod.metadata.finalizers or []
+        if RETRAIN_POD_FINALIZER in finalizers:
+            path = f"/metadata/finalizers/{finalizers.index(RETRAIN_POD_FINALIZER)}"
+            operations = [
+                {"op": "test", "path": path, "value": RETRAIN_POD_FINALIZER},
+                {"op": "remove", "path": path},
+            ]
+            with contextlib.suppress(client.ApiException):  # gone, or its finalizers changed meanwhile
+                core_v1.patch_namespaced_pod(pod.metadata.name, namespace, operations)
 
 
 def release_loops(custom: client.CustomObjectsApi, namespace: str) -> None:

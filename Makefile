@@ -13,7 +13,7 @@ KUBE_SCORE = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/kube-score-$(KUBE
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := $(or $(FBL_CACHE_DIR),$(HOME)/.cache/feedbackloop)/checkov-$(CHECKOV_VERSION)
 
-.PHONY: help demo venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale chaos clean
+.PHONY: help demo venv checkov-venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale chaos clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,8 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip==26.3
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
+
+checkov-venv: $(CHECKOV_VENV)/.installed  ## checkov in a virtualenv of its own (cached by version)
 
 chart-scan: $(STAMP) $(CHECKOV_VENV)/.installed  ## checkov and kube-score on the rendered chart; a finding fails unless skipped with a reason
 	tests/cluster/build.sh helm kube-score

@@ -559,6 +559,7 @@ def loop_state_from_body(
         spec_error=error,
         status=remembered.intended if remembered else parse_status(body.get("status")),
         rollback_request=annotations.get(ROLLBACK_ANNOTATION),
+        promote_request=annotations.get(PROMOTE_ANNOTATION),
         request_token=annotations.get(REQUESTED_AT_ANNOTATION),
         last_probe=remembered.last_probe if remembered else None,
     )

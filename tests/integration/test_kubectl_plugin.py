@@ -26,6 +26,7 @@ from feedbackloop.api import (
     API_VERSION,
     CRD_NAME,
     PROMOTE_ANNOTATION,
+    REQUESTED_AT_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     ROLLBACK_ANNOTATION,
 )
@@ -585,9 +586,11 @@ def test_retrain_of_a_suspended_loop_warns_that_it_waits(plugin: Plugin) -> None
 def test_promote_accepts_only_the_validated_candidate(plugin: Plugin) -> None:
     out = plugin.ok("promote", LOOP, "v5")
 
+    token = plugin.annotations()[REQUESTED_AT_ANNOTATION]
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", token)
     assert out == (
         f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}": promotion of v5 requested '
-        "(feedbackloop.dev/promote=v5)\n"
+        f"(feedbackloop.dev/promote=v5, feedbackloop.dev/requested-at={token})\n"
     )
     assert plugin.annotations()[PROMOTE_ANNOTATION] == "v5"
     assert plugin.fails("promote", LOOP, "v4") == (
@@ -601,22 +604,37 @@ def test_promote_accepts_only_the_validated_candidate(plugin: Plugin) -> None:
     assert plugin.annotations()[PROMOTE_ANNOTATION] == "v5"  # refusals change nothing
 
 
-def test_promote_refuses_a_request_the_operator_already_handled(plugin: Plugin) -> None:
-    plugin.set_status(LOOP, {"handledPromoteRequest": "v5"})
+def test_a_handled_request_asked_again_is_a_new_one_and_the_other_request_goes(plugin: Plugin) -> None:
+    plugin.kubectl("annotate", "fbl", LOOP, f"{ROLLBACK_ANNOTATION}=v1", f"{REQUESTED_AT_ANNOTATION}=monday")
+    plugin.set_status(LOOP, {"handledPromoteRequest": "v5", "handledRollbackRequest": "v1@monday"})
 
-    assert plugin.fails("promote", LOOP, "v5") == (
-        "error: the operator already handled feedbackloop.dev/promote=v5 on this loop and handles each "
-        "value once, so it would ignore this request"
+    out = plugin.ok("promote", LOOP, "v5")
+
+    token = plugin.annotations()[REQUESTED_AT_ANNOTATION]
+    assert out == (
+        f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}": promotion of v5 requested '
+        f"(feedbackloop.dev/promote=v5, feedbackloop.dev/requested-at={token}, "
+        "feedbackloop.dev/rollback-to removed)\n"
     )
-    assert PROMOTE_ANNOTATION not in plugin.annotations()
+    assert {key: plugin.annotations().get(key) for key in (PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION)} == {
+        PROMOTE_ANNOTATION: "v5",
+        ROLLBACK_ANNOTATION: None,
+    }
+    assert managers_of(plugin.loop(), f"f:{REQUESTED_AT_ANNOTATION}") == {FIELD_MANAGER}
+
+    plugin.set_status(LOOP, {"handledPromoteRequest": f"v5@{token}"})
+    result = plugin.run("promote", LOOP, "v5", "-n", plugin.namespace)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert plugin.annotations()[REQUESTED_AT_ANNOTATION] != token
 
 
 def test_rollback_accepts_stored_versions_that_are_neither_serving_nor_rejected(plugin: Plugin) -> None:
     out = plugin.ok("rollback", LOOP, "v1")
 
+    token = plugin.annotations()[REQUESTED_AT_ANNOTATION]
     assert out == (
         f'FeedbackLoop "{LOOP}" in namespace "{plugin.namespace}": rollback to v1 requested '
-        "(feedbackloop.dev/rollback-to=v1)\n"
+        f"(feedbackloop.dev/rollback-to=v1, feedbackloop.dev/requested-at={token})\n"
     )
     assert plugin.annotations()[ROLLBACK_ANNOTATION] == "v1"
     targets = f"rollback targets: v1, v5; known versions: {ALL_VERSIONS}"

@@ -42,6 +42,7 @@ from feedbackloop.core.observations import (
     Observations,
     TargetObservation,
 )
+from feedbackloop.core.plan import plan
 from feedbackloop.core.spec import Gate
 from feedbackloop.core.status import (
     ActiveRetrain,
@@ -484,6 +485,109 @@ def test_the_same_rollback_to_again_is_a_new_request_only_with_a_new_requested_a
     assert redone.actions == (
         ApplyModel("ml", "churn-server", "server", ModelRef(version="v1", uri=V1.uri, sha256="1" * 64)),
     )
+
+
+V3 = ModelRef(version="v3", uri="s3://models/churn/ml/churn/v3/", sha256="3" * 64)
+PASSED_V3 = replace(PASSED_V2, version="v3", job="churn-retrain-3", uri=V3.uri, sha256="3" * 64)
+VERIFIED_V1 = ArtifactObservation(ArtifactCheck.VERIFIED, uri=V1.uri, model_sha256="1" * 64, metrics={})
+ROLL_BACK_TO_V1 = ApplyModel(
+    "ml", "churn-server", "server", ModelRef(version="v1", uri=V1.uri, sha256="1" * 64)
+)
+
+
+def applied(decision: Decision) -> list[str]:
+    return [a.model.version for a in decision.actions if isinstance(a, ApplyModel) and a.model]
+
+
+def promoted_beside_an_old_rollback_to() -> FeedbackLoopStatus:
+    """Monday: back to v1 under token "monday". Friday: v3 passed its gates and is promoted under token
+    "friday", rollback-to=v1 still on the loop. Returns the status once v3 serves."""
+    spec = spec_dict(mode="Recommend")
+    back = healthy_dependencies(rollback_request="v1", rollback_artifacts=VERIFIED_V1, request_token="monday")
+    v2 = ModelRef(version="v2", uri=V2_URI, sha256="2" * 64)
+    monday = run(spec, FeedbackLoopStatus(current_model=v2, retrain_count=2), back)
+    assert monday.actions == (ROLL_BACK_TO_V1,)
+    done = run(spec, monday.status, rolling_deployment(V1.uri, complete=True), minutes=1)
+    assert done.status.rollout is None and done.status.current_model is not None
+    assert (done.status.current_model.version, done.status.handled_rollback_request) == ("v1", "v1@monday")
+
+    update = {"candidate_model": PASSED_V3, "recommended_version": "v3", "retrain_count": 3}
+    recommending = done.status.model_copy(update=update)
+    promote = replace(back, promote_request="v3", request_token="friday")
+    # The rollback-to is taken with the promote, so planning reads none of v1's artifacts.
+    planned = replace(loop_state(spec, recommending), rollback_request="v1", promote_request="v3")
+    assert plan(replace(planned, request_token="friday"), POLICY, T0).rollback_uri is None
+    friday = run(spec, recommending, promote, minutes=60)
+    assert applied(friday) == ["v3"]
+    assert friday.status.handled_promote_request == "v3@friday"
+    assert friday.status.handled_rollback_request == "v1@friday"  # one token, one request
+    consumed = [(e.type, e.reason, e.message) for e in friday.events if e.reason == "RollbackRefused"]
+    assert consumed == [
+        (
+            "Normal",
+            "RollbackRefused",
+            "feedbackloop.dev/rollback-to='v1' not applied: the promote beside it went first "
+            "(one feedbackloop.dev/requested-at token, one request)",
+        )
+    ]
+    return friday.status.model_copy(update={"rollout": None, "current_model": V3, "candidate_model": None})
+
+
+def test_a_promote_under_a_new_token_never_refires_the_rollback_to_left_beside_it() -> None:
+    serving_v3 = promoted_beside_an_old_rollback_to()
+    still_there = healthy_dependencies(
+        promote_request="v3", rollback_request="v1", rollback_artifacts=VERIFIED_V1, request_token="friday"
+    )
+    later = run(spec_dict(mode="Recommend"), serving_v3, still_there, minutes=120)
+    assert later.actions == ()
+    assert later.status.rollout is None
+    assert later.status.current_model == V3
+    assert later.status.handled_rollback_request == "v1@friday"
+    assert not later.events
+
+
+def test_without_a_token_an_old_rollback_to_beside_a_new_promote_is_taken_with_it_too() -> None:
+    # The token was removed by hand: "v0" no longer matches "v0@monday", yet nobody asked for v0 again.
+    status = recommended().model_copy(update={"handled_rollback_request": "v0@monday"})
+    verified_v0 = ArtifactObservation(
+        ArtifactCheck.VERIFIED, uri="s3://models/churn/ml/churn/v0/", metrics={}
+    )
+    observed = healthy_dependencies(
+        promote_request="v2", rollback_request="v0", rollback_artifacts=verified_v0
+    )
+    promoted = run(spec_dict(mode="Recommend"), status, observed)
+    assert applied(promoted) == ["v2"]
+    assert (promoted.status.handled_promote_request, promoted.status.handled_rollback_request) == ("v2", "v0")
+
+
+def test_rolling_back_to_the_same_version_again_under_a_new_token_is_honoured() -> None:
+    serving_v3 = promoted_beside_an_old_rollback_to()
+    spec = spec_dict(mode="Recommend")
+    # `kubectl feedbackloop rollback` removes the handled promote and sets a fresh token.
+    again = healthy_dependencies(
+        rollback_request="v1", rollback_artifacts=VERIFIED_V1, request_token="sunday"
+    )
+    asked = replace(loop_state(spec, serving_v3), rollback_request="v1", request_token="sunday")
+    assert plan(asked, POLICY, T0).rollback_uri == V1.uri
+    sunday = run(spec, serving_v3, again, minutes=180)
+    assert sunday.actions == (ROLL_BACK_TO_V1,)
+    assert sunday.status.handled_rollback_request == "v1@sunday"
+    assert sunday.status.handled_promote_request == "v3@friday"
+    rollout = sunday.status.rollout
+    assert rollout is not None and (rollout.kind, rollout.version, rollout.previous) == ("Rollback", "v1", V3)
+
+
+def test_the_same_promote_again_is_a_new_request_only_with_a_new_requested_at_token() -> None:
+    # Refused on Monday, before v2's gates passed; now it is the validated candidate.
+    status = recommended().model_copy(update={"handled_promote_request": "v2@monday"})
+    spec = spec_dict(mode="Recommend")
+    same = run(spec, status, healthy_dependencies(promote_request="v2", request_token="monday"))
+    assert same.actions == ()
+    assert same.status.rollout is None
+    again = run(spec, status, healthy_dependencies(promote_request="v2", request_token="friday"))
+    assert applied(again) == ["v2"]
+    assert again.status.handled_promote_request == "v2@friday"
+    assert again.status.rollout is not None and again.status.rollout.kind == "Promotion"
 
 
 @pytest.mark.parametrize(

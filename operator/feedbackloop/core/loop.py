@@ -51,5 +51,6 @@ class LoopState:
     spec_error: str | None
     status: FeedbackLoopStatus
     rollback_request: str | None = None  # planning needs it to fetch that version's manifest
+    promote_request: str | None = None  # one still to handle takes the rollback-to with it: nothing to fetch
     request_token: str | None = None  # feedbackloop.dev/requested-at: the same promote or rollback-to again
     last_probe: datetime | None = None  # when this process last probed the dependencies; None: never

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from feedbackloop.api import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
+    REQUESTED_AT_ANNOTATION,
     ROLLBACK_ANNOTATION,
     ConditionStatus,
     ConditionType,
@@ -157,17 +158,31 @@ def _ignore_abort(draft: Draft, reason: Reason, message: str) -> None:
 def handle_manual_requests(
     draft: Draft, spec: FeedbackLoopSpec, namespace: str, observed: Observations
 ) -> None:
-    """Promote and rollback-to requests, each value once; refusals are conditions, never silent."""
+    """Promote and rollback-to requests, each value once; refusals are conditions, never silent.
+
+    One requested-at token is one request. Both annotations share the token, so the promote, handled first,
+    marks a rollback-to beside it handled under the same token: a token set to repeat a promote must not
+    re-fire an old rollback-to still on the loop (with or without a token, a rollback-to is handled only when
+    the promote beside it already is, under the same token)."""
     if draft.status.rollout is not None or draft.status.active_retrain is not None:
         return  # busy: the request waits, unhandled
     promote = observed.promote_request
+    rollback = observed.rollback_request
     token = observed.request_token
     if promote and not is_handled(promote, draft.status.handled_promote_request, token):
         draft.status.handled_promote_request = request_id(promote, token)
+        if rollback and not is_handled(rollback, draft.status.handled_rollback_request, token):
+            draft.status.handled_rollback_request = request_id(rollback, token)
+            # An Event, so a rollback-to set beside the promote is never dropped without a word.
+            draft.event(
+                EventType.NORMAL,
+                Reason.ROLLBACK_REFUSED,
+                f"{ROLLBACK_ANNOTATION}={quoted(rollback)} not applied: the promote beside it went first "
+                f"(one {REQUESTED_AT_ANNOTATION} token, one request)",
+            )
         if _acceptable(draft, spec, PROMOTE_ANNOTATION, promote):
             _promote(draft, spec, namespace, promote)
         return
-    rollback = observed.rollback_request
     if rollback and not is_handled(rollback, draft.status.handled_rollback_request, token):
         artifacts = observed.rollback_artifacts
         if artifacts is not None and artifacts.check is ArtifactCheck.UNREACHABLE:

@@ -54,9 +54,12 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     )
     rollback_version = loop.rollback_request
     rollback_uri = None
+    token = loop.request_token
     if (
         rollback_version
-        and not is_handled(rollback_version, loop.status.handled_rollback_request, loop.request_token)
+        and not is_handled(rollback_version, loop.status.handled_rollback_request, token)
+        # A promote still to handle goes first and marks the rollback-to handled with it (core.manual).
+        and is_handled(loop.promote_request, loop.status.handled_promote_request, token)
         and spec.artifacts is not None
         and spec.mode is not Mode.OBSERVE
         and contract.is_version_name(rollback_version)

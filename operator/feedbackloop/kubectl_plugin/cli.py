@@ -56,7 +56,8 @@ def warn(message: str) -> None:
 
 
 def retrain_request_id(at: datetime, nonce: str) -> str:
-    """A fresh annotation value: the operator starts one retrain (or handles one abort) per distinct value."""
+    """A fresh annotation value: the operator starts one retrain (or handles one abort, or one promote or
+    rollback-to as its requested-at token) per distinct value."""
     return f"{at:%Y%m%dT%H%M%SZ}-{nonce}"
 
 
@@ -147,38 +148,45 @@ def run_retrain(session: Session, args: argparse.Namespace) -> int:
 
 
 def run_promote(session: Session, args: argparse.Namespace) -> int:
-    _, status = session.loop(args.name)
+    body, status = session.loop(args.name)
     versions.check_promote(status, args.name, args.version)
-    handled = status.handled_promote_request
     return _request_version(
-        session, args.name, PROMOTE_ANNOTATION, args.version, handled, status, "promotion of"
+        session, args.name, body, status, PROMOTE_ANNOTATION, args.version, "promotion of"
     )
 
 
 def run_rollback(session: Session, args: argparse.Namespace) -> int:
-    _, status = session.loop(args.name)
+    body, status = session.loop(args.name)
     versions.check_version_name(args.version)
     if not args.force:
         versions.check_rollback(status, args.name, args.version)
-    handled = status.handled_rollback_request
     return _request_version(
-        session, args.name, ROLLBACK_ANNOTATION, args.version, handled, status, "rollback to"
+        session, args.name, body, status, ROLLBACK_ANNOTATION, args.version, "rollback to"
     )
 
 
 def _request_version(
     session: Session,
     name: str,
+    body: dict[str, Any],
+    status: FeedbackLoopStatus,
     annotation: str,
     version: str,
-    handled: str | None,
-    status: FeedbackLoopStatus,
     what: str,
 ) -> int:
-    """Sets a promote or rollback annotation the operator has not handled yet, and says what happens next."""
-    versions.check_not_handled(handled, annotation, version)
-    _annotate(session, name, annotation, version)
-    print(f"{session.loop_label(name)}: {what} {version} requested ({annotation}={version})")
+    """Sets a promote or rollback annotation with a fresh requested-at token (asking again is a new request)
+    and removes the other request annotation in the same patch, then says what happens next."""
+    versions.check_not_in_flight(status, annotation, version)
+    token = retrain_request_id(now(), secrets.token_hex(4))
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    request = versions.version_request(status, annotations, annotation, version, token)
+    session.loops.merge_patch(session.namespace, name, {"metadata": {"annotations": request.annotations}})
+    changed = ", ".join(
+        f"{key} removed" if value is None else f"{key}={value}" for key, value in request.annotations.items()
+    )
+    print(f"{session.loop_label(name)}: {what} {version} requested ({changed})")
+    if request.warning:
+        warn(request.warning)
     if busy := busy_with(status):
         warn(f"{busy} is in flight: the {what.split()[0]} waits until it ends")
     return EXIT_OK

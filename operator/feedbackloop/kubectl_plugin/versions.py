@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from feedbackloop.api import GateVerdict
+from feedbackloop.api import (
+    PROMOTE_ANNOTATION,
+    REQUESTED_AT_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    GateVerdict,
+    RolloutKind,
+)
 from feedbackloop.core import contract
 from feedbackloop.core.manual import (
     Refusal,
@@ -17,6 +24,7 @@ from feedbackloop.core.manual import (
     rollback_refusal,
     rollback_targets,
 )
+from feedbackloop.core.requests import is_handled, quoted
 from feedbackloop.core.spec import ArtifactsSpec
 from feedbackloop.core.status import FeedbackLoopStatus
 from feedbackloop.kubectl_plugin.errors import PluginError
@@ -71,13 +79,47 @@ def check_rollback(status: FeedbackLoopStatus, loop: str, version: str) -> None:
     )
 
 
-def check_not_handled(handled_request: str | None, annotation: str, version: str) -> None:
-    """The operator handles each annotation value once; the same value again would be ignored silently."""
-    if handled_request == version:
+def check_not_in_flight(status: FeedbackLoopStatus, annotation: str, version: str) -> None:
+    """A repeat is a new request (a fresh requested-at token), but not one for the rollout in flight: it
+    would wait for that rollout, then be refused (already serving, no longer the candidate), hiding how it
+    ended."""
+    rollout = status.rollout
+    kind = RolloutKind.PROMOTION if annotation == PROMOTE_ANNOTATION else RolloutKind.ROLLBACK
+    if rollout is not None and rollout.kind is kind and rollout.version == version:
         raise PluginError(
-            f"the operator already handled {annotation}={version} on this loop and handles each value "
-            "once, so it would ignore this request"
+            f"the rollout in flight is already the {kind.lower()} of {version} (phase {rollout.phase}); "
+            "ask again once it has ended"
         )
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """A promote or rollback-to request, as the merge patch of metadata.annotations that makes it."""
+
+    annotations: dict[str, str | None]  # None removes
+    warning: str | None = None  # the request it removed was not handled yet
+
+
+def version_request(
+    status: FeedbackLoopStatus, annotations: Mapping[str, str], annotation: str, version: str, token: str
+) -> VersionRequest:
+    """`annotation`=`version` with a fresh requested-at token, so the same version again is a new request.
+
+    One token is one request (core.manual), so the other request annotation goes in the same patch: left
+    beside the new token it would look new, and a promote goes first, so an old promote would take the place
+    of a rollback asked for now. It goes even when not handled yet: the later request replaces the earlier."""
+    patch: dict[str, str | None] = {annotation: version, REQUESTED_AT_ANNOTATION: token}
+    other = ROLLBACK_ANNOTATION if annotation == PROMOTE_ANNOTATION else PROMOTE_ANNOTATION
+    value = annotations.get(other)
+    if value is None:
+        return VersionRequest(patch)
+    handled = (
+        status.handled_rollback_request if other == ROLLBACK_ANNOTATION else status.handled_promote_request
+    )
+    if is_handled(value, handled, annotations.get(REQUESTED_AT_ANNOTATION)):
+        return VersionRequest({**patch, other: None})
+    warning = f"{other}={quoted(value)} was not handled yet: this request replaces it"
+    return VersionRequest({**patch, other: None}, warning)
 
 
 def check_version_name(version: str) -> None:

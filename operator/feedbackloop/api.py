@@ -139,6 +139,8 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     PROMOTION_REFUSED = "PromotionRefused"
     ROLLBACK_REFUSED = "RollbackRefused"
+    CONFLICTING_REQUESTS = "ConflictingRequests"  # promote and rollback-to both new, neither clearly meant
+    REQUEST_SUPERSEDED = "RequestSuperseded"  # an old request beside the new one, recorded as handled with it
     INVALID_VERSION_NAME = "InvalidVersionName"  # a promote or rollback-to value that is not a version name
     # Degraded (also on RolledOut when there is no rollback)
     NOT_DEGRADED = "NotDegraded"

@@ -521,13 +521,13 @@ def promoted_beside_an_old_rollback_to() -> FeedbackLoopStatus:
     assert applied(friday) == ["v3"]
     assert friday.status.handled_promote_request == "v3@friday"
     assert friday.status.handled_rollback_request == "v1@friday"  # one token, one request
-    consumed = [(e.type, e.reason, e.message) for e in friday.events if e.reason == "RollbackRefused"]
+    consumed = [(e.type, e.reason, e.message) for e in friday.events if e.reason == "RequestSuperseded"]
     assert consumed == [
         (
             "Normal",
-            "RollbackRefused",
-            "feedbackloop.dev/rollback-to='v1' not applied: the promote beside it went first "
-            "(one feedbackloop.dev/requested-at token, one request)",
+            "RequestSuperseded",
+            "feedbackloop.dev/rollback-to='v1' not applied again: feedbackloop.dev/promote is the request of "
+            "this feedbackloop.dev/requested-at token (one token, one request)",
         )
     ]
     return friday.status.model_copy(update={"rollout": None, "current_model": V3, "candidate_model": None})
@@ -575,6 +575,49 @@ def test_rolling_back_to_the_same_version_again_under_a_new_token_is_honoured() 
     assert sunday.status.handled_promote_request == "v3@friday"
     rollout = sunday.status.rollout
     assert rollout is not None and (rollout.kind, rollout.version, rollout.previous) == ("Rollback", "v1", V3)
+
+
+def test_a_new_rollback_to_under_a_new_token_beats_the_old_promote_left_beside_it() -> None:
+    serving_v3 = promoted_beside_an_old_rollback_to()  # handled: promote v3@friday, rollback-to v1@friday
+    spec = spec_dict(mode="Recommend")
+    verified_v2 = ArtifactObservation(ArtifactCheck.VERIFIED, uri=V2_URI, model_sha256="2" * 64, metrics={})
+    # By hand: rollback-to=v2 and a new token, the promote of v3 still on the loop.
+    asked = replace(
+        loop_state(spec, serving_v3), rollback_request="v2", promote_request="v3", request_token="sunday"
+    )
+    assert plan(asked, POLICY, T0).rollback_uri == V2_URI
+    observed = healthy_dependencies(
+        promote_request="v3", rollback_request="v2", rollback_artifacts=verified_v2, request_token="sunday"
+    )
+    sunday = run(spec, serving_v3, observed, minutes=180)
+    assert applied(sunday) == ["v2"]
+    assert (sunday.status.handled_promote_request, sunday.status.handled_rollback_request) == (
+        "v3@sunday",
+        "v2@sunday",
+    )
+    assert [e.reason for e in sunday.events if e.reason == "RequestSuperseded"] == ["RequestSuperseded"]
+
+
+def test_both_requests_new_only_by_the_token_apply_neither_and_say_so() -> None:
+    serving_v3 = promoted_beside_an_old_rollback_to()
+    spec = spec_dict(mode="Recommend")
+    # The same two values, a new token: a repeat of which one cannot be told.
+    asked = replace(
+        loop_state(spec, serving_v3), rollback_request="v1", promote_request="v3", request_token="sunday"
+    )
+    assert plan(asked, POLICY, T0).rollback_uri is None
+    observed = healthy_dependencies(
+        promote_request="v3", rollback_request="v1", rollback_artifacts=VERIFIED_V1, request_token="sunday"
+    )
+    sunday = run(spec, serving_v3, observed, minutes=180)
+    assert sunday.actions == ()
+    assert sunday.status.rollout is None
+    refused = sunday.status.condition(ConditionType.ROLLED_OUT)
+    assert refused is not None and (refused.status, refused.reason) == ("False", "ConflictingRequests")
+    assert "remove the one you do not mean" in refused.message
+    # Recorded as handled: the same conflict is not reported again on every reconcile.
+    again = run(spec, sunday.status, observed, minutes=181)
+    assert again.actions == () and not [e for e in again.events if e.reason == "ConflictingRequests"]
 
 
 def test_the_same_promote_again_is_a_new_request_only_with_a_new_requested_at_token() -> None:

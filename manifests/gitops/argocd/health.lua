@@ -196,7 +196,8 @@ local validated = findCondition(conditions, "Validated")
 if validated ~= nil and validated.status == "False" and validated.reason == "GatesFailed" then
   table.insert(notes, "candidate rejected: " .. explain(validated))
 end
-if rolledOut ~= nil and (rolledOut.reason == "PromotionRefused" or rolledOut.reason == "RollbackRefused") then
+if rolledOut ~= nil and (rolledOut.reason == "PromotionRefused" or rolledOut.reason == "RollbackRefused"
+    or rolledOut.reason == "ConflictingRequests") then
   table.insert(notes, explain(rolledOut))
 end
 if text(status.recommendedVersion) ~= nil then

@@ -27,7 +27,7 @@ from feedbackloop.api import (
 from feedbackloop.core import contract
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.observations import ArtifactCheck, Observations
-from feedbackloop.core.requests import is_handled, quoted, request_id
+from feedbackloop.core.requests import Pending, is_handled, pending_request, quoted, request_id
 from feedbackloop.core.rollout import start_rollout, stop_rollout
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, RolloutState
@@ -158,38 +158,57 @@ def _ignore_abort(draft: Draft, reason: Reason, message: str) -> None:
 def handle_manual_requests(
     draft: Draft, spec: FeedbackLoopSpec, namespace: str, observed: Observations
 ) -> None:
-    """Promote and rollback-to requests, each value once; refusals are conditions, never silent.
-
-    One requested-at token is one request. Both annotations share the token, so the promote, handled first,
-    marks a rollback-to beside it handled under the same token: a token set to repeat a promote must not
-    re-fire an old rollback-to still on the loop (with or without a token, a rollback-to is handled only when
-    the promote beside it already is, under the same token)."""
+    """Promote and rollback-to requests, each value once; refusals are conditions, never silent. One
+    requested-at token is one request (core.requests.pending_request): the other annotation, if new only
+    by that token, is recorded as handled with it, so it never fires later."""
     if draft.status.rollout is not None or draft.status.active_retrain is not None:
         return  # busy: the request waits, unhandled
-    promote = observed.promote_request
-    rollback = observed.rollback_request
+    promote, rollback = observed.promote_request, observed.rollback_request
     token = observed.request_token
-    if promote and not is_handled(promote, draft.status.handled_promote_request, token):
-        draft.status.handled_promote_request = request_id(promote, token)
-        if rollback and not is_handled(rollback, draft.status.handled_rollback_request, token):
-            draft.status.handled_rollback_request = request_id(rollback, token)
-            # An Event, so a rollback-to set beside the promote is never dropped without a word.
-            draft.event(
-                EventType.NORMAL,
-                Reason.ROLLBACK_REFUSED,
-                f"{ROLLBACK_ANNOTATION}={quoted(rollback)} not applied: the promote beside it went first "
-                f"(one {REQUESTED_AT_ANNOTATION} token, one request)",
-            )
-        if _acceptable(draft, spec, PROMOTE_ANNOTATION, promote):
-            _promote(draft, spec, namespace, promote)
+    status = draft.status
+    pending = pending_request(
+        promote, status.handled_promote_request, rollback, status.handled_rollback_request, token
+    )
+    if pending is Pending.NONE:
         return
-    if rollback and not is_handled(rollback, draft.status.handled_rollback_request, token):
+    if pending is Pending.ROLLBACK:
         artifacts = observed.rollback_artifacts
         if artifacts is not None and artifacts.check is ArtifactCheck.UNREACHABLE:
             return  # try again when the store answers
-        draft.status.handled_rollback_request = request_id(rollback, token)
-        if _acceptable(draft, spec, ROLLBACK_ANNOTATION, rollback):
-            _rollback_to(draft, spec, namespace, rollback, observed)
+    handled_before = (status.handled_promote_request, status.handled_rollback_request)
+    if promote:
+        status.handled_promote_request = request_id(promote, token)
+    if rollback:
+        status.handled_rollback_request = request_id(rollback, token)
+    if pending is Pending.CONFLICT:
+        both = (
+            f"{PROMOTE_ANNOTATION}={quoted(promote or '')} and {ROLLBACK_ANNOTATION}={quoted(rollback or '')}"
+        )
+        message = (
+            f"{both} are both new under one {REQUESTED_AT_ANNOTATION} token: neither applied; remove the one "
+            "you do not mean and set a new token"
+        )
+        _refuse(draft, Reason.CONFLICTING_REQUESTS, message)
+        return
+    if pending is Pending.PROMOTE:
+        if rollback and status.handled_rollback_request != handled_before[1]:
+            _taken_with(draft, ROLLBACK_ANNOTATION, rollback, PROMOTE_ANNOTATION)
+        if promote and _acceptable(draft, spec, PROMOTE_ANNOTATION, promote):
+            _promote(draft, spec, namespace, promote)
+        return
+    if promote and status.handled_promote_request != handled_before[0]:
+        _taken_with(draft, PROMOTE_ANNOTATION, promote, ROLLBACK_ANNOTATION)
+    if rollback and _acceptable(draft, spec, ROLLBACK_ANNOTATION, rollback):
+        _rollback_to(draft, spec, namespace, rollback, observed)
+
+
+def _taken_with(draft: Draft, annotation: str, value: str, request: str) -> None:
+    """An Event, so an old request left beside the new one is never dropped without a word."""
+    message = (
+        f"{annotation}={quoted(value)} not applied again: {request} is the request of this "
+        f"{REQUESTED_AT_ANNOTATION} token (one token, one request)"
+    )
+    draft.event(EventType.NORMAL, Reason.REQUEST_SUPERSEDED, message)
 
 
 def _acceptable(draft: Draft, spec: FeedbackLoopSpec, annotation: str, value: str) -> bool:

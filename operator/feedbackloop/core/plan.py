@@ -12,7 +12,7 @@ from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.monitoring import evaluation_due
 from feedbackloop.core.promql import RenderedQuery, render_queries
 from feedbackloop.core.readiness import not_allowed, runtime_spec_errors
-from feedbackloop.core.requests import is_handled
+from feedbackloop.core.requests import Pending, pending_request
 from feedbackloop.core.spec import Mode
 
 
@@ -54,12 +54,17 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
     )
     rollback_version = loop.rollback_request
     rollback_uri = None
-    token = loop.request_token
+    status = loop.status
+    pending = pending_request(
+        loop.promote_request,
+        status.handled_promote_request,
+        rollback_version,
+        status.handled_rollback_request,
+        loop.request_token,
+    )
     if (
         rollback_version
-        and not is_handled(rollback_version, loop.status.handled_rollback_request, token)
-        # A promote still to handle goes first and marks the rollback-to handled with it (core.manual).
-        and is_handled(loop.promote_request, loop.status.handled_promote_request, token)
+        and pending is Pending.ROLLBACK  # the one core.manual handles next, so its manifest is needed
         and spec.artifacts is not None
         and spec.mode is not Mode.OBSERVE
         and contract.is_version_name(rollback_version)

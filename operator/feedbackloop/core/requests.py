@@ -4,6 +4,7 @@ one verbatim only when it fits the field the CRD declares for it."""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 
 HANDLED_REQUEST_LIMIT = 1024  # the CRD's maxLength of each status.handled*Request
@@ -34,3 +35,39 @@ def quoted(value: str) -> str:
     if len(value) <= QUOTED_LIMIT:
         return f"'{value}'"
     return f"'{value[:QUOTED_LIMIT]}…' ({len(value)} characters)"
+
+
+class Pending(enum.Enum):
+    """Which of promote and rollback-to to handle now."""
+
+    NONE = enum.auto()
+    PROMOTE = enum.auto()
+    ROLLBACK = enum.auto()
+    CONFLICT = enum.auto()  # both new in the same way: which one was meant cannot be told
+
+
+def pending_request(
+    promote: str | None,
+    handled_promote: str | None,
+    rollback: str | None,
+    handled_rollback: str | None,
+    token: str | None,
+) -> Pending:
+    """One requested-at token is one request. The two annotations share the token, so a new token makes an
+    old value beside the new request look new too: when only one of the two has a new value, that one is
+    the request; when both are new only by the token, or both have new values, neither is guessed."""
+    promote_due = bool(promote) and not is_handled(promote, handled_promote, token)
+    rollback_due = bool(rollback) and not is_handled(rollback, handled_rollback, token)
+    if promote_due and rollback_due:
+        promote_changed = not _same_value(promote, handled_promote)
+        if promote_changed != (not _same_value(rollback, handled_rollback)):
+            return Pending.PROMOTE if promote_changed else Pending.ROLLBACK
+        return Pending.CONFLICT
+    if promote_due:
+        return Pending.PROMOTE
+    return Pending.ROLLBACK if rollback_due else Pending.NONE
+
+
+def _same_value(value: str | None, handled: str | None) -> bool:
+    """The value handled before, under whatever token (a digest record cannot tell: then not the same)."""
+    return bool(value) and handled is not None and (handled == value or handled.startswith(f"{value}@"))

@@ -8,6 +8,7 @@ import copy
 from test_reconcile import names, request_retrain, spec
 
 from core_inputs import T0
+from feedbackloop.adapters.kube import job_finished
 from feedbackloop.api import RETRAIN_POD_FINALIZER
 from feedbackloop.core.observations import HeldPod, JobState
 from reconcile_fakes import World
@@ -120,3 +121,10 @@ def test_a_failing_list_while_forgetting_a_loop_is_logged_not_raised() -> None:
     world.cluster.failing.add("held_retrain_pods")
     world.reconciler.forget(world.namespace, world.name, f"uid-{world.name}")  # raises nothing
     assert len(world.cluster.held_pods) == 1
+
+
+def test_a_job_marked_to_fail_is_finished_while_its_held_pods_still_terminate() -> None:
+    # Kubernetes adds Failed only once the pods are gone; our finalizer may hold one, so FailureTarget counts.
+    assert job_finished([("FailureTarget", "True")])
+    assert job_finished([("Complete", "True")])
+    assert not job_finished([("FailureTarget", "False"), ("Suspended", "True")])

@@ -281,8 +281,8 @@ class KubeAdapter:
         conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
         if "Complete" in conditions:
             return JobObservation(name, JobState.SUCCEEDED, self._success_report(namespace, job))
-        if "Failed" in conditions:
-            failed = conditions["Failed"]
+        if "Failed" in conditions or "FailureTarget" in conditions:
+            failed = conditions.get("Failed") or conditions["FailureTarget"]
             state = JobState.DEADLINE_EXCEEDED if failed.reason == "DeadlineExceeded" else JobState.FAILED
             message = self._termination_message(namespace, name) or failed.message or failed.reason or ""
             return JobObservation(name, state, message[:_MAX_MESSAGE])
@@ -554,9 +554,14 @@ def _controller_loop_uid(job: client.V1Job) -> str | None:
     return None
 
 
+# FailureTarget: failed, its pods still terminating (Kubernetes 1.31+ adds Failed only once they are gone,
+# which a pod our finalizer holds may delay).
+_JOB_ENDED = ("Complete", "Failed", "FailureTarget")
+
+
 def job_finished(conditions: Iterable[tuple[str | None, str | None]]) -> bool:
-    """From a Job's (type, status) conditions: it finished once Complete or Failed is True."""
-    return any(kind in ("Complete", "Failed") and status == "True" for kind, status in conditions)
+    """From a Job's (type, status) conditions: it finished once Complete, Failed or FailureTarget is True."""
+    return any(kind in _JOB_ENDED and status == "True" for kind, status in conditions)
 
 
 def _finished(job: client.V1Job) -> bool:

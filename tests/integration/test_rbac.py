@@ -14,7 +14,7 @@ import pytest
 import harness
 from argocd_health import argo_health_everywhere
 from feedbackloop.adapters.artifacts import ArtifactStore
-from feedbackloop.api import CRD_NAME, ENV_MODEL_URI, RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.api import CRD_NAME, ENV_MODEL_URI, RETRAIN_POD_FINALIZER, RETRAIN_REQUEST_ANNOTATION
 from harness import wait_until
 from install_helpers import RESTRICTED, Release, create_namespace, granted, service_account_kubeconfig
 from loop_scenario import Scenario, served, spec_for, trainer_report, wait_status, write_candidate
@@ -55,6 +55,32 @@ def test_cluster_wide_install_grants_exactly_the_listed_verbs_and_no_secrets(
             "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, "-A", check=False
         )
         assert answer.stdout.strip() == "no", (verb, resource)
+    assert_pod_patch_only_removes_the_finalizer(cluster, kubeconfig, namespace)
+
+
+def assert_pod_patch_only_removes_the_finalizer(
+    cluster: harness.Cluster, kubeconfig: Path, namespace: str
+) -> None:
+    """RBAC grants `patch` on pods; the chart's admission policy narrows it to removing our finalizer."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tenant-pod", "namespace": namespace, "finalizers": [RETRAIN_POD_FINALIZER]},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    }
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pod))
+    as_operator = ("--kubeconfig", str(kubeconfig), "-n", namespace)
+    relabel = cluster.kubectl(*as_operator, "label", "pod", "tenant-pod", "stolen=yes", check=False)
+    assert relabel.returncode != 0
+    assert "may only remove its finalizer" in relabel.stderr, relabel.stderr
+    image = json.dumps({"spec": {"containers": [{"name": "app", "image": "registry.example/evil:1"}]}})
+    swapped = cluster.kubectl(*as_operator, "patch", "pod", "tenant-pod", "-p", image, check=False)
+    assert "may only remove its finalizer" in swapped.stderr, swapped.stderr
+    release = json.dumps([{"op": "remove", "path": "/metadata/finalizers/0"}])
+    cluster.kubectl(*as_operator, "patch", "pod", "tenant-pod", "--type=json", "-p", release)
+    left = cluster.kubectl("get", "pod", "tenant-pod", "-n", namespace, "-o", "json").stdout
+    assert json.loads(left)["metadata"].get("finalizers") in (None, [])
+    assert json.loads(left)["metadata"].get("labels", {}).get("stolen") is None
 
 
 def test_namespaced_install_grants_the_watched_namespaces_only(
@@ -170,6 +196,16 @@ def test_operator_with_the_chart_service_account_retrains_and_rolls_out_with_no_
     log = operator.log()
     assert "feedbackloop operator configured" in log  # the log is the operator's, not an empty file
     assert FORBIDDEN_IN_LOG.findall(log) == []
+    # The finished trainer pod was released through the chart's admission policy, not held for good.
+    held = wait_until(lambda: _held_retrain_pods(scenario), lambda names: names == [], timeout=60)
+    assert held == []
+
+
+def _held_retrain_pods(scenario: Scenario) -> list[str]:
+    pods = json.loads(scenario.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    return [
+        p["metadata"]["name"] for p in pods if RETRAIN_POD_FINALIZER in p["metadata"].get("finalizers", [])
+    ]
 
 
 def test_a_removed_rule_fails_the_scenario_with_a_forbidden_condition(

@@ -97,7 +97,7 @@ bench-scale: $(STAMP) cluster-build  ## N FeedbackLoops vs a no-op kopf operator
 	$(BIN)/python bench/scale.py --n "$${N:-100,1000,3000}" --shards "$${SHARDS:-1}" --operator-src "$${OPERATOR_SRC:-operator}"
 
 chaos: $(STAMP) cluster-build  ## fault injection on the real control plane, Prometheus and S3: each fault 3 times, then the outcome table (CHAOS_REPEAT=3)
-	CHAOS_REPEAT=$${CHAOS_REPEAT:-3} CHAOS_ETCD_OUTAGE_SECONDS=$${CHAOS_ETCD_OUTAGE_SECONDS:-60} $(BIN)/pytest tests/integration/test_chaos.py tests/integration/test_chaos_drift.py
+	CHAOS_REPEAT=$${CHAOS_REPEAT:-3} CHAOS_ETCD_OUTAGE_SECONDS=$${CHAOS_ETCD_OUTAGE_SECONDS:-60} $(BIN)/pytest tests/integration/test_chaos.py tests/integration/test_chaos_drift.py tests/integration/test_chaos_retrain_pods.py
 
 clean:  ## remove the virtualenv and local cluster state (the binary cache stays)
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

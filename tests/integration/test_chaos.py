@@ -326,7 +326,14 @@ def test_an_s3_fault_never_promotes(
 KEEP_RUNNING = "run"
 
 
-@pytest.mark.parametrize("fault", ["OOMKilled", "deleted mid-run"])
+JOB_FAULT_REASONS = {
+    "OOMKilled": ("RetrainJobFailed", "exit code 137 (OOMKilled)"),
+    "deleted mid-run": ("RetrainJobMissing", "deleted before it finished"),
+    "past its deadline": ("RetrainJobDeadlineExceeded", "Job churn-retrain-2"),
+}
+
+
+@pytest.mark.parametrize("fault", list(JOB_FAULT_REASONS))
 def test_a_retrain_job_fault_ends_the_retrain_with_its_reason(
     fault: str,
     attempt: int,
@@ -346,13 +353,15 @@ def test_a_retrain_job_fault_ends_the_retrain_with_its_reason(
     if fault == "deleted mid-run":
         scenario.wait_condition("Retraining", "True", "RetrainRunning")
         scenario.kubectl("delete", "job", "churn-retrain-2", "--wait=false")
+    elif fault == "past its deadline":
+        # The CRD's minimum deadline is 60 s; the Job's own field is mutable, so the test shortens it.
+        scenario.wait_condition("Retraining", "True", "RetrainRunning")
+        scenario.kubectl("patch", "job", "churn-retrain-2", "-p", '{"spec":{"activeDeadlineSeconds":1}}')
     injection.fault_ended()
-    reason = "RetrainJobFailed" if fault == "OOMKilled" else "RetrainJobMissing"
+    reason, said = JOB_FAULT_REASONS[fault]
     ended = scenario.wait_condition("Retraining", "False", reason, timeout=CONVERGE)
-    # The kubelet's reason from the container state: OOMKilled pods write no termination message.
-    assert ("exit code 137 (OOMKilled)" if fault == "OOMKilled" else "deleted before it finished") in ended[
-        "message"
-    ]
+    # OOMKilled: the kubelet's reason from the container state, since OOMKilled pods write no message.
+    assert said in ended["message"], ended
     time.sleep(3)
     status = scenario.loop()["status"]
     assert "activeRetrain" not in status

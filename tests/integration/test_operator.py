@@ -232,24 +232,6 @@ def test_failed_job_puts_the_termination_message_in_the_condition(
     assert warnings[0]["type"] == "Warning"
 
 
-def test_a_job_past_its_deadline_is_reported_as_such(
-    scenario: Scenario, start_operator: Callable[..., OperatorProcess]
-) -> None:
-    start_operator()
-    spec = loop_spec(
-        scenario.model,
-        **{
-            "retrain.podAnnotations": {harness.KWOK_OUTCOME_ANNOTATION: "hold"},  # the pod runs until killed
-            "retrain.activeDeadlineSeconds": 60,  # the CRD's minimum
-        },
-    )
-    scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "slow"})
-    scenario.wait_jobs([f"{LOOP}-retrain-2"])
-    failed = scenario.wait_condition("Retraining", "False", "RetrainJobDeadlineExceeded", timeout=120)
-    assert f"Job {LOOP}-retrain-2" in failed["message"]
-    assert scenario.loop()["status"]["history"][-1]["reason"] == "RetrainJobDeadlineExceeded"
-
-
 def test_observe_mode_reports_but_never_launches(
     scenario: Scenario, start_operator: Callable[..., OperatorProcess], exporter: ModelExporter
 ) -> None:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from feedbackloop import metrics
-from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
+from feedbackloop.adapters.kube import ApiFailureError, LoopGoneError, StaleWriteError
 from feedbackloop.api import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
@@ -111,6 +111,7 @@ class Cluster(Protocol):
     ) -> None: ...
     def held_retrain_pods(self, namespaces: tuple[str, ...], loop: str | None = None) -> list[HeldPod]: ...
     def release_pod(self, namespace: str, name: str) -> None: ...
+    def namespace_terminating(self, namespace: str, name: str, uid: str) -> bool: ...
 
 
 class ArtifactStoreGateway(Protocol):
@@ -242,7 +243,13 @@ class Reconciler:
         outcome = "error"
         try:
             with self._lock_for(namespace, name):
-                reconciled = self._reconcile(namespace, name)
+                try:
+                    reconciled = self._reconcile(namespace, name)
+                except LoopGoneError:
+                    # Deleted, or its namespace, since it was read: as if the read had found it gone.
+                    log.debug("%s/%s is gone: its status is not written", namespace, name)
+                    self._gone(namespace, name)
+                    reconciled = Reconciled(None, None)
             outcome = "ok"
             return reconciled
         except StaleWriteError:
@@ -265,6 +272,8 @@ class Reconciler:
             failed = dependency_failed(loop.status, forbidden, str(failure), self.clock(), loop.generation)
             writing = _Writing(loop.ref, body["metadata"]["resourceVersion"], loop.status)
             self._write_status(writing, failed, self.clock())
+        except LoopGoneError:
+            log.debug("%s/%s is gone: its failure is not reported", namespace, name)
         except Exception:
             log.exception("cannot report failure on %s/%s", namespace, name)
 
@@ -332,6 +341,8 @@ class Reconciler:
         else:
             final = self._act(loop, writing, decision, now)
         self._observe_lag(loop, final)
+        if observed.job is not None and observed.job.pods_terminating:
+            self._release_pods_if_namespace_goes(loop.ref)
         last_probe = now if how.probe_dependencies else loop.last_probe
         self._memory[(namespace, name)] = Remembered(
             loop.ref.uid, writing.resource_version, writing.stored, final, last_probe
@@ -451,6 +462,19 @@ class Reconciler:
             self._release_job_pods(ref, ended.job)  # the result is in the status written above
         return status
 
+    def _release_pods_if_namespace_goes(self, ref: LoopRef) -> None:
+        """A namespace being deleted deletes its pods first and the loop only once they are gone: a retrain
+        pod our finalizer held for the loop would keep the namespace, and the loop, forever. Nobody is left to
+        read its result, so the finalizer goes."""
+        try:
+            if self.cluster.namespace_terminating(ref.namespace, ref.name, ref.uid):
+                log.info(
+                    "namespace %s is being deleted: releasing the retrain pods of %s", ref.namespace, ref.name
+                )
+                self._release_pods(ref.namespace, ref.name, ref.uid)
+        except Exception as err:  # best effort: the next reconcile asks again
+            log.warning("cannot tell whether namespace %s is being deleted: %s", ref.namespace, err)
+
     def _release_job_pods(self, ref: LoopRef, job: str) -> None:
         try:
             self._release_pods(ref.namespace, ref.name, ref.uid, job)
@@ -512,6 +536,10 @@ class Reconciler:
         try:
             self.cluster.post_event(ref.namespace, ref.name, ref.uid, event.type, event.reason, event.message)
         except Exception as err:
+            if isinstance(err, ApiFailureError) and err.namespace_terminating:
+                # The Event would go with its namespace, and the loop with it: nobody is left to read it.
+                log.debug("event %s for %s/%s dropped: %s", event.reason, ref.namespace, ref.name, err)
+                return
             # An Event is best effort: losing one must not fail the reconcile, whose status is written.
             log.warning("cannot post event %s for %s/%s: %s", event.reason, ref.namespace, ref.name, err)
             metrics.EVENTS_LOST.inc()

@@ -422,18 +422,8 @@ def test_other_writers_mid_rollout_lose_nothing_and_the_rollout_finishes(
 # ---------------------------------------------------------------- deletion mid-flight
 
 
-@pytest.mark.parametrize("moment", ["mid-retrain", "mid-rollout"])
-def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
-    moment: str,
-    attempt: int,
-    scenario: Scenario,
-    start_operator: Callable[..., OperatorProcess],
-    store: ArtifactStore,
-    inject: Callable[[str], chaos.Injection],
-) -> None:
-    injection = inject(f"loop deleted {moment}")
-    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
-    operator = start_operator()
+def _in_flight(scenario: Scenario, store: ArtifactStore, candidate: str, moment: str) -> None:
+    """The loop with its retrain Job running (mid-retrain) or with v2 being analysed (mid-rollout)."""
     if moment == "mid-retrain":
         annotations = {harness.KWOK_OUTCOME_ANNOTATION: KEEP_RUNNING}
         scenario.apply_loop(
@@ -446,6 +436,27 @@ def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
         spec["rollout"]["analysis"]["count"] = 20  # still analysing when the loop goes
         scenario.apply_loop(spec, annotations={RETRAIN_REQUEST_ANNOTATION: "go"})
         wait_status(scenario, lambda s: "rollout" in s)
+
+
+def _series_of_the_loop(operator: OperatorProcess, scenario: Scenario) -> list[str]:
+    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    mine = (f'namespace="{scenario.namespace}"', 'loop="churn"')
+    return [line for line in text.splitlines() if not line.startswith("#") and all(m in line for m in mine)]
+
+
+@pytest.mark.parametrize("moment", ["mid-retrain", "mid-rollout"])
+def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
+    moment: str,
+    attempt: int,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject(f"loop deleted {moment}")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    operator = start_operator()
+    _in_flight(scenario, store, candidate, moment)
     scenario.kubectl("delete", "feedbackloop", "churn", "--wait=true", "--timeout=60s")
     injection.fault_ended()
 
@@ -454,9 +465,7 @@ def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
     env, version = served(scenario)
     serving = (env.get(ENV_MODEL_URI), version)
     pairs = {(scenario.initial_uri, "v1"), (candidate, "v2")}
-    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    mine = (f'namespace="{scenario.namespace}"', 'loop="churn"')
-    left = [line for line in text.splitlines() if not line.startswith("#") and all(m in line for m in mine)]
+    left = _series_of_the_loop(operator, scenario)
     injection.duplicate_jobs = len(gone)
     injection.bad_promotions = int(serving not in pairs)  # the served URI and version still belong together
     injection.lost_status = len(left)
@@ -465,6 +474,77 @@ def test_a_loop_deleted_mid_flight_leaves_nothing_behind(
     assert left == [], left
     assert operator.popen is not None and operator.popen.poll() is None
     injection.converged_now()
+
+
+NAMESPACE_GONE = 120  # seconds: the namespace controller deletes everything in it, retrain pods once released
+QUIET = (
+    20  # seconds after the namespace went: more than an evaluation interval and a failed reconcile's retry
+)
+
+
+def _namespace_exists(scenario: Scenario) -> bool:
+    found = scenario.cluster.kubectl(
+        "get", "namespace", scenario.namespace, "--ignore-not-found", "-o", "name"
+    )
+    return bool(found.stdout.strip())
+
+
+def _left_in(scenario: Scenario) -> str:
+    """What still holds a Terminating namespace, for the failure message."""
+    kinds = "feedbackloops,jobs,pods,deployments,leases"
+    found = scenario.kubectl(
+        "get",
+        kinds,
+        "-o",
+        "custom-columns=KIND:.kind,NAME:.metadata.name,FINALIZERS:.metadata.finalizers",
+        check=False,
+    )
+    namespace = scenario.cluster.kubectl("get", "namespace", scenario.namespace, "-o", "json", check=False)
+    return f"{found.stdout}{found.stderr}{namespace.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize("moment", ["mid-retrain", "mid-rollout"])
+def test_a_namespace_deleted_mid_flight_leaves_nothing_behind(
+    moment: str,
+    attempt: int,
+    scenario: Scenario,
+    start_operator: Callable[..., OperatorProcess],
+    store: ArtifactStore,
+    inject: Callable[[str], chaos.Injection],
+) -> None:
+    injection = inject(f"namespace deleted {moment}")
+    candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
+    # The operator's Lease outside the namespace that goes (its own namespace, as when installed): the
+    # harness keeps it in the test's namespace, whose deletion would leave the operator no Lease to write.
+    operator = start_operator(FBL_LEASE_NAMESPACE="default")
+    lease = operator.env["FBL_LEASE_NAME"]
+    try:
+        _in_flight(scenario, store, candidate, moment)
+        logged = len(operator.log())
+        scenario.cluster.kubectl("delete", "namespace", scenario.namespace, "--wait=false")
+        injection.fault_ended()
+
+        # The namespace goes once nothing in it is held: the operator releases its retrain pods' finalizer.
+        still = wait_until(
+            lambda: _namespace_exists(scenario), lambda exists: not exists, timeout=NAMESPACE_GONE
+        )
+        assert not still, _left_in(scenario)
+        left = _series_of_the_loop(operator, scenario)
+        time.sleep(QUIET)
+        since = operator.log()[logged:]
+        loud = [line for line in since.splitlines() if " WARNING " in line or " ERROR " in line]
+        after = operator.log()[logged + len(since) :]
+        injection.duplicate_jobs = len(scenario.job_names()) if _namespace_exists(scenario) else 0
+        injection.lost_status = len(left)
+        assert left == [], left
+        assert operator.popen is not None and operator.popen.poll() is None, since[-3000:]
+        # Writes that met a namespace on its way out end quietly: no warning, no traceback, no retry.
+        assert "Traceback" not in since, since[-3000:]
+        assert loud == [], "\n".join(loud)
+        assert scenario.namespace not in after, after[-3000:]
+        injection.converged_now()
+    finally:
+        scenario.cluster.kubectl("delete", "lease", lease, "-n", "default", "--ignore-not-found", check=False)
 
 
 # ---------------------------------------------------------------- the control plane

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core_inputs import POLICY
-from feedbackloop.adapters.kube import ApiFailureError, StaleWriteError
+from feedbackloop.adapters.kube import ApiFailureError, LoopGoneError, StaleWriteError
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP, RETRAIN_POD_FINALIZER
 from feedbackloop.core import contract
 from feedbackloop.core.loop import OperatorPolicy
@@ -95,6 +95,8 @@ class FakeCluster:
     version: int = 1  # the last resourceVersion handed out
     # Retrain pods still carrying the operator's finalizer, by pod name: one per Job created.
     held_pods: dict[str, HeldPod] = field(default_factory=dict)
+    # Namespaces being deleted: the API server refuses every create in them (403, NamespaceTerminating).
+    terminating: set[str] = field(default_factory=set)
 
     def _call(self, name: str, *args: Any) -> None:
         self.journal.append(Call(name, args))
@@ -110,7 +112,9 @@ class FakeCluster:
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
     ) -> str:
         self._call("patch_loop_status", namespace, name, copy.deepcopy(patch))
-        body = self.loops[(namespace, name)]
+        body = self.loops.get((namespace, name))
+        if body is None:
+            raise LoopGoneError(f"patch {name}/status", 404, "the loop is gone")
         if body["metadata"]["resourceVersion"] != resource_version:
             raise StaleWriteError(f"patch {name}/status", 409, "changed since read")
         body["status"] = apply_merge_patch(body.get("status") or {}, patch)
@@ -151,7 +155,8 @@ class FakeCluster:
         version = contract.version_name(int(name.rsplit("-", 1)[1]))
         succeeded = state is JobState.SUCCEEDED
         report = contract.success_message(fake_manifest_sha256(version)) if succeeded else ""
-        return JobObservation(name, state, report)
+        deleting = state is JobState.RUNNING and namespace in self.terminating  # its pods go first
+        return JobObservation(name, state, report, pods_terminating=deleting)
 
     def create_job(self, manifest: dict[str, Any]) -> JobCreation:
         name = manifest["metadata"]["name"]
@@ -187,6 +192,9 @@ class FakeCluster:
 
     def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
         self._call("post_event", kind, reason)
+        if namespace in self.terminating:
+            message = f"unable to create new content in namespace {namespace} because it is being terminated"
+            raise ApiFailureError("create events", 403, f"Forbidden: {message}", namespace_terminating=True)
 
     def held_retrain_pods(self, namespaces: tuple[str, ...], loop: str | None = None) -> list[HeldPod]:
         self._call("held_retrain_pods", namespaces, loop)
@@ -199,6 +207,10 @@ class FakeCluster:
     def release_pod(self, namespace: str, name: str) -> None:
         self._call("release_pod", namespace, name)
         self.held_pods.pop(name, None)
+
+    def namespace_terminating(self, namespace: str, name: str, uid: str) -> bool:
+        self._call("namespace_terminating", namespace)
+        return namespace in self.terminating
 
 
 @dataclass

@@ -61,6 +61,8 @@ _REFUSED_FOR_GOOD = frozenset({400, 403, 404, 422})
 _URL_USERINFO = re.compile(r"(?<=://)[^\s/@\"']+@")
 _JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 _RETRAIN_PODS = f"{LABEL_COMPONENT}={COMPONENT_RETRAIN},{LABEL_MANAGED_BY}={FIELD_MANAGER}"
+# The cause the API server gives a create refused in a namespace being deleted (NamespaceLifecycle).
+_NAMESPACE_TERMINATING = "NamespaceTerminating"
 
 
 def load_kube_config() -> None:
@@ -78,6 +80,8 @@ class ApiFailureError(Exception):
     operation: str
     status: int  # 0: no answer (a timeout or a connection error)
     reason: str
+    namespace_terminating: bool = False
+    """A create refused (403) because its namespace is being deleted: nothing to retry, nobody to tell."""
 
     @property
     def forbidden(self) -> bool:
@@ -101,19 +105,39 @@ class StaleWriteError(ApiFailureError):
     """A write guarded by resourceVersion met a newer object: read again and decide again."""
 
 
+class LoopGoneError(ApiFailureError):
+    """A write to the loop answered 404: the loop, or its namespace, was deleted since it was read."""
+
+
 def _failure(operation: str, err: ApiException) -> ApiFailureError:
-    return ApiFailureError(operation, int(err.status or 0), api_reason(err.body, err.reason))
+    status = int(err.status or 0)
+    terminating = status == 403 and _NAMESPACE_TERMINATING in _causes(err.body)
+    return ApiFailureError(operation, status, api_reason(err.body, err.reason), terminating)
+
+
+def _status_object(body: str | bytes | None) -> dict[str, Any]:
+    """The body as a Status object; empty for any body that is not one, which may be anything a proxy in
+    between sends."""
+    try:
+        status = json.loads(body) if body else None
+    except ValueError:
+        status = None
+    return status if isinstance(status, dict) and status.get("kind") == "Status" else {}
+
+
+def _causes(body: str | bytes | None) -> set[str]:
+    """The reasons of the Status object's details.causes."""
+    details = _status_object(body).get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
+        return set()
+    return {str(cause.get("reason")) for cause in causes if isinstance(cause, dict)}
 
 
 def api_reason(body: str | bytes | None, http_reason: str | None) -> str:
     """The Status object's reason and message, short and without URL credentials; never a body that is not a
     Status, which may be anything a proxy in between sends."""
-    try:
-        status = json.loads(body) if body else None
-    except ValueError:
-        status = None
-    if not isinstance(status, dict) or status.get("kind") != "Status":
-        status = {}
+    status = _status_object(body)
     parts = (str(status.get("reason") or http_reason or ""), str(status.get("message") or ""))
     text = _URL_USERINFO.sub("…@", ": ".join(part for part in parts if part))
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
@@ -160,7 +184,8 @@ class KubeAdapter:
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
     ) -> str:
         """A JSON merge patch on the status subresource, applied only if the loop is still at
-        `resource_version` (else StaleWriteError); None values delete fields. Returns the new version."""
+        `resource_version` (else StaleWriteError; LoopGoneError if it is gone); None values delete fields.
+        Returns the new version."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
             written = self.custom.patch_namespaced_custom_object_status(
@@ -169,6 +194,8 @@ class KubeAdapter:
         except ApiException as err:
             if err.status == 409:
                 raise StaleWriteError(f"patch {PLURAL}/{name}/status", 409, "changed since read") from None
+            if err.status == 404:
+                raise LoopGoneError(f"patch {PLURAL}/{name}/status", 404, "the loop is gone") from None
             raise _failure(f"patch {PLURAL}/{name}/status", err) from None
         return str(written["metadata"]["resourceVersion"])
 
@@ -286,7 +313,8 @@ class KubeAdapter:
             state = JobState.DEADLINE_EXCEEDED if failed.reason == "DeadlineExceeded" else JobState.FAILED
             message = self._termination_message(namespace, name) or failed.message or failed.reason or ""
             return JobObservation(name, state, message[:_MAX_MESSAGE])
-        return JobObservation(name, JobState.RUNNING)
+        terminating = bool(getattr(job.status, "terminating", None))
+        return JobObservation(name, JobState.RUNNING, pods_terminating=terminating)
 
     def _termination_message(self, namespace: str, job: str) -> str:
         """The newest terminated container's message among the Job's pods."""
@@ -483,26 +511,46 @@ class KubeAdapter:
 
     # ---------------------------------------------------------------- Events
     def post_event(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
-            ),
-            reason=reason,
-            message=message[:_MAX_MESSAGE],
-            type=kind,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component=FIELD_MANAGER),
-            reporting_component=FIELD_MANAGER,
-            reporting_instance=FIELD_MANAGER,
-        )
+        event = _event(namespace, name, uid, kind, reason, message)
         try:
             self.core.create_namespaced_event(namespace, event, _request_timeout=_REQUEST_TIMEOUT)
         except ApiException as err:
             raise _failure(f"create events for {PLURAL}/{name}", err) from None
+
+    def namespace_terminating(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the loop's namespace is being deleted (or gone), as the API server's NamespaceLifecycle
+        admission tells a dry-run create of an Event about the loop: no permission beyond the Events the
+        operator posts anyway, none on Namespaces."""
+        event = _event(namespace, name, uid, "Normal", "NamespaceCheck", "dry run: never stored")
+        try:
+            self.core.create_namespaced_event(
+                namespace, event, dry_run="All", _request_timeout=_REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            failure = _failure(f"dry-run create events for {PLURAL}/{name}", err)
+            if failure.namespace_terminating or failure.status == 404:
+                return True
+            raise failure from None
+        return False
+
+
+def _event(namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> client.CoreV1Event:
+    now = datetime.now(UTC)
+    return client.CoreV1Event(
+        metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}", namespace=namespace),
+        involved_object=client.V1ObjectReference(
+            api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
+        ),
+        reason=reason,
+        message=message[:_MAX_MESSAGE],
+        type=kind,
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        source=client.V1EventSource(component=FIELD_MANAGER),
+        reporting_component=FIELD_MANAGER,
+        reporting_instance=FIELD_MANAGER,
+    )
 
 
 def _progress(deployment: dict[str, Any]) -> DeploymentProgress:

@@ -123,6 +123,7 @@ class JobObservation:
     state: JobState
     # The pod's termination message (on success, the trainer's report), or the Job's failure message.
     message: str = ""
+    pods_terminating: bool = False  # pods of it are being deleted (the Job's status.terminating)
 
 
 @dataclass(frozen=True)

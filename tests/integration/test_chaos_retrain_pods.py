@@ -42,7 +42,7 @@ def _succeeded(pods: list[dict[str, Any]]) -> bool:
     return any((pod.get("status") or {}).get("phase") == "Succeeded" for pod in pods)
 
 
-@pytest.mark.parametrize("vanishing", ["ttlSecondsAfterFinished 0", "deleted after it finished"])
+@pytest.mark.parametrize("vanishing", ["TTL 0", "deleted"])
 def test_a_finished_job_gone_before_the_operator_saw_it_is_still_found(
     vanishing: str,
     attempt: int,
@@ -51,9 +51,9 @@ def test_a_finished_job_gone_before_the_operator_saw_it_is_still_found(
     store: ArtifactStore,
     inject: Callable[[str], chaos.Injection],
 ) -> None:
-    injection = inject(f"retrain Job {vanishing} before the operator saw it")
+    injection = inject(f"retrain Job finished, gone unseen ({vanishing})")
     candidate = write_candidate(store, scenario.namespace, "v2", accuracy=0.93)
-    ttl = 0 if vanishing.startswith("ttl") else 3600
+    ttl = 0 if vanishing == "TTL 0" else 3600
     report = trainer_report(store, candidate)
     spec = spec_for(scenario, **{"retrain.podAnnotations": report, "retrain.ttlSecondsAfterFinished": ttl})
     # Down right after the create: the Job runs, finishes and vanishes with no operator watching.

@@ -78,17 +78,60 @@ def test_recovery_resets_breaching_since() -> None:
     assert again.breaching_since == T0 + timedelta(minutes=2)
 
 
-@pytest.mark.parametrize(
-    ("policy", "since"),
-    [(NoDataPolicy.HOLD, None), (NoDataPolicy.FAIL, None), (NoDataPolicy.RETRAIN, T0)],
-)
-def test_no_data_counts_as_a_breach_only_under_retrain(policy: NoDataPolicy, since: object) -> None:
+@pytest.mark.parametrize("policy", list(NoDataPolicy))
+def test_no_data_after_a_breach_keeps_its_start(policy: NoDataPolicy) -> None:
     breaching = evaluate_metric(METRIC, accuracy(0.7), None, policy, T0)
     no_data = evaluate_metric(
         METRIC, observed(QueryResult(QueryOutcome.EMPTY)), breaching, policy, T0 + timedelta(minutes=1)
     )
     assert no_data.verdict is MetricVerdict.NO_DATA
+    assert no_data.breaching_since == T0
+
+
+@pytest.mark.parametrize(("policy", "since"), [(NoDataPolicy.HOLD, None), (NoDataPolicy.RETRAIN, T0)])
+def test_no_data_starts_a_breach_only_under_retrain(policy: NoDataPolicy, since: object) -> None:
+    no_data = evaluate_metric(METRIC, observed(QueryResult(QueryOutcome.EMPTY)), None, policy, T0)
     assert no_data.breaching_since == since
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Fail"])
+def test_a_gap_in_the_data_does_not_restart_for(policy: str) -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    first = evaluate(spec, [accuracy(0.7)], None, T0)
+    gap = evaluate(spec, [empty], first, T0 + timedelta(minutes=5))
+    again = evaluate(spec, [accuracy(0.7)], gap, T0 + timedelta(minutes=9))
+    due = evaluate(spec, [accuracy(0.7)], again, T0 + timedelta(minutes=10))
+
+    assert gap.metrics[0].message.endswith("(breach since 2026-11-28T12:00:00Z kept)")
+    assert sustained_breaches(spec, gap, gap.time) == []
+    assert again.metrics[0].breaching_since == T0
+    assert sustained_breaches(spec, again, again.time) == []  # 9 minutes since the first breach
+    assert due.metrics[0].verdict is MetricVerdict.BREACHED
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Fail"])
+def test_no_data_alone_never_fires_under_hold_or_fail(policy: str) -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    breached = evaluate(spec, [accuracy(0.7)], None, T0)
+    evaluation = breached
+    for minute in range(1, 60, 5):  # long past `for` (10m), never a value
+        evaluation = evaluate(spec, [empty], evaluation, T0 + timedelta(minutes=minute))
+        assert sustained_breaches(spec, evaluation, evaluation.time) == []
+    assert evaluation.metrics[0].breaching_since == T0
+    never_breached = evaluate(spec, [empty], None, T0)
+    assert sustained_breaches(spec, never_breached, T0 + timedelta(hours=1)) == []
+
+
+def test_no_data_fires_under_retrain_once_for_has_passed() -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": "Retrain"}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    first = evaluate(spec, [empty], None, T0)
+    due = evaluate(spec, [empty], first, T0 + timedelta(minutes=10))
+    assert sustained_breaches(spec, first, first.time) == []
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
 
 
 def test_max_threshold_breach_message() -> None:

@@ -1,6 +1,7 @@
 """Monitoring verdicts: samples, then threshold, then `for`.
 
-No data is never healthy, and never a breach unless noData is Retrain.
+No data is never healthy, and never a breach unless noData is Retrain. Under Hold and Fail it does not end a
+breach either: the breach's start is kept, so a gap in the data does not restart `for`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def evaluate_metric(
         since = previous.breaching_since if previous and previous.breaching_since else now
         if verdict is MetricVerdict.BREACHING and now - since >= metric.for_:
             verdict = MetricVerdict.BREACHED
+    elif verdict in NO_DATA_VERDICTS and previous is not None and previous.breaching_since is not None:
+        # A gap in the data says nothing about the breach: keep its start so `for` is not restarted.
+        since = previous.breaching_since
+        message += f" (breach since {_iso(since)} kept)"
     return MetricEvaluation(
         name=metric.name,
         query=_shown(observed.query),
@@ -99,12 +104,20 @@ def evaluate(
 def sustained_breaches(
     spec: FeedbackLoopSpec, evaluation: Evaluation, now: datetime
 ) -> list[MetricEvaluation]:
-    """Retrain-action metrics whose breach (or no data, under noData=Retrain) has lasted `for`."""
+    """Retrain-action metrics whose breach (or no data, under noData=Retrain) has lasted `for`.
+
+    Under Hold and Fail a metric without data keeps its breach's start, but only a breaching value fires.
+    """
     specs = {m.name: m for m in spec.monitoring.metrics}
+    firing = OUTSIDE_VERDICTS | (
+        NO_DATA_VERDICTS if spec.monitoring.no_data is NoDataPolicy.RETRAIN else frozenset()
+    )
     sustained = []
     for result in evaluation.metrics:
         metric = specs.get(result.name)
         if metric is None or metric.action is not MetricAction.RETRAIN or result.breaching_since is None:
+            continue
+        if result.verdict not in firing:
             continue
         if now - result.breaching_since >= metric.for_:
             sustained.append(result)
@@ -158,6 +171,10 @@ def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:
     if result.verdict is MetricVerdict.BREACHING and metric.for_ > timedelta(0):
         text += f" (breaching, must last {metric.for_})"
     return text
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _fmt(value: float | None) -> str:

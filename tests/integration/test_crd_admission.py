@@ -215,6 +215,45 @@ REJECTED = [
         id="threshold-min-not-below-max",
     ),
     pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"max": 0.5, "clearMin": 0.1}),
+        ["spec.monitoring.metrics[1].threshold.clearMin", "threshold.clearMin needs threshold.min"],
+        id="clear-min-without-min",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMin": 0.8}),
+        [
+            "spec.monitoring.metrics[0].threshold.clearMin",
+            "threshold.clearMin must be at least threshold.min",
+        ],
+        id="clear-min-below-min",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "max": 0.99, "clearMin": 0.99}),
+        [
+            "spec.monitoring.metrics[0].threshold.clearMin",
+            "threshold.clearMin must be less than threshold.max",
+        ],
+        id="clear-min-not-below-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMax": 0.9}),
+        ["spec.monitoring.metrics[0].threshold.clearMax", "threshold.clearMax needs threshold.max"],
+        id="clear-max-without-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"max": 0.5, "clearMax": 0.6}),
+        ["spec.monitoring.metrics[1].threshold.clearMax", "threshold.clearMax must be at most threshold.max"],
+        id="clear-max-above-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"min": 0.1, "max": 0.5, "clearMax": 0.1}),
+        [
+            "spec.monitoring.metrics[1].threshold.clearMax",
+            "threshold.clearMax must be greater than threshold.min",
+        ],
+        id="clear-max-not-above-min",
+    ),
+    pytest.param(
         _both(
             _delete("spec.monitoring.metrics.0.samplesQuery"),
             _set("spec.monitoring.metrics.0.minSamples", 50),
@@ -389,6 +428,16 @@ ACCEPTED = [
         id="label-values-allowed",
     ),
     pytest.param(_delete("spec.rollout.analysis.metrics"), id="analysis-all-metrics"),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMin": 0.85}), id="clear-min-at-min"
+    ),
+    pytest.param(
+        _set(
+            "spec.monitoring.metrics.1.threshold",
+            {"min": 0.01, "max": 0.5, "clearMin": 0.02, "clearMax": 0.4},
+        ),
+        id="clear-min-and-clear-max",
+    ),
 ]
 
 

@@ -122,3 +122,21 @@ def test_status_records_the_rendered_queries_of_each_evaluation() -> None:
     (metric,) = evaluation.metrics
     assert metric.query == "q"  # what the observation says was sent
     assert metric.samples_query == "sq"
+
+
+def test_a_breach_only_held_by_hysteresis_does_not_fail_a_measurement() -> None:
+    hysteresis = ThresholdStatus(min=0.85, clear_min=0.87)
+    recovering = MetricEvaluation(
+        name="accuracy",
+        value=0.86,
+        threshold=hysteresis,
+        verdict=MetricVerdict.BREACHING,
+        reason="ThresholdBreached",
+        message="0.86 < clear 0.87 (recovering)",
+    )
+    below = result("accuracy", MetricVerdict.BREACHED, 0.7, hysteresis)
+    evaluation = Evaluation(time=T0, metrics=(recovering,))
+    assert measure(frozenset({"accuracy"}), evaluation, T0).verdict is SUCCESS
+    failed = measure(frozenset({"accuracy"}), Evaluation(time=T0, metrics=(below,)), T0)
+    assert failed.verdict is FAIL
+    assert failed.metrics[0].threshold == ACCURACY_MIN  # analysis judged min, and says so

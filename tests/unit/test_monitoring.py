@@ -10,7 +10,7 @@ from core_inputs import T0, accuracy, spec_dict
 from feedbackloop.api import MetricVerdict
 from feedbackloop.core.monitoring import evaluate, evaluate_metric, healthy_condition, sustained_breaches
 from feedbackloop.core.observations import MetricObservation, QueryOutcome, QueryResult
-from feedbackloop.core.spec import NoDataPolicy, parse_spec
+from feedbackloop.core.spec import FeedbackLoopSpec, NoDataPolicy, parse_spec
 from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus
 
 SPEC = parse_spec(spec_dict())
@@ -193,3 +193,70 @@ def test_evaluate_carries_state_per_metric_name() -> None:
     assert second.time == T0 + timedelta(minutes=11)
     assert second.metrics[0].breaching_since == T0
     assert [m.name for m in sustained_breaches(SPEC, second, second.time)] == ["accuracy"]
+
+
+# ---------------------------------------------------------------- hysteresis (threshold.clearMin / clearMax)
+
+
+def _with_threshold(threshold: dict[str, float]) -> FeedbackLoopSpec:
+    return parse_spec(
+        spec_dict(
+            **{
+                "monitoring.metrics": [
+                    {"name": "accuracy", "query": "q", "threshold": threshold, "for": "10m"},
+                ]
+            }
+        )
+    )
+
+
+def test_a_breaching_metric_recovers_only_at_clear_min() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    breaching = evaluate(spec, [accuracy(0.8)], None, T0)
+    held = evaluate(spec, [accuracy(0.86)], breaching, T0 + timedelta(minutes=5))
+    due = evaluate(spec, [accuracy(0.869)], held, T0 + timedelta(minutes=10))
+    cleared = evaluate(spec, [accuracy(0.87)], due, T0 + timedelta(minutes=11))
+
+    assert held.metrics[0].verdict is MetricVerdict.BREACHING
+    assert held.metrics[0].message == "0.86 < clear 0.87 (recovering)"
+    assert held.metrics[0].breaching_since == T0
+    assert held.metrics[0].threshold == ThresholdStatus(min=0.85, clear_min=0.87)
+    assert due.metrics[0].verdict is MetricVerdict.BREACHED  # a hovering value keeps `for` running
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
+    assert cleared.metrics[0].verdict is MetricVerdict.HEALTHY
+    assert cleared.metrics[0].breaching_since is None
+    status, reason, message = healthy_condition(spec, held)
+    assert (status, reason) == ("False", "ThresholdBreached")
+    assert message == "accuracy 0.86 < clear 0.87 (recovering) (breaching, must last 0:10:00)"
+
+
+def test_a_breaching_metric_recovers_only_at_clear_max() -> None:
+    spec = _with_threshold({"max": 0.25, "clearMax": 0.2})
+    breaching = evaluate(spec, [accuracy(0.3)], None, T0)
+    held = evaluate(spec, [accuracy(0.22)], breaching, T0 + timedelta(minutes=1))
+    cleared = evaluate(spec, [accuracy(0.2)], held, T0 + timedelta(minutes=2))
+    assert held.metrics[0].message == "0.22 > clear 0.2 (recovering)"
+    assert cleared.metrics[0].verdict is MetricVerdict.HEALTHY
+
+
+def test_clear_bounds_do_not_apply_to_a_metric_that_was_not_breaching() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    healthy = evaluate(spec, [accuracy(0.9)], None, T0)
+    between = evaluate(spec, [accuracy(0.86)], healthy, T0 + timedelta(minutes=1))
+    first = evaluate(spec, [accuracy(0.86)], None, T0)
+    assert between.metrics[0].verdict is MetricVerdict.HEALTHY
+    assert first.metrics[0].verdict is MetricVerdict.HEALTHY
+
+
+def test_clear_min_holds_a_breach_across_a_gap_in_the_data() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    breaching = evaluate(spec, [accuracy(0.8)], None, T0)
+    gap = evaluate(spec, [observed(QueryResult(QueryOutcome.EMPTY))], breaching, T0 + timedelta(minutes=1))
+    held = evaluate(spec, [accuracy(0.86)], gap, T0 + timedelta(minutes=2))
+    assert held.metrics[0].message == "0.86 < clear 0.87 (recovering)"
+
+
+def test_without_clear_bounds_a_metric_recovers_at_min() -> None:
+    breaching = evaluate(SPEC, [accuracy(0.8)], None, T0)
+    recovered = evaluate(SPEC, [accuracy(0.85)], breaching, T0 + timedelta(minutes=1))
+    assert recovered.metrics[0].verdict is MetricVerdict.HEALTHY

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from feedbackloop.api import MeasurementVerdict
-from feedbackloop.core.monitoring import NO_DATA_VERDICTS, OUTSIDE_VERDICTS
+from feedbackloop.core.monitoring import NO_DATA_VERDICTS, OUTSIDE_VERDICTS, within_plain_threshold
 from feedbackloop.core.spec import AnalysisSpec, FeedbackLoopSpec
 from feedbackloop.core.status import Evaluation, MeasuredMetric, Measurement
 
@@ -40,7 +40,8 @@ def analysis_metrics(spec: FeedbackLoopSpec) -> frozenset[str]:
 def measure(names: frozenset[str], evaluation: Evaluation, now: datetime) -> Measurement:
     """One measurement from an evaluation: failed if any metric is outside its threshold."""
     results = [m for m in evaluation.metrics if m.name in names]
-    failed = [m for m in results if m.verdict in OUTSIDE_VERDICTS]
+    # A version is judged by min and max: hysteresis delays a recovery, it does not fail a rollout.
+    failed = [m for m in results if m.verdict in OUTSIDE_VERDICTS and not within_plain_threshold(m)]
     no_data = [m for m in results if m.verdict in NO_DATA_VERDICTS]
     if failed:
         verdict, message = MeasurementVerdict.FAILED, "; ".join(f"{m.name} {m.message}" for m in failed)
@@ -50,7 +51,12 @@ def measure(names: frozenset[str], evaluation: Evaluation, now: datetime) -> Mea
     else:
         verdict, message = MeasurementVerdict.SUCCESSFUL, "all analysis metrics within thresholds"
     explained = tuple(
-        MeasuredMetric(name=m.name, verdict=m.verdict, value=m.value, threshold=m.threshold)
+        MeasuredMetric(
+            name=m.name,
+            verdict=m.verdict,
+            value=m.value,
+            threshold=replace(m.threshold, clear_min=None, clear_max=None),
+        )
         for m in (*failed, *no_data)
     )
     return Measurement(time=now, verdict=verdict, message=message, metrics=explained)

@@ -37,7 +37,10 @@ def evaluate_metric(
     policy: NoDataPolicy,
     now: datetime,
 ) -> MetricEvaluation:
-    threshold = ThresholdStatus(min=metric.threshold.min, max=metric.threshold.max)
+    bounds = metric.threshold
+    threshold = ThresholdStatus(
+        min=bounds.min, max=bounds.max, clear_min=bounds.clear_min, clear_max=bounds.clear_max
+    )
     value = observed.result.value
     samples = observed.samples.value if observed.samples and observed.samples.has_value else None
 
@@ -50,12 +53,8 @@ def evaluate_metric(
     elif not observed.result.has_value or value is None:
         verdict, reason = MetricVerdict.NO_DATA, str(observed.result.outcome)
         message = observed.result.message or f"query outcome {observed.result.outcome}"
-    elif _outside(value, metric):
-        verdict, reason, message = (
-            MetricVerdict.BREACHING,
-            Reason.THRESHOLD_BREACHED,
-            _breach_text(metric, value),
-        )
+    elif breach := _breach_text(metric, value, recovering=bool(previous and previous.breaching_since)):
+        verdict, reason, message = MetricVerdict.BREACHING, Reason.THRESHOLD_BREACHED, breach
     else:
         verdict, reason, message = MetricVerdict.HEALTHY, Reason.WITHIN_THRESHOLDS, ""
 
@@ -153,16 +152,29 @@ def healthy_condition(spec: FeedbackLoopSpec, evaluation: Evaluation) -> tuple[C
     )
 
 
-def _outside(value: float, metric: MetricSpec) -> bool:
-    low, high = metric.threshold.min, metric.threshold.max
-    return (low is not None and value < low) or (high is not None and value > high)
+def _breach_text(metric: MetricSpec, value: float, recovering: bool) -> str:
+    """Why `value` breaches, or "" when it does not. A metric that was breaching (`recovering`) must come back
+    to its clear bounds, where set, to recover: hysteresis, so a value hovering at a bound does not flap."""
+    bounds = metric.threshold
+    if bounds.min is not None and value < bounds.min:
+        return f"{_fmt(value)} < min {_fmt(bounds.min)}"
+    if bounds.max is not None and value > bounds.max:
+        return f"{_fmt(value)} > max {_fmt(bounds.max)}"
+    if recovering and bounds.clear_min is not None and value < bounds.clear_min:
+        return f"{_fmt(value)} < clear {_fmt(bounds.clear_min)} (recovering)"
+    if recovering and bounds.clear_max is not None and value > bounds.clear_max:
+        return f"{_fmt(value)} > clear {_fmt(bounds.clear_max)} (recovering)"
+    return ""
 
 
-def _breach_text(metric: MetricSpec, value: float) -> str:
-    low, high = metric.threshold.min, metric.threshold.max
-    if low is not None and value < low:
-        return f"{_fmt(value)} < min {_fmt(low)}"
-    return f"{_fmt(value)} > max {_fmt(high)}"
+def within_plain_threshold(result: MetricEvaluation) -> bool:
+    """The value is within min and max: a breach only held by hysteresis, which judging a version ignores."""
+    value, bounds = result.value, result.threshold
+    return (
+        value is not None
+        and (bounds.min is None or value >= bounds.min)
+        and (bounds.max is None or value <= bounds.max)
+    )
 
 
 def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:

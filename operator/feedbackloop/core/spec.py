@@ -73,6 +73,9 @@ class PrometheusSpec(ApiModel):
 class Threshold(ApiModel):
     min: float | None = None
     max: float | None = None
+    # Hysteresis: a metric already breaching must come back to these, not just to min/max, to recover.
+    clear_min: float | None = None
+    clear_max: float | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> Threshold:
@@ -80,6 +83,20 @@ class Threshold(ApiModel):
             raise ValueError("threshold needs min or max")
         if self.min is not None and self.max is not None and self.min >= self.max:
             raise ValueError(f"threshold min {self.min} must be below max {self.max}")
+        if self.clear_min is not None:
+            if self.min is None:
+                raise ValueError("threshold.clearMin needs threshold.min")
+            if self.clear_min < self.min:
+                raise ValueError(f"threshold.clearMin {self.clear_min} must be at least min {self.min}")
+            if self.max is not None and self.clear_min >= self.max:
+                raise ValueError(f"threshold.clearMin {self.clear_min} must be below max {self.max}")
+        if self.clear_max is not None:
+            if self.max is None:
+                raise ValueError("threshold.clearMax needs threshold.max")
+            if self.clear_max > self.max:
+                raise ValueError(f"threshold.clearMax {self.clear_max} must be at most max {self.max}")
+            if self.min is not None and self.clear_max <= self.min:
+                raise ValueError(f"threshold.clearMax {self.clear_max} must be above min {self.min}")
         return self
 
 

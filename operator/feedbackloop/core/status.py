@@ -44,6 +44,8 @@ class Condition:
 class ThresholdStatus:
     min: float | None = None
     max: float | None = None
+    clear_min: float | None = None  # hysteresis bounds, only in lastEvaluation
+    clear_max: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)

@@ -133,6 +133,7 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
     assert spec["suspend"] is False
     assert spec["monitoring"]["noData"] == "Hold"
     assert spec["retrain"]["cooldown"] == "1h"
+    assert "maxCooldown" not in spec["retrain"]  # the operator's default (24h) applies
     assert spec["retrain"]["ttlSecondsAfterFinished"] == 86400
     assert spec["retrain"]["trainer"]["task"] == "classification"
     assert spec["retrain"]["data"]["holdoutStrategy"] == "Random"
@@ -345,6 +346,21 @@ REJECTED = [
         id="negative-cooldown",
     ),
     pytest.param(
+        _set("spec.retrain.maxCooldown", "30m"),
+        ["spec.retrain.maxCooldown", "retrain.maxCooldown must be at least retrain.cooldown"],
+        id="max-cooldown-below-cooldown",
+    ),
+    pytest.param(
+        _both(_delete("spec.retrain.cooldown"), _set("spec.retrain.maxCooldown", "59m")),
+        ["spec.retrain.maxCooldown", "retrain.maxCooldown must be at least retrain.cooldown"],
+        id="max-cooldown-below-the-default-cooldown",
+    ),
+    pytest.param(
+        _set("spec.retrain.maxCooldown", "a day"),
+        ["spec.retrain.maxCooldown", "should match"],
+        id="max-cooldown-not-a-duration",
+    ),
+    pytest.param(
         _set("spec.retrain.data.holdoutFraction", 1.5),
         ["spec.retrain.data.holdoutFraction", "should be less than 1"],
         id="holdout-fraction-1.5",
@@ -422,6 +438,10 @@ ACCEPTED = [
     ),
     pytest.param(_delete("spec.prometheus.url"), id="prometheus-url-unset-uses-the-default"),
     pytest.param(_set("spec.retrain.cooldown", "0s"), id="no-cooldown"),
+    pytest.param(_set("spec.retrain.maxCooldown", "1h"), id="max-cooldown-equal-to-cooldown-no-backoff"),
+    pytest.param(_set("spec.retrain.maxCooldown", "1.5h"), id="max-cooldown-fractional"),
+    # No CRD default for maxCooldown, so a cooldown above 24h stays valid without one.
+    pytest.param(_set("spec.retrain.cooldown", "48h"), id="cooldown-above-the-default-max-cooldown"),
     pytest.param(_set("metadata.name", "c" * 45), id="name-of-45"),
     pytest.param(
         _set("spec.monitoring.labels", {"model": "churn", "_env": "prod-eu:1/a.b", "empty": ""}),

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from feedbackloop.api import ConditionStatus, ConditionType, Outcome, Reason, Trigger
 from feedbackloop.core import contract
 from feedbackloop.core.builders import JobSettings, build_retrain_job, retrain_job_name
+from feedbackloop.core.cooldown import retrain_cooldown
 from feedbackloop.core.decision import CreateJob, Decision, RetrainFinished, RetrainStarted
 from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
 from feedbackloop.core.loop import LoopState, OperatorPolicy
@@ -76,14 +77,14 @@ def consider_retrain(
         _consume(draft, triggers)
         _wait(draft, Reason.OBSERVE_ONLY, f"mode Observe: would retrain ({wanted})")
         return
-    cooldown_until = (
-        status.last_retrain_time + spec.retrain_spec().cooldown if status.last_retrain_time else None
-    )
+    # The draft's history: a candidate rejected in this very reconcile already lengthens the cooldown.
+    cooldown = retrain_cooldown(spec.retrain_spec(), draft.status.history)
+    cooldown_until = status.last_retrain_time + cooldown.length if status.last_retrain_time else None
     if triggers[0].kind is not Trigger.MANUAL and cooldown_until is not None and draft.now < cooldown_until:
         # Like a CronJob that may not overlap, a fire that lands in the cooldown is skipped, not queued.
         _consume(draft, [t for t in triggers if t.kind is Trigger.SCHEDULE])
         when = cooldown_until.isoformat().replace("+00:00", "Z")
-        _wait(draft, Reason.COOLDOWN, f"cooldown until {when}; pending {wanted}")
+        _wait(draft, Reason.COOLDOWN, f"cooldown until {when}{cooldown.explained()}; pending {wanted}")
         return
     if not preflight_ok:
         ready = draft.status.condition(ConditionType.READY)

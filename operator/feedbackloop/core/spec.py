@@ -163,9 +163,15 @@ class ResourceRequirements(ApiModel):
     limits: dict[str, str | int | float] = Field(default_factory=dict)
 
 
+# The backoff's cap when retrain.maxCooldown is unset (issue 18's backtest tunes it). Not a CRD default, so a
+# loop whose cooldown is longer than this stays valid: its cap is then its cooldown, and it never backs off.
+DEFAULT_MAX_COOLDOWN = timedelta(hours=24)
+
+
 class RetrainSpec(ApiModel):
     schedule: str | None = None
     cooldown: Duration = timedelta(hours=1)
+    max_cooldown: Duration | None = None  # the cap of the backoff after unsuccessful retrains
     backoff_limit: int = Field(default=1, ge=0, le=10)
     active_deadline_seconds: int = Field(default=3600, ge=60, le=86400)
     ttl_seconds_after_finished: int = Field(default=86400, ge=0, le=604800)
@@ -175,6 +181,23 @@ class RetrainSpec(ApiModel):
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     trainer: TrainerSpec
     data: DataSpec
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> RetrainSpec:
+        if self.max_cooldown is not None and self.max_cooldown < self.cooldown:
+            raise ValueError(
+                f"retrain.maxCooldown {format_duration(self.max_cooldown)} must be at least "
+                f"retrain.cooldown {format_duration(self.cooldown)}"
+            )
+        return self
+
+    @property
+    def backoff_cap(self) -> timedelta:
+        """The longest the backoff may stretch the cooldown: maxCooldown, else the default but never below
+        the cooldown."""
+        return (
+            self.max_cooldown if self.max_cooldown is not None else max(DEFAULT_MAX_COOLDOWN, self.cooldown)
+        )
 
 
 class ArtifactsSpec(ApiModel):

@@ -62,7 +62,7 @@ def unsuccessful_retrains(history: Sequence[HistoryEntry]) -> int:
 
 
 def retrain_cooldown(retrain: RetrainSpec, history: Sequence[HistoryEntry]) -> Cooldown:
-    """cooldown * 2^k, k the unsuccessful retrains capped at maxCooldown (= cooldown: no backoff)."""
+    """cooldown * 2^k (k: unsuccessful retrains in a row), at most maxCooldown (equal to cooldown: off)."""
     unsuccessful = unsuccessful_retrains(history)
     cap = retrain.backoff_cap
     length = retrain.cooldown

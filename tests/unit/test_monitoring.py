@@ -227,7 +227,7 @@ def test_a_breaching_metric_recovers_only_at_clear_min() -> None:
     assert cleared.metrics[0].breaching_since is None
     status, reason, message = healthy_condition(spec, held)
     assert (status, reason) == ("False", "ThresholdBreached")
-    assert message == "accuracy 0.86 < clear 0.87 (recovering) (breaching, must last 0:10:00)"
+    assert message == "accuracy 0.86 < clear 0.87 (recovering) (breaching, must last 10m)"
 
 
 def test_a_breaching_metric_recovers_only_at_clear_max() -> None:

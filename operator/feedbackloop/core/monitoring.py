@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from feedbackloop.api import ConditionStatus, MetricVerdict, Reason
+from feedbackloop.core.durations import format_duration
 from feedbackloop.core.observations import MetricObservation
 from feedbackloop.core.spec import FeedbackLoopSpec, MetricAction, MetricSpec, NoDataPolicy
 from feedbackloop.core.status import QUERY_TEXT_LIMIT, Evaluation, MetricEvaluation, ThresholdStatus
@@ -181,7 +182,7 @@ def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:
     metric = next(m for m in spec.monitoring.metrics if m.name == result.name)
     text = f"{result.name} {result.message}"
     if result.verdict is MetricVerdict.BREACHING and metric.for_ > timedelta(0):
-        text += f" (breaching, must last {metric.for_})"
+        text += f" (breaching, must last {format_duration(metric.for_)})"
     return text
 
 

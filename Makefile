@@ -57,7 +57,7 @@ lint: $(STAMP) typecheck chart-scan  ## ruff, mypy strict, import-linter, hadoli
 
 # One mypy run per test suite: each suite has its own conftest.py, and one run cannot hold two of a name.
 typecheck: $(STAMP)  ## mypy strict on the operator, server and trainer, then on every test suite
-	$(BIN)/mypy
+	$(BIN)/mypy  # operator, server, trainer and backtest packages: [tool.mypy] packages
 	$(BIN)/mypy tests/unit
 	$(BIN)/mypy tests/integration
 	$(BIN)/mypy tests/e2e

@@ -16,6 +16,7 @@ import pytest
 from feedbackloop.adapters.artifacts import ArtifactStore
 from feedbackloop.core.observations import ArtifactCheck, QueryOutcome, QueryResult
 from feedbackloop.core.spec import Task, TrainerSpec
+from feedbackloop.kubectl_plugin import cli as plugin
 from feedbackloop_backtest import cli
 from feedbackloop_backtest.errors import BacktestError
 from feedbackloop_backtest.history import prepare_history, read_table
@@ -292,3 +293,22 @@ def test_a_replay_serves_the_initial_model_and_holds_without_data(tmp_path: Path
     }
     assert result.decisions[0]["serving"] == "v1"
     assert result.decisions[0]["evaluation"][0]["verdict"] == "NoData"
+
+
+# ---------------------------------------------------------------- kubectl feedbackloop backtest
+
+
+@pytest.mark.parametrize("argv", [["backtest", "-f", "l.yaml"], ["-n", "ns", "backtest", "-f", "l.yaml"]])
+def test_the_kubectl_plugin_hands_backtest_over_without_importing_it(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    ran: list[list[str]] = []
+
+    def execv(path: str, command: list[str]) -> None:
+        ran.append(command)
+
+    monkeypatch.setattr("os.execv", execv)
+    assert plugin.main(argv) == 1  # execv returned, which a real one never does
+    (command,) = ran
+    assert command[-3:] == ["backtest", "-f", "l.yaml"]
+    assert command[0].endswith("feedbackloop") or command[1:3] == ["-m", "feedbackloop_backtest.cli"]

@@ -160,12 +160,13 @@ class Progress:
         self.enabled = enabled
         self.started = time.monotonic()
         self.shown = -1
+        self.last = -1.0  # redrawn at most twice a second
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or done == self.shown:
-            return
-        self.shown = done
         elapsed = time.monotonic() - self.started
+        if not self.enabled or done == self.shown or (done < total and elapsed - self.last < 0.5):
+            return
+        self.shown, self.last = done, elapsed
         left = elapsed / done * (total - done) if done else 0.0
         width = 30
         bar = "#" * (width * done // max(total, 1))

@@ -127,6 +127,8 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
             "training": settings.training_uri,
             "feedback": settings.feedback_uri,
             "feedbackSince": settings.feedback_since.isoformat() if settings.feedback_since else None,
+            "dataSince": settings.data_since.isoformat() if settings.data_since else None,
+            "minRows": settings.min_rows if settings.data_since else None,
             "holdout": settings.holdout_uri,
             "rows": dataset.rows,
         },

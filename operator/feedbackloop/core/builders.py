@@ -162,6 +162,10 @@ def _trainer_env(
         if data.feedback_window is not None:
             since = (now - data.feedback_window).isoformat().replace("+00:00", "Z")
             env.append(_env(contract.ENV_FEEDBACK_SINCE, since))
+        if data.since_breach and retrain.breach_since is not None:
+            breach = retrain.breach_since.isoformat().replace("+00:00", "Z")
+            env.append(_env(contract.ENV_DATA_SINCE, breach))
+            env.append(_env(contract.ENV_MIN_ROWS, str(data.min_rows)))
     if data.holdout:
         env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
     if current is not None:

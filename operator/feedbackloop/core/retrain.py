@@ -135,6 +135,7 @@ def _start_retrain(
     draft: Draft, loop: LoopState, triggers: list[PendingTrigger], policy: OperatorPolicy
 ) -> None:
     first = triggers[0]
+    breach = next((t for t in triggers if t.kind is Trigger.BREACH), None)
     current = draft.status.current_model
     number = max(loop.status.retrain_count, contract.version_number(current.version if current else None)) + 1
     active = ActiveRetrain(
@@ -144,6 +145,7 @@ def _start_retrain(
         trigger=first.kind,
         reason=first.reason,
         started_at=draft.now,
+        breach_since=breach.since if breach is not None else None,
     )
     _consume(draft, triggers)
     draft.status.retrain_count = number

@@ -148,6 +148,10 @@ class TrainerSpec(ApiModel):
     task: Task = Task.CLASSIFICATION
 
 
+# The fewest rows a since-breach retrain trains on (issue 18's benchmark tunes it).
+DEFAULT_MIN_ROWS = 500
+
+
 class DataSpec(ApiModel):
     training: str = Field(pattern=r"^s3://")
     feedback: str | None = Field(default=None, pattern=r"^s3://")
@@ -156,6 +160,10 @@ class DataSpec(ApiModel):
     holdout_strategy: HoldoutStrategy = HoldoutStrategy.RANDOM
     feedback_window: Duration | None = None
     seed: int = 0
+    # A breach-triggered retrain learns the concept the breach saw: the rows labelled since it began, topped
+    # up with the newest earlier rows to min_rows (docs/policy.md, issue 18).
+    since_breach: bool = True
+    min_rows: int = Field(default=DEFAULT_MIN_ROWS, ge=1)
 
 
 class ResourceRequirements(ApiModel):

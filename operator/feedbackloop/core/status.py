@@ -116,6 +116,9 @@ class ActiveRetrain:
     # Failed tries to create the Job, and when the next may go (a backoff); both reset once the Job exists.
     create_attempts: int = 0
     next_create_at: datetime | None = None
+    # A breach trigger's start (the earliest breachingSince of the metrics that fired): the retrain's data
+    # window begins there under retrain.data.sinceBreach.
+    breach_since: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)

@@ -57,6 +57,7 @@ def test_a_loop_in_cooldown_wakes_for_its_evaluations_and_the_cooldown_end_not_e
     assert first.status.last_retrain_time == T0
     loop = replace(started, status=first.status.model_copy(update={"active_retrain": None}))
     at = T0 + timedelta(minutes=20)
+    retraining = None
     for _ in range(20):  # until the breach has lasted its `for`
         at += INTERVAL
         loop = replace(
@@ -68,6 +69,7 @@ def test_a_loop_in_cooldown_wakes_for_its_evaluations_and_the_cooldown_end_not_e
     assert retraining is not None and retraining.reason == "CooldownActive", retraining
     cooling = loop
     assert next_reconcile(cooling, {}, POLICY, at) == at + INTERVAL
+    assert cooling.status.last_evaluation is not None
     late = replace(cooling.status.last_evaluation, time=T0 + timedelta(minutes=59, seconds=30))
     near_end = replace(cooling, status=cooling.status.model_copy(update={"last_evaluation": late}))
     assert next_reconcile(near_end, {}, POLICY, T0 + timedelta(minutes=59, seconds=40)) == T0 + timedelta(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from core_inputs import POLICY, T0, accuracy, created_jobs, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.api import ConditionType, Outcome, Trigger
+from feedbackloop.api import ConditionType, Outcome, Reason, Trigger
 from feedbackloop.core.cooldown import (
     IN_FLIGHT_OUTCOMES,
     UNSUCCESSFUL_OUTCOMES,
@@ -185,3 +186,10 @@ def test_a_schedule_fire_in_the_backoff_is_skipped_not_queued() -> None:
         T0 + 5 * HOUR,
     )
     assert created_jobs(after) == []  # the skipped fire does not come back once the backoff ends
+
+
+def test_a_version_kept_below_its_threshold_counts_as_unsuccessful_for_the_backoff() -> None:
+    kept = replace(entry(Outcome.ROLLED_OUT, version="v3"), reason=Reason.BELOW_THRESHOLD_NOT_WORSE)
+    assert unsuccessful_retrains((entry(Outcome.REJECTED, version="v2"), kept)) == 2
+    # A plain RolledOut before it still ends the count.
+    assert unsuccessful_retrains((entry(Outcome.ROLLED_OUT, version="v2"), kept)) == 1

@@ -139,7 +139,14 @@ def test_max_threshold_breach_message() -> None:
         spec_dict(
             **{
                 "monitoring.metrics": [
-                    {"name": "p99_latency", "query": "q", "threshold": {"max": 0.25}, "action": "Alert"}
+                    # for: 0s, explicit since the default became 1h: a first breach is already Breached
+                    {
+                        "name": "p99_latency",
+                        "query": "q",
+                        "threshold": {"max": 0.25},
+                        "action": "Alert",
+                        "for": "0s",
+                    }
                 ]
             }
         )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from feedbackloop.api import Outcome, Trigger
+from feedbackloop.api import Outcome, Reason, Trigger
 from feedbackloop.core.durations import format_duration
 from feedbackloop.core.spec import RetrainSpec
 from feedbackloop.core.status import HistoryEntry
@@ -55,8 +55,10 @@ def unsuccessful_retrains(history: Sequence[HistoryEntry]) -> int:
     for entry in reversed(history):
         if entry.trigger not in RETRAIN_TRIGGERS or entry.outcome in IN_FLIGHT_OUTCOMES:
             continue
-        if entry.outcome not in UNSUCCESSFUL_OUTCOMES:
+        kept_below = entry.outcome is Outcome.ROLLED_OUT and entry.reason == Reason.BELOW_THRESHOLD_NOT_WORSE
+        if entry.outcome not in UNSUCCESSFUL_OUTCOMES and not kept_below:
             break  # RolledOut: the loop's last retrain worked
+        # A version kept below its threshold (better than what it replaced) did not fix the breach either.
         count += 1
     return count
 

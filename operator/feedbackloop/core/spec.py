@@ -100,13 +100,18 @@ class Threshold(ApiModel):
         return self
 
 
+# How long a breach must last before it retrains when `for` is unset (issue 18's benchmark: docs/policy.md).
+DEFAULT_FOR = timedelta(hours=1)
+
+
 class MetricSpec(ApiModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     query: str = Field(min_length=1, max_length=4096)
     samples_query: str | None = Field(default=None, max_length=4096)
     min_samples: int = Field(default=0, ge=0)
     threshold: Threshold
-    for_: Duration = Field(default=timedelta(0), alias="for")
+    # Also the CRD's default; a loop stored with the old default keeps its explicit 0s (docs/policy.md).
+    for_: Duration = Field(default=DEFAULT_FOR, alias="for")
     action: MetricAction = MetricAction.RETRAIN
 
 
@@ -227,12 +232,18 @@ class ValidationSpec(ApiModel):
     gates: tuple[Gate, ...] = ()
 
 
+# How long post-rollout analysis waits for a new version's first data (its first labelled feedback) before a
+# measurement without data counts as inconclusive (docs/policy.md, issue 18).
+DEFAULT_ANALYSIS_MAX_WAIT = timedelta(hours=1)
+
+
 class AnalysisSpec(ApiModel):
     interval: Duration = timedelta(minutes=1)
     count: int = Field(default=5, ge=1, le=100)
     failure_limit: int = Field(default=1, ge=0)
     inconclusive_limit: int = Field(default=2, ge=0)
     metrics: tuple[str, ...] | None = None
+    max_wait: Duration = DEFAULT_ANALYSIS_MAX_WAIT
 
 
 class RolloutSpec(ApiModel):

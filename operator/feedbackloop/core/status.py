@@ -148,6 +148,8 @@ class MeasuredMetric:
     verdict: MetricVerdict
     value: float | None = None
     threshold: ThresholdStatus
+    # The replaced version's value when the rollout started (rollout.previousValues), when it had one.
+    previous_value: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -155,7 +157,8 @@ class Measurement:
     time: datetime
     verdict: MeasurementVerdict
     message: str = ""
-    # Only the metrics that failed or had no data: which one, its value and its threshold.
+    # Only the metrics outside their threshold (failed, or not worse than the replaced version) or without
+    # data: which one, its value and its threshold.
     metrics: tuple[MeasuredMetric, ...] = ()
 
 
@@ -176,6 +179,10 @@ class RolloutState:
     phase_started_at: datetime
     next_measurement_at: datetime | None = None
     measurements: tuple[Measurement, ...] = ()
+    # The analysis metrics' values of the replaced version in status.lastEvaluation when the rollout started:
+    # a version outside its threshold but not worse than these is kept (docs/policy.md).
+    previous_values: dict[str, float] = Field(default_factory=dict)
+    previous_evaluated_at: datetime | None = None
 
     @property
     def model(self) -> ModelRef:

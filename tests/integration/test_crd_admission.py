@@ -143,6 +143,7 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
     assert spec["validation"]["customMetrics"] == []
     assert spec["validation"]["gates"][0]["requireSignificance"] is False
     assert spec["rollout"]["analysis"]["inconclusiveLimit"] == 2
+    assert spec["rollout"]["analysis"]["maxWait"] == "1h"
     # Free-form estimator params are kept as written, not pruned.
     assert spec["retrain"]["trainer"]["estimator"]["params"] == {"max_iter": 200, "learning_rate": 0.1}
 
@@ -182,7 +183,13 @@ def test_minimal_observe_loop_gets_nested_defaults(cluster: harness.Cluster, nam
     assert spec["rollout"] == {
         "progressDeadline": "10m",
         "rollbackOnFailure": True,
-        "analysis": {"interval": "1m", "count": 5, "failureLimit": 1, "inconclusiveLimit": 2},
+        "analysis": {
+            "interval": "1m",
+            "count": 5,
+            "failureLimit": 1,
+            "inconclusiveLimit": 2,
+            "maxWait": "1h",
+        },
     }
     assert "retrain" not in spec
 

@@ -168,7 +168,7 @@ class DataSpec(ApiModel):
 
 # Whether a breach retrain scores the loop's earlier versions beside its new model, and how many at most
 # when retrain.reuse.maxVersions is unset (issue 18's benchmark chose both: docs/policy.md).
-DEFAULT_REUSE_ENABLED = True
+DEFAULT_REUSE_ENABLED = False
 DEFAULT_REUSE_MAX_VERSIONS = 5
 
 

@@ -248,7 +248,7 @@ def main() -> int:
         parser.error(f"unknown streams: {', '.join(unknown)} (known: {', '.join(STREAMS)})")
     out = Path(args.out)
     header = (
-        f"{'stream':<22} {'seed':>4} {'min':>5} {'loop':>7} {'retr':>5} {'rej':>4} {'rb':>3} "
+        f"{'stream':<22} {'seed':>4} {'min':>5} {'loop':>7} {'retr':>5} {'rej':>4} {'rb':>3} {'reuse':>5} "
         f"{'never':>7} {'periodic':>8} {'retr':>5} {'margin':>7} {'secs':>5}"
     )
     print(header)
@@ -265,7 +265,7 @@ def main() -> int:
             results.append({"stream": name, "seed": seed, **s})
             print(
                 f"{name:<22} {seed:>4} {s['threshold']:>5.2f} {loop:>7.4f} {s['retrains']:>5} "
-                f"{s['rejected_candidates']:>4} {s['rollbacks']:>3} {never:>7.4f} {periodic:>8.4f} "
+                f"{s['rejected_candidates']:>4} {s['rollbacks']:>3} {s.get('reused_candidates', 0):>5} {never:>7.4f} {periodic:>8.4f} "
                 f"{s['baselines']['periodic']['retrains']:>5} {margin:>+7.4f} {s['seconds']:>5.1f}",
                 flush=True,
             )

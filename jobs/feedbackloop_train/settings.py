@@ -42,6 +42,8 @@ class TrainSettings:
     termination_message_path: str
     s3_endpoint_url: str | None
     s3_region: str
+    # A breach retrain under retrain.reuse: earlier versions to score beside the new model (newest first).
+    reuse: tuple[contract.ReusableVersion, ...] = ()
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -110,6 +112,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         raise TrainerError(
             f"{contract.ENV_CURRENT_MODEL_URI} is set without {contract.ENV_CURRENT_MODEL_SHA256}"
         )
+    reuse = _reuse(env)
     artifact_uri = _uri(env, contract.ENV_ARTIFACT_URI, required=True)
     training_uri = _uri(env, contract.ENV_TRAINING_DATA_URI, required=True)
     assert artifact_uri is not None
@@ -141,4 +144,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         or contract.TERMINATION_MESSAGE_PATH,
         s3_endpoint_url=env.get(contract.ENV_S3_ENDPOINT) or None,
         s3_region=env.get(contract.ENV_S3_REGION) or "us-east-1",
+        reuse=tuple(v for v in reuse if v.version != env.get(contract.ENV_VERSION, "").strip()),
     )
+
+
+def _reuse(env: Mapping[str, str]) -> tuple[contract.ReusableVersion, ...]:
+    text = env.get(contract.ENV_REUSE_VERSIONS)
+    if not text:
+        return ()
+    try:
+        return contract.parse_reuse_env(text)
+    except ValueError as err:
+        raise TrainerError(f"{contract.ENV_REUSE_VERSIONS} {err}") from None

@@ -209,6 +209,8 @@ def summarize(
         "retrain_failures": result.retrain_failures,
         "rejected_candidates": len(result.rejected),
         "rejected_versions": result.rejected,
+        "reused_candidates": len(result.reused),
+        "reused_versions": result.reused,
         "rollouts": result.rollouts,
         "rollbacks": result.rollbacks,
         **common,

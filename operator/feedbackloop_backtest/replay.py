@@ -86,6 +86,7 @@ class ReplayResult:
     retrains: int = 0
     retrain_failures: int = 0
     rejected: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)  # "vN=vK": candidate vN is earlier version vK's model
     rollouts: int = 0
     rollbacks: int = 0
     markers: list[tuple[int, str, str]] = field(default_factory=list)  # (step, kind, version)
@@ -364,6 +365,8 @@ class Replay:
                     }
                     if run.job.state is not JobState.SUCCEEDED:
                         trainer["message"] = run.job.message
+                    if run.reused is not None:
+                        trainer["reused"] = run.reused
         return status, trainer
 
     # ------------------------------------------------------------------ bookkeeping
@@ -380,6 +383,8 @@ class Replay:
         evaluated: bool,
     ) -> None:
         result, step = self.result, self._step(now)
+        if trainer is not None and trainer.get("reused"):
+            result.reused.append(f"{trainer['version']}={trainer['reused']}")
         changed = [t for t in decision.transitions if not isinstance(t, MetricEvaluated)]
         for transition in decision.transitions:
             match transition:

@@ -45,6 +45,7 @@ class TrainerRun:
     rows: Mapping[str, int]
     candidate: Mapping[str, float]
     current: Mapping[str, float]
+    reused: str | None = None  # the earlier version the trainer chose over its fresh model (retrain.reuse)
 
 
 def job_env(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -125,6 +126,7 @@ class World:
             dict(manifest.get("data", {}).get("rows", {})),
             contract.numeric_metrics(metrics.get("candidate")),
             contract.numeric_metrics(metrics.get("current")),
+            _reused(metrics.get(contract.METRICS_REUSED_VERSION)),
         )
 
     # ---- the Deployment
@@ -137,6 +139,10 @@ class World:
                 return load_model(self.store, model.uri, model.sha256, Path(workdir), name)
             except (ModelRefusedError, StoreUnavailableError) as err:
                 raise BacktestError(f"the server refused {model.version}: {err}") from None
+
+
+def _reused(value: Any) -> str | None:
+    return value if isinstance(value, str) and contract.is_version_name(value) else None
 
 
 def predict(model: LoadedModel, frame: pd.DataFrame) -> np.ndarray[Any, Any]:

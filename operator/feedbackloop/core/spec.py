@@ -171,6 +171,20 @@ class DataSpec(ApiModel):
     min_rows: int = Field(default=DEFAULT_MIN_ROWS, ge=1)
 
 
+# Whether a breach retrain scores the loop's earlier versions beside its new model, and how many at most
+# when retrain.reuse.maxVersions is unset (issue 18's benchmark chose both: docs/policy.md).
+DEFAULT_REUSE_ENABLED = False
+DEFAULT_REUSE_MAX_VERSIONS = 5
+
+
+class ReuseSpec(ApiModel):
+    """A breach retrain also scores the loop's newest non-rejected earlier versions on the same holdout and
+    proposes the best of them when it beats the fresh candidate: concepts recur (docs/policy.md)."""
+
+    enabled: bool = DEFAULT_REUSE_ENABLED
+    max_versions: int = Field(default=DEFAULT_REUSE_MAX_VERSIONS, ge=1, le=20)
+
+
 class ResourceRequirements(ApiModel):
     requests: dict[str, str | int | float] = Field(default_factory=dict)
     limits: dict[str, str | int | float] = Field(default_factory=dict)
@@ -194,6 +208,7 @@ class RetrainSpec(ApiModel):
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     trainer: TrainerSpec
     data: DataSpec
+    reuse: ReuseSpec = Field(default_factory=ReuseSpec)
 
     @model_validator(mode="after")
     def _cooldowns(self) -> RetrainSpec:

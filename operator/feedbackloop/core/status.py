@@ -101,6 +101,8 @@ class CandidateModel:
     validation: GateVerdict | None = None  # once the gates ran
     validated_at: datetime | None = None
     gates: tuple[GateResult, ...] = ()
+    # The earlier version whose model this candidate is (retrain.reuse): it beat the fresh one on the holdout.
+    reused_version: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -138,6 +140,11 @@ class HistoryEntry:
     rolled_out_at: datetime | None = None
     analysis: MeasurementVerdict | None = None
     finished_at: datetime | None = None
+    # Of a retrain whose artifacts were verified: its model's sha256 and the sha256 of the manifest the Job
+    # reported and the operator checked; a later breach retrain may reuse the version on this digest alone.
+    sha256: str | None = None
+    manifest_sha256: str | None = None
+    reused_version: str | None = None  # the earlier version whose model this one is (retrain.reuse)
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)

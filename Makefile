@@ -13,7 +13,7 @@ KUBE_SCORE = $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/kube-score-$(KUBE
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := $(or $(FBL_CACHE_DIR),$(HOME)/.cache/feedbackloop)/checkov-$(CHECKOV_VERSION)
 
-.PHONY: help demo venv checkov-venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale chaos clean
+.PHONY: help demo backtest-demo bench-loop venv checkov-venv cluster-build manifests chart-scan lint typecheck unit integration e2e test cluster-up cluster-down dev-cluster bench-cluster-start bench-trainer bench-serving bench-scale chaos clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) cluster-build  ## the whole loop on one machine: drift, retrain, rollout, a refused candidate (demo-out/)
 	$(BIN)/python tests/e2e/loop_demo.py --out demo-out
+
+backtest-demo: $(STAMP)  ## backtest a loop on the SEA drifting stream with a scratch Prometheus (backtest-demo-out/)
+	tests/cluster/build.sh prometheus
+	$(BIN)/python bench/backtest_demo.py --out backtest-demo-out \
+		--prometheus-bin $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/prometheus-$(PROMETHEUS_VERSION)
+
+bench-loop: $(STAMP)  ## the default policy vs never/periodic on river's drifting streams, 2 seeds (QUICK=1: 1 seed)
+	tests/cluster/build.sh prometheus
+	$(BIN)/python bench/loop_efficacy.py --out bench-loop-out $${QUICK:+--quick} \
+		--prometheus-bin $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/prometheus-$(PROMETHEUS_VERSION)
 
 venv: $(STAMP)  ## create the virtualenv with runtime and dev dependencies
 
@@ -57,7 +67,7 @@ lint: $(STAMP) typecheck chart-scan  ## ruff, mypy strict, import-linter, hadoli
 
 # One mypy run per test suite: each suite has its own conftest.py, and one run cannot hold two of a name.
 typecheck: $(STAMP)  ## mypy strict on the operator, server and trainer, then on every test suite
-	$(BIN)/mypy
+	$(BIN)/mypy  # operator, server, trainer and backtest packages: [tool.mypy] packages
 	$(BIN)/mypy tests/unit
 	$(BIN)/mypy tests/integration
 	$(BIN)/mypy tests/e2e

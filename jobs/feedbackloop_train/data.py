@@ -91,6 +91,18 @@ def _feedback_rows(data: pd.DataFrame, label: str, since: datetime | None, uri: 
     return renamed[[c for c in renamed.columns if not c.startswith(contract.FEEDBACK_COLUMN_PREFIX)]]
 
 
+def _labelled_since(data: pd.DataFrame, since: datetime) -> int:
+    """Distinct labelled feedback rows labelled at or after `since` (all of them, without the column)."""
+    if contract.FEEDBACK_LABEL in data.columns:
+        data = data[data[contract.FEEDBACK_LABEL].notna()]
+    if contract.FEEDBACK_PREDICTION_ID in data.columns:
+        data = data.drop_duplicates(contract.FEEDBACK_PREDICTION_ID, keep="last")
+    if contract.FEEDBACK_LABELLED_AT not in data.columns:
+        return len(data)
+    times = pd.to_datetime(data[contract.FEEDBACK_LABELLED_AT], utc=True)
+    return int((times >= pd.Timestamp(since)).sum())
+
+
 def _check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> None:
     unknown = sorted(set(frame.columns) - set(expected))
     missing = sorted(set(expected) - set(frame.columns))
@@ -124,10 +136,12 @@ def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
     _check_types(training, training, label, settings.task)
     parts = [training]
     rows = {"training": len(training)}
+    recent: int | None = None  # labelled feedback rows since settings.data_since, the newest of the data
     if settings.feedback_uri:
-        feedback = _feedback_rows(
-            read_prefix(store, settings.feedback_uri), label, settings.feedback_since, settings.feedback_uri
-        )
+        raw = read_prefix(store, settings.feedback_uri)
+        if settings.data_since is not None:
+            recent = _labelled_since(raw, settings.data_since)
+        feedback = _feedback_rows(raw, label, settings.feedback_since, settings.feedback_uri)
         _check_columns(feedback, expected, f"feedback under {settings.feedback_uri}")
         _check_types(feedback, training, label, settings.task)
         parts.append(feedback[expected])
@@ -137,6 +151,13 @@ def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
     unlabelled = data[label].isna()
     if unlabelled.any():
         data = data[~unlabelled].reset_index(drop=True)
+    if recent is not None:
+        # Since the breach began, or the newest min_rows rows when fewer have been labelled since: older
+        # rows, from before the drift, would teach the concept the breach says is gone.
+        keep = max(min(recent, len(data)), settings.min_rows)
+        if keep < len(data):
+            data = data.iloc[len(data) - keep :].reset_index(drop=True)
+        rows["sinceBreach"] = min(recent, len(data))
     if settings.holdout_uri:
         holdout = read_prefix(store, settings.holdout_uri)
         _check_columns(holdout, expected, f"holdout under {settings.holdout_uri}")

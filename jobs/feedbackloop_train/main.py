@@ -26,7 +26,7 @@ import sklearn
 from feedbackloop.adapters.artifacts import ArtifactStore, ArtifactStoreError, DigestMismatchError, s3_client
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck
-from feedbackloop_train import evaluate, model, reference, report
+from feedbackloop_train import evaluate, model, reference, report, reuse
 from feedbackloop_train.data import load_dataset
 from feedbackloop_train.settings import TrainerError, TrainSettings, load_settings
 
@@ -77,6 +77,16 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         "current": None,
         "comparison": {},
     }
+    reused: reuse.Earlier | None = None
+    if settings.reuse:
+        reused, metrics["reuse"] = reuse.choose(
+            store, settings, dataset.holdout, dataset.features, metrics["candidate"], workdir
+        )
+    if reused is not None:
+        # An earlier version beat the fresh model on this holdout: it is the candidate, as its own bytes.
+        candidate = reused.predictions
+        metrics["candidate"] = reused.scores
+        metrics[contract.METRICS_REUSED_VERSION] = reused.version
     analyses = {
         "candidate": report.analyse(
             settings.task, dataset.holdout, dataset.features, dataset.holdout[dataset.label], candidate.labels
@@ -98,17 +108,23 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         )
     timings["evaluateSeconds"] = time.monotonic() - step
 
-    buffer = io.BytesIO()
-    joblib.dump(pipeline, buffer)
+    if reused is not None:
+        model_bytes = reused.model_bytes
+        reference_bytes = reused.reference
+    else:
+        buffer = io.BytesIO()
+        joblib.dump(pipeline, buffer)
+        model_bytes = buffer.getvalue()
+        reference_bytes = json.dumps(
+            reference.build_reference(dataset.train, dataset.features, settings.seed)
+        ).encode()
     images = report.plots(analyses["candidate"], metrics)
     files = {
-        contract.MODEL_FILE: buffer.getvalue(),
+        contract.MODEL_FILE: model_bytes,
         contract.METRICS_FILE: json.dumps(metrics, indent=2, default=_json_default).encode(),
         contract.REPORT_FILE: json.dumps(analyses, indent=2, default=_json_default).encode(),
         contract.REPORT_HTML_FILE: report.render_html(settings.version, metrics, analyses, images),
-        contract.REFERENCE_FILE: json.dumps(
-            reference.build_reference(dataset.train, dataset.features, settings.seed)
-        ).encode(),
+        **({contract.REFERENCE_FILE: reference_bytes} if reference_bytes is not None else {}),
         **images,
     }
     timings["totalSeconds"] = time.monotonic() - started
@@ -127,6 +143,8 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
             "training": settings.training_uri,
             "feedback": settings.feedback_uri,
             "feedbackSince": settings.feedback_since.isoformat() if settings.feedback_since else None,
+            "dataSince": settings.data_since.isoformat() if settings.data_since else None,
+            "minRows": settings.min_rows if settings.data_since else None,
             "holdout": settings.holdout_uri,
             "rows": dataset.rows,
         },
@@ -134,6 +152,17 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         contract.MANIFEST_FEATURES: dataset.features,
         "label": dataset.label,
     }
+    if reused is not None:
+        # The model is the earlier version's, byte for byte: so are the features it reads and what made it.
+        extra[contract.MANIFEST_FEATURES] = reused.features
+        for key in ("libraries", "estimator"):
+            if key in reused.manifest.raw:
+                extra[key] = reused.manifest.raw[key]
+        extra[contract.MANIFEST_REUSED_FROM] = {
+            "version": reused.version,
+            "uri": reused.uri,
+            "manifestSha256": reused.manifest_sha256,
+        }
     try:
         return store.write_version(settings.artifact_uri, settings.version, files, extra, _failpoint)
     except ArtifactStoreError as err:

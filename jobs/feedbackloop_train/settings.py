@@ -26,6 +26,8 @@ class TrainSettings:
     training_uri: str
     feedback_uri: str | None
     feedback_since: datetime | None
+    data_since: datetime | None  # a since-breach retrain: the rows labelled since then, at least min_rows
+    min_rows: int
     holdout_uri: str | None
     holdout_fraction: float
     holdout_strategy: str
@@ -40,6 +42,8 @@ class TrainSettings:
     termination_message_path: str
     s3_endpoint_url: str | None
     s3_region: str
+    # A breach retrain under retrain.reuse: earlier versions to score beside the new model (newest first).
+    reuse: tuple[contract.ReusableVersion, ...] = ()
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -57,6 +61,14 @@ def _uri(env: Mapping[str, str], name: str, required: bool = False) -> str | Non
         except ValueError:
             raise TrainerError(f"{name}={value!r} is not an s3://bucket/prefix URI") from None
     return value
+
+
+def _time(env: Mapping[str, str], name: str) -> datetime | None:
+    text = env.get(name)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        raise TrainerError(f"{name}={text!r} is not an RFC 3339 time") from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
@@ -85,12 +97,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         since = datetime.fromisoformat(since_text.replace("Z", "+00:00")) if since_text else None
     except ValueError:
         raise TrainerError(f"{contract.ENV_FEEDBACK_SINCE}={since_text!r} is not an RFC 3339 time") from None
+    data_since = _time(env, contract.ENV_DATA_SINCE)
+    try:
+        min_rows = int(env.get(contract.ENV_MIN_ROWS) or "0")
+    except ValueError:
+        raise TrainerError(
+            f"{contract.ENV_MIN_ROWS}={env.get(contract.ENV_MIN_ROWS)!r} is not a number"
+        ) from None
+    if min_rows < 0:
+        raise TrainerError(f"{contract.ENV_MIN_ROWS}={min_rows} must not be negative")
     current_uri = _uri(env, contract.ENV_CURRENT_MODEL_URI)
     current_sha = env.get(contract.ENV_CURRENT_MODEL_SHA256) or None
     if current_uri and not current_sha:
         raise TrainerError(
             f"{contract.ENV_CURRENT_MODEL_URI} is set without {contract.ENV_CURRENT_MODEL_SHA256}"
         )
+    reuse = _reuse(env)
     artifact_uri = _uri(env, contract.ENV_ARTIFACT_URI, required=True)
     training_uri = _uri(env, contract.ENV_TRAINING_DATA_URI, required=True)
     assert artifact_uri is not None
@@ -104,6 +126,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         training_uri=training_uri,
         feedback_uri=_uri(env, contract.ENV_FEEDBACK_DATA_URI),
         feedback_since=since,
+        data_since=data_since,
+        min_rows=min_rows,
         holdout_uri=_uri(env, contract.ENV_HOLDOUT_DATA_URI),
         holdout_fraction=fraction,
         holdout_strategy=strategy,
@@ -120,4 +144,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         or contract.TERMINATION_MESSAGE_PATH,
         s3_endpoint_url=env.get(contract.ENV_S3_ENDPOINT) or None,
         s3_region=env.get(contract.ENV_S3_REGION) or "us-east-1",
+        reuse=tuple(v for v in reuse if v.version != env.get(contract.ENV_VERSION, "").strip()),
     )
+
+
+def _reuse(env: Mapping[str, str]) -> tuple[contract.ReusableVersion, ...]:
+    text = env.get(contract.ENV_REUSE_VERSIONS)
+    if not text:
+        return ()
+    try:
+        return contract.parse_reuse_env(text)
+    except ValueError as err:
+        raise TrainerError(f"{contract.ENV_REUSE_VERSIONS} {err}") from None

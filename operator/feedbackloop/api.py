@@ -135,6 +135,8 @@ class Reason(enum.StrEnum):
     ROLLOUT_COMPLETE = "RolloutComplete"
     ANALYZING = "Analyzing"
     ANALYSIS_SUCCESSFUL = "AnalysisSuccessful"
+    # Analysis passed with a metric outside its threshold but not worse than the version it replaced.
+    BELOW_THRESHOLD_NOT_WORSE = "BelowThresholdNotWorse"
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"
     PROMOTION_REFUSED = "PromotionRefused"

@@ -133,6 +133,7 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
     assert spec["suspend"] is False
     assert spec["monitoring"]["noData"] == "Hold"
     assert spec["retrain"]["cooldown"] == "1h"
+    assert "maxCooldown" not in spec["retrain"]  # the operator's default (24h) applies
     assert spec["retrain"]["ttlSecondsAfterFinished"] == 86400
     assert spec["retrain"]["trainer"]["task"] == "classification"
     assert spec["retrain"]["data"]["holdoutStrategy"] == "Random"
@@ -142,6 +143,7 @@ def test_example_is_accepted_whole_and_defaults_are_applied(cluster: harness.Clu
     assert spec["validation"]["customMetrics"] == []
     assert spec["validation"]["gates"][0]["requireSignificance"] is False
     assert spec["rollout"]["analysis"]["inconclusiveLimit"] == 2
+    assert spec["rollout"]["analysis"]["maxWait"] == "1h"
     # Free-form estimator params are kept as written, not pruned.
     assert spec["retrain"]["trainer"]["estimator"]["params"] == {"max_iter": 200, "learning_rate": 0.1}
 
@@ -181,7 +183,13 @@ def test_minimal_observe_loop_gets_nested_defaults(cluster: harness.Cluster, nam
     assert spec["rollout"] == {
         "progressDeadline": "10m",
         "rollbackOnFailure": True,
-        "analysis": {"interval": "1m", "count": 5, "failureLimit": 1, "inconclusiveLimit": 2},
+        "analysis": {
+            "interval": "1m",
+            "count": 5,
+            "failureLimit": 1,
+            "inconclusiveLimit": 2,
+            "maxWait": "1h",
+        },
     }
     assert "retrain" not in spec
 
@@ -213,6 +221,45 @@ REJECTED = [
         _set("spec.monitoring.metrics.0.threshold", {"min": 0.9, "max": 0.9}),
         ["spec.monitoring.metrics[0].threshold.min", "threshold.min must be less than threshold.max"],
         id="threshold-min-not-below-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"max": 0.5, "clearMin": 0.1}),
+        ["spec.monitoring.metrics[1].threshold.clearMin", "threshold.clearMin needs threshold.min"],
+        id="clear-min-without-min",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMin": 0.8}),
+        [
+            "spec.monitoring.metrics[0].threshold.clearMin",
+            "threshold.clearMin must be at least threshold.min",
+        ],
+        id="clear-min-below-min",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "max": 0.99, "clearMin": 0.99}),
+        [
+            "spec.monitoring.metrics[0].threshold.clearMin",
+            "threshold.clearMin must be less than threshold.max",
+        ],
+        id="clear-min-not-below-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMax": 0.9}),
+        ["spec.monitoring.metrics[0].threshold.clearMax", "threshold.clearMax needs threshold.max"],
+        id="clear-max-without-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"max": 0.5, "clearMax": 0.6}),
+        ["spec.monitoring.metrics[1].threshold.clearMax", "threshold.clearMax must be at most threshold.max"],
+        id="clear-max-above-max",
+    ),
+    pytest.param(
+        _set("spec.monitoring.metrics.1.threshold", {"min": 0.1, "max": 0.5, "clearMax": 0.1}),
+        [
+            "spec.monitoring.metrics[1].threshold.clearMax",
+            "threshold.clearMax must be greater than threshold.min",
+        ],
+        id="clear-max-not-above-min",
     ),
     pytest.param(
         _both(
@@ -306,6 +353,21 @@ REJECTED = [
         id="negative-cooldown",
     ),
     pytest.param(
+        _set("spec.retrain.maxCooldown", "30m"),
+        ["spec.retrain.maxCooldown", "retrain.maxCooldown must be at least retrain.cooldown"],
+        id="max-cooldown-below-cooldown",
+    ),
+    pytest.param(
+        _both(_delete("spec.retrain.cooldown"), _set("spec.retrain.maxCooldown", "59m")),
+        ["spec.retrain.maxCooldown", "retrain.maxCooldown must be at least retrain.cooldown"],
+        id="max-cooldown-below-the-default-cooldown",
+    ),
+    pytest.param(
+        _set("spec.retrain.maxCooldown", "a day"),
+        ["spec.retrain.maxCooldown", "should match"],
+        id="max-cooldown-not-a-duration",
+    ),
+    pytest.param(
         _set("spec.retrain.data.holdoutFraction", 1.5),
         ["spec.retrain.data.holdoutFraction", "should be less than 1"],
         id="holdout-fraction-1.5",
@@ -383,12 +445,26 @@ ACCEPTED = [
     ),
     pytest.param(_delete("spec.prometheus.url"), id="prometheus-url-unset-uses-the-default"),
     pytest.param(_set("spec.retrain.cooldown", "0s"), id="no-cooldown"),
+    pytest.param(_set("spec.retrain.maxCooldown", "1h"), id="max-cooldown-equal-to-cooldown-no-backoff"),
+    pytest.param(_set("spec.retrain.maxCooldown", "1.5h"), id="max-cooldown-fractional"),
+    # No CRD default for maxCooldown, so a cooldown above 24h stays valid without one.
+    pytest.param(_set("spec.retrain.cooldown", "48h"), id="cooldown-above-the-default-max-cooldown"),
     pytest.param(_set("metadata.name", "c" * 45), id="name-of-45"),
     pytest.param(
         _set("spec.monitoring.labels", {"model": "churn", "_env": "prod-eu:1/a.b", "empty": ""}),
         id="label-values-allowed",
     ),
     pytest.param(_delete("spec.rollout.analysis.metrics"), id="analysis-all-metrics"),
+    pytest.param(
+        _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMin": 0.85}), id="clear-min-at-min"
+    ),
+    pytest.param(
+        _set(
+            "spec.monitoring.metrics.1.threshold",
+            {"min": 0.01, "max": 0.5, "clearMin": 0.02, "clearMax": 0.4},
+        ),
+        id="clear-min-and-clear-max",
+    ),
 ]
 
 

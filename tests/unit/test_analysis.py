@@ -8,7 +8,16 @@ import pytest
 
 from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
 from feedbackloop.api import MeasurementVerdict, MetricVerdict
-from feedbackloop.core.analysis import AnalysisPhase, analysis_metrics, assess, measure
+from feedbackloop.core.analysis import (
+    AnalysisPhase,
+    analysis_metrics,
+    assess,
+    awaits_first_data,
+    below_threshold,
+    measure,
+    not_worse,
+    previous_values,
+)
 from feedbackloop.core.decide import decide
 from feedbackloop.core.spec import AnalysisSpec, parse_spec
 from feedbackloop.core.status import (
@@ -122,3 +131,151 @@ def test_status_records_the_rendered_queries_of_each_evaluation() -> None:
     (metric,) = evaluation.metrics
     assert metric.query == "q"  # what the observation says was sent
     assert metric.samples_query == "sq"
+
+
+def test_a_breach_only_held_by_hysteresis_does_not_fail_a_measurement() -> None:
+    hysteresis = ThresholdStatus(min=0.85, clear_min=0.87)
+    recovering = MetricEvaluation(
+        name="accuracy",
+        value=0.86,
+        threshold=hysteresis,
+        verdict=MetricVerdict.BREACHING,
+        reason="ThresholdBreached",
+        message="0.86 < clear 0.87 (recovering)",
+    )
+    below = result("accuracy", MetricVerdict.BREACHED, 0.7, hysteresis)
+    evaluation = Evaluation(time=T0, metrics=(recovering,))
+    assert measure(frozenset({"accuracy"}), evaluation, T0).verdict is SUCCESS
+    failed = measure(frozenset({"accuracy"}), Evaluation(time=T0, metrics=(below,)), T0)
+    assert failed.verdict is FAIL
+    assert failed.metrics[0].threshold == ACCURACY_MIN  # analysis judged min, and says so
+
+
+# ---------------------------------------------------------------- judged against the replaced version
+
+
+def breached(value: float | None, threshold: ThresholdStatus = ACCURACY_MIN) -> MetricEvaluation:
+    return result("accuracy", MetricVerdict.BREACHED, value, threshold)
+
+
+@pytest.mark.parametrize(
+    ("value", "threshold", "previous", "expected"),
+    [
+        (0.80, ACCURACY_MIN, 0.55, True),  # below min, above what it replaced
+        (0.80, ACCURACY_MIN, 0.80, True),  # equal is not worse
+        (0.50, ACCURACY_MIN, 0.55, False),  # below min and below what it replaced
+        (0.80, ACCURACY_MIN, None, False),  # nothing to compare with: the threshold alone judges
+        (None, ACCURACY_MIN, 0.55, False),
+        (0.30, LATENCY_MAX, 0.40, True),  # above max, below what it replaced
+        (0.50, LATENCY_MAX, 0.40, False),
+        (0.90, ACCURACY_MIN, 0.95, True),  # within min and max: not outside at all
+    ],
+)
+def test_not_worse_is_taken_in_the_direction_of_the_breached_bound(
+    value: float | None, threshold: ThresholdStatus, previous: float | None, expected: bool
+) -> None:
+    assert not_worse(breached(value, threshold), previous) is expected
+
+
+def test_a_breach_not_worse_than_the_replaced_version_is_a_successful_measurement_that_names_it() -> None:
+    evaluation = Evaluation(time=T0, metrics=(breached(0.7),))
+    measured = measure(frozenset({"accuracy"}), evaluation, T0, {"accuracy": 0.55})
+    assert measured.verdict is SUCCESS
+    assert measured.message == "accuracy 0.7 < min 0.85, not worse than 0.55 before the rollout"
+    assert measured.metrics == (
+        MeasuredMetric(
+            name="accuracy",
+            verdict=MetricVerdict.BREACHED,
+            value=0.7,
+            threshold=ACCURACY_MIN,
+            previous_value=0.55,
+        ),
+    )
+    assert below_threshold(measured) == measured.metrics
+
+
+def test_a_breach_worse_than_the_replaced_version_fails_and_says_so() -> None:
+    evaluation = Evaluation(time=T0, metrics=(breached(0.7),))
+    measured = measure(frozenset({"accuracy"}), evaluation, T0, {"accuracy": 0.8})
+    assert measured.verdict is FAIL
+    assert measured.message == "accuracy 0.7 < min 0.85, worse than 0.8 before the rollout"
+    assert below_threshold(measured) == ()
+
+
+def test_a_breach_not_worse_beside_a_metric_without_data_is_inconclusive() -> None:
+    evaluation = Evaluation(
+        time=T0,
+        metrics=(breached(0.7), result("drift", MetricVerdict.NO_DATA, None, ThresholdStatus(max=0.2))),
+    )
+    measured = measure(frozenset({"accuracy", "drift"}), evaluation, T0, {"accuracy": 0.55})
+    assert measured.verdict is NONE
+    assert [m.name for m in measured.metrics] == ["accuracy", "drift"]
+    assert below_threshold(measured) == ()
+
+
+def test_previous_values_are_the_analysis_metrics_with_data_in_the_replaced_versions_evaluation() -> None:
+    evaluation = Evaluation(
+        time=T0,
+        metrics=(
+            breached(0.55),
+            result("p99_latency", MetricVerdict.HEALTHY, 0.1, LATENCY_MAX),
+            result("drift", MetricVerdict.INSUFFICIENT_SAMPLES, 0.3, ThresholdStatus(max=0.2)),
+        ),
+    )
+    assert previous_values(frozenset({"accuracy", "drift"}), evaluation) == {"accuracy": 0.55}
+    assert previous_values(frozenset({"accuracy"}), None) == {}
+
+
+# ---------------------------------------------------------------- waiting for the first data
+
+
+def no_data(reason: str, verdict: MetricVerdict = MetricVerdict.NO_DATA) -> MetricEvaluation:
+    return MetricEvaluation(name="accuracy", threshold=ACCURACY_MIN, verdict=verdict, reason=reason)
+
+
+WAIT = AnalysisSpec(max_wait=timedelta(hours=1))
+NAMES = frozenset({"accuracy"})
+
+
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [
+        (no_data("InsufficientSamples", MetricVerdict.INSUFFICIENT_SAMPLES), True),
+        (no_data("Empty"), True),
+        (no_data("NaN"), True),
+        (no_data("SamplesEmpty"), True),
+        (no_data("SamplesNaN"), True),
+        # a failed query is no evidence, and waiting would hide it: it counts at once
+        (no_data("Error"), False),
+        (no_data("Timeout"), False),
+        (no_data("SamplesError"), False),
+        (no_data("CircuitOpen"), False),
+    ],
+)
+def test_only_data_not_there_yet_is_waited_for(missing: MetricEvaluation, expected: bool) -> None:
+    evaluation = Evaluation(time=T0, metrics=(missing,))
+    assert awaits_first_data(WAIT, NAMES, evaluation, (), T0, T0 + timedelta(minutes=30)) is expected
+
+
+def test_the_wait_ends_at_max_wait_and_zero_does_not_wait() -> None:
+    evaluation = Evaluation(time=T0, metrics=(no_data("Empty"),))
+    assert awaits_first_data(WAIT, NAMES, evaluation, (), T0, T0 + timedelta(minutes=59))
+    assert not awaits_first_data(WAIT, NAMES, evaluation, (), T0, T0 + timedelta(hours=1))
+    instant = AnalysisSpec(max_wait=timedelta(0))
+    assert not awaits_first_data(instant, NAMES, evaluation, (), T0, T0)
+
+
+def test_the_wait_ends_with_the_first_measurement_with_data_or_the_first_inconclusive_one() -> None:
+    evaluation = Evaluation(time=T0, metrics=(no_data("Empty"),))
+    later = T0 + timedelta(minutes=10)
+    with_data = Measurement(time=T0, verdict=FAIL, metrics=())
+    assert not awaits_first_data(WAIT, NAMES, evaluation, (with_data,), T0, later)
+    assert not awaits_first_data(WAIT, NAMES, evaluation, measurements(SUCCESS), T0, later)
+    assert not awaits_first_data(WAIT, NAMES, evaluation, measurements(NONE), T0, later)
+    # A failure of one metric while another still has no data: the wait goes on for the other one.
+    partial = Measurement(
+        time=T0,
+        verdict=FAIL,
+        metrics=(MeasuredMetric(name="drift", verdict=MetricVerdict.NO_DATA, threshold=ACCURACY_MIN),),
+    )
+    assert awaits_first_data(WAIT, NAMES, evaluation, (partial,), T0, later)

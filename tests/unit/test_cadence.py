@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from core_inputs import POLICY, T0, accuracy, healthy_dependencies, loop_state, spec_dict
-from feedbackloop.api import RETRAIN_REQUEST_ANNOTATION
+from feedbackloop.api import RETRAIN_REQUEST_ANNOTATION, ConditionType
 from feedbackloop.core.cadence import evaluation_lag, next_reconcile, probe_due, status_write_needed
 from feedbackloop.core.decide import decide
 from feedbackloop.core.loop import LoopState
@@ -45,8 +45,36 @@ def test_a_loop_that_cannot_be_evaluated_waits_for_a_change_instead_of_spinning(
 def test_work_in_flight_or_a_pending_request_is_followed_every_tick() -> None:
     loop = evaluated(0.95)
     assert next_reconcile(loop, {RETRAIN_REQUEST_ANNOTATION: "r1"}, POLICY, T0) == T0 + POLICY.tick
-    waiting = replace(loop, status=loop.status.model_copy(update={"waiting_reason": "cooldown"}))
+    waiting = replace(loop, status=loop.status.model_copy(update={"waiting_reason": "queued"}))
     assert next_reconcile(waiting, {}, POLICY, T0) == T0 + POLICY.tick
+
+
+def test_a_loop_in_cooldown_wakes_for_its_evaluations_and_the_cooldown_end_not_every_tick() -> None:
+    # One retrain started at T0 (a manual request); the breach that follows waits out the 1h cooldown.
+    started = evaluated(0.95)
+    requested = healthy_dependencies(metrics=(accuracy(0.95),), retrain_request="r1")
+    first = decide(started, requested, POLICY, T0)
+    assert first.status.last_retrain_time == T0
+    loop = replace(started, status=first.status.model_copy(update={"active_retrain": None}))
+    at = T0 + timedelta(minutes=20)
+    retraining = None
+    for _ in range(20):  # until the breach has lasted its `for`
+        at += INTERVAL
+        loop = replace(
+            loop, status=decide(loop, healthy_dependencies(metrics=(accuracy(0.5),)), POLICY, at).status
+        )
+        retraining = loop.status.condition(ConditionType.RETRAINING)
+        if retraining is not None and retraining.reason == "CooldownActive":
+            break
+    assert retraining is not None and retraining.reason == "CooldownActive", retraining
+    cooling = loop
+    assert next_reconcile(cooling, {}, POLICY, at) == at + INTERVAL
+    assert cooling.status.last_evaluation is not None
+    late = replace(cooling.status.last_evaluation, time=T0 + timedelta(minutes=59, seconds=30))
+    near_end = replace(cooling, status=cooling.status.model_copy(update={"last_evaluation": late}))
+    assert next_reconcile(near_end, {}, POLICY, T0 + timedelta(minutes=59, seconds=40)) == T0 + timedelta(
+        hours=1
+    )
 
 
 def test_a_schedule_wakes_the_loop_at_its_next_fire() -> None:

@@ -193,6 +193,23 @@ def test_spec_defaults() -> None:
     assert spec.retrain_spec().trainer.estimator.class_ == "sklearn.ensemble.HistGradientBoostingClassifier"
 
 
+def _threshold(threshold: dict[str, float]) -> dict[str, Any]:
+    return {"monitoring.metrics": [{"name": "a", "query": "q", "threshold": threshold}]}
+
+
+@pytest.mark.parametrize(
+    "threshold",
+    [
+        {"min": 0.85, "clearMin": 0.85},
+        {"min": 0.85, "max": 0.99, "clearMin": 0.9, "clearMax": 0.95},
+        {"max": 0.25, "clearMax": 0.25},
+    ],
+)
+def test_clear_bounds_within_the_threshold_are_accepted(threshold: dict[str, float]) -> None:
+    parsed = parse_spec(spec_dict(**_threshold(threshold))).monitoring.metrics[0].threshold
+    assert (parsed.clear_min, parsed.clear_max) == (threshold.get("clearMin"), threshold.get("clearMax"))
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -204,6 +221,12 @@ def test_spec_defaults() -> None:
         ({"rollout.analysis.metrics": ["latency"]}, "rollout.analysis.metrics"),
         ({"retrain.trainer.estimator": {"class": "os.system"}}, "spec.retrain.trainer.estimator.class"),
         ({"target": {"deployment": "x"}}, "spec.target.container"),
+        (_threshold({"max": 0.3, "clearMin": 0.2}), "threshold.clearMin needs threshold.min"),
+        (_threshold({"min": 0.85, "clearMin": 0.8}), "threshold.clearMin 0.8 must be at least min 0.85"),
+        (_threshold({"min": 0.1, "max": 0.3, "clearMin": 0.3}), "threshold.clearMin 0.3 must be below max"),
+        (_threshold({"min": 0.1, "clearMax": 0.2}), "threshold.clearMax needs threshold.max"),
+        (_threshold({"max": 0.25, "clearMax": 0.3}), "threshold.clearMax 0.3 must be at most max 0.25"),
+        (_threshold({"min": 0.1, "max": 0.3, "clearMax": 0.1}), "threshold.clearMax 0.1 must be above min"),
     ],
 )
 def test_spec_errors_name_the_field(changes: dict[str, Any], field: str) -> None:

@@ -277,6 +277,18 @@ def test_cooldown_blocks_a_breach_but_not_a_manual_request() -> None:
     assert manual.status.handled_retrain_request == "ticket-42"
 
 
+def test_a_gap_in_the_data_does_not_restart_for_and_never_fires_by_itself() -> None:
+    empty = accuracy(None)
+    first = run(loop_state(), healthy_dependencies(metrics=(accuracy(0.7),)))
+    gap = run(
+        loop_state(status=first.status), healthy_dependencies(metrics=(empty,)), T0 + timedelta(minutes=10)
+    )
+    assert gap.actions == ()  # `for` has passed, but there is no value to breach
+    breach = healthy_dependencies(metrics=(accuracy(0.7),))
+    again = run(loop_state(status=gap.status), breach, T0 + timedelta(minutes=11))
+    assert [job["metadata"]["name"] for job in created_jobs(again)] == ["churn-retrain-1"]
+
+
 def test_a_manual_request_is_handled_once() -> None:
     first = run(loop_state(), healthy_dependencies(retrain_request="r1"))
     assert len(first.actions) == 1

@@ -10,7 +10,7 @@ from core_inputs import T0, accuracy, spec_dict
 from feedbackloop.api import MetricVerdict
 from feedbackloop.core.monitoring import evaluate, evaluate_metric, healthy_condition, sustained_breaches
 from feedbackloop.core.observations import MetricObservation, QueryOutcome, QueryResult
-from feedbackloop.core.spec import NoDataPolicy, parse_spec
+from feedbackloop.core.spec import FeedbackLoopSpec, NoDataPolicy, parse_spec
 from feedbackloop.core.status import Evaluation, MetricEvaluation, ThresholdStatus
 
 SPEC = parse_spec(spec_dict())
@@ -78,17 +78,60 @@ def test_recovery_resets_breaching_since() -> None:
     assert again.breaching_since == T0 + timedelta(minutes=2)
 
 
-@pytest.mark.parametrize(
-    ("policy", "since"),
-    [(NoDataPolicy.HOLD, None), (NoDataPolicy.FAIL, None), (NoDataPolicy.RETRAIN, T0)],
-)
-def test_no_data_counts_as_a_breach_only_under_retrain(policy: NoDataPolicy, since: object) -> None:
+@pytest.mark.parametrize("policy", list(NoDataPolicy))
+def test_no_data_after_a_breach_keeps_its_start(policy: NoDataPolicy) -> None:
     breaching = evaluate_metric(METRIC, accuracy(0.7), None, policy, T0)
     no_data = evaluate_metric(
         METRIC, observed(QueryResult(QueryOutcome.EMPTY)), breaching, policy, T0 + timedelta(minutes=1)
     )
     assert no_data.verdict is MetricVerdict.NO_DATA
+    assert no_data.breaching_since == T0
+
+
+@pytest.mark.parametrize(("policy", "since"), [(NoDataPolicy.HOLD, None), (NoDataPolicy.RETRAIN, T0)])
+def test_no_data_starts_a_breach_only_under_retrain(policy: NoDataPolicy, since: object) -> None:
+    no_data = evaluate_metric(METRIC, observed(QueryResult(QueryOutcome.EMPTY)), None, policy, T0)
     assert no_data.breaching_since == since
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Fail"])
+def test_a_gap_in_the_data_does_not_restart_for(policy: str) -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    first = evaluate(spec, [accuracy(0.7)], None, T0)
+    gap = evaluate(spec, [empty], first, T0 + timedelta(minutes=5))
+    again = evaluate(spec, [accuracy(0.7)], gap, T0 + timedelta(minutes=9))
+    due = evaluate(spec, [accuracy(0.7)], again, T0 + timedelta(minutes=10))
+
+    assert gap.metrics[0].message.endswith("(breach since 2026-11-28T12:00:00Z kept)")
+    assert sustained_breaches(spec, gap, gap.time) == []
+    assert again.metrics[0].breaching_since == T0
+    assert sustained_breaches(spec, again, again.time) == []  # 9 minutes since the first breach
+    assert due.metrics[0].verdict is MetricVerdict.BREACHED
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Fail"])
+def test_no_data_alone_never_fires_under_hold_or_fail(policy: str) -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": policy}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    breached = evaluate(spec, [accuracy(0.7)], None, T0)
+    evaluation = breached
+    for minute in range(1, 60, 5):  # long past `for` (10m), never a value
+        evaluation = evaluate(spec, [empty], evaluation, T0 + timedelta(minutes=minute))
+        assert sustained_breaches(spec, evaluation, evaluation.time) == []
+    assert evaluation.metrics[0].breaching_since == T0
+    never_breached = evaluate(spec, [empty], None, T0)
+    assert sustained_breaches(spec, never_breached, T0 + timedelta(hours=1)) == []
+
+
+def test_no_data_fires_under_retrain_once_for_has_passed() -> None:
+    spec = parse_spec(spec_dict(**{"monitoring.noData": "Retrain"}))
+    empty = observed(QueryResult(QueryOutcome.EMPTY))
+    first = evaluate(spec, [empty], None, T0)
+    due = evaluate(spec, [empty], first, T0 + timedelta(minutes=10))
+    assert sustained_breaches(spec, first, first.time) == []
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
 
 
 def test_max_threshold_breach_message() -> None:
@@ -96,7 +139,14 @@ def test_max_threshold_breach_message() -> None:
         spec_dict(
             **{
                 "monitoring.metrics": [
-                    {"name": "p99_latency", "query": "q", "threshold": {"max": 0.25}, "action": "Alert"}
+                    # for: 0s, explicit since the default became 1h: a first breach is already Breached
+                    {
+                        "name": "p99_latency",
+                        "query": "q",
+                        "threshold": {"max": 0.25},
+                        "action": "Alert",
+                        "for": "0s",
+                    }
                 ]
             }
         )
@@ -150,3 +200,70 @@ def test_evaluate_carries_state_per_metric_name() -> None:
     assert second.time == T0 + timedelta(minutes=11)
     assert second.metrics[0].breaching_since == T0
     assert [m.name for m in sustained_breaches(SPEC, second, second.time)] == ["accuracy"]
+
+
+# ---------------------------------------------------------------- hysteresis (threshold.clearMin / clearMax)
+
+
+def _with_threshold(threshold: dict[str, float]) -> FeedbackLoopSpec:
+    return parse_spec(
+        spec_dict(
+            **{
+                "monitoring.metrics": [
+                    {"name": "accuracy", "query": "q", "threshold": threshold, "for": "10m"},
+                ]
+            }
+        )
+    )
+
+
+def test_a_breaching_metric_recovers_only_at_clear_min() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    breaching = evaluate(spec, [accuracy(0.8)], None, T0)
+    held = evaluate(spec, [accuracy(0.86)], breaching, T0 + timedelta(minutes=5))
+    due = evaluate(spec, [accuracy(0.869)], held, T0 + timedelta(minutes=10))
+    cleared = evaluate(spec, [accuracy(0.87)], due, T0 + timedelta(minutes=11))
+
+    assert held.metrics[0].verdict is MetricVerdict.BREACHING
+    assert held.metrics[0].message == "0.86 < clear 0.87 (recovering)"
+    assert held.metrics[0].breaching_since == T0
+    assert held.metrics[0].threshold == ThresholdStatus(min=0.85, clear_min=0.87)
+    assert due.metrics[0].verdict is MetricVerdict.BREACHED  # a hovering value keeps `for` running
+    assert [m.name for m in sustained_breaches(spec, due, due.time)] == ["accuracy"]
+    assert cleared.metrics[0].verdict is MetricVerdict.HEALTHY
+    assert cleared.metrics[0].breaching_since is None
+    status, reason, message = healthy_condition(spec, held)
+    assert (status, reason) == ("False", "ThresholdBreached")
+    assert message == "accuracy 0.86 < clear 0.87 (recovering) (breaching, must last 10m)"
+
+
+def test_a_breaching_metric_recovers_only_at_clear_max() -> None:
+    spec = _with_threshold({"max": 0.25, "clearMax": 0.2})
+    breaching = evaluate(spec, [accuracy(0.3)], None, T0)
+    held = evaluate(spec, [accuracy(0.22)], breaching, T0 + timedelta(minutes=1))
+    cleared = evaluate(spec, [accuracy(0.2)], held, T0 + timedelta(minutes=2))
+    assert held.metrics[0].message == "0.22 > clear 0.2 (recovering)"
+    assert cleared.metrics[0].verdict is MetricVerdict.HEALTHY
+
+
+def test_clear_bounds_do_not_apply_to_a_metric_that_was_not_breaching() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    healthy = evaluate(spec, [accuracy(0.9)], None, T0)
+    between = evaluate(spec, [accuracy(0.86)], healthy, T0 + timedelta(minutes=1))
+    first = evaluate(spec, [accuracy(0.86)], None, T0)
+    assert between.metrics[0].verdict is MetricVerdict.HEALTHY
+    assert first.metrics[0].verdict is MetricVerdict.HEALTHY
+
+
+def test_clear_min_holds_a_breach_across_a_gap_in_the_data() -> None:
+    spec = _with_threshold({"min": 0.85, "clearMin": 0.87})
+    breaching = evaluate(spec, [accuracy(0.8)], None, T0)
+    gap = evaluate(spec, [observed(QueryResult(QueryOutcome.EMPTY))], breaching, T0 + timedelta(minutes=1))
+    held = evaluate(spec, [accuracy(0.86)], gap, T0 + timedelta(minutes=2))
+    assert held.metrics[0].message == "0.86 < clear 0.87 (recovering)"
+
+
+def test_without_clear_bounds_a_metric_recovers_at_min() -> None:
+    breaching = evaluate(SPEC, [accuracy(0.8)], None, T0)
+    recovered = evaluate(SPEC, [accuracy(0.85)], breaching, T0 + timedelta(minutes=1))
+    assert recovered.metrics[0].verdict is MetricVerdict.HEALTHY

@@ -25,7 +25,7 @@ from feedbackloop.api import ConditionType, MeasurementVerdict, Outcome, Rollout
 from feedbackloop.core import contract
 from feedbackloop.core.decide import decide
 from feedbackloop.core.decision import ApplyModel, Decision
-from feedbackloop.core.gates import Comparison, evaluate_gates
+from feedbackloop.core.gates import Comparison, evaluate_gates, evaluate_implied_gate, implied_gate
 from feedbackloop.core.manual import (
     Refusal,
     known_versions,
@@ -40,10 +40,12 @@ from feedbackloop.core.observations import (
     JobObservation,
     JobState,
     Observations,
+    QueryOutcome,
+    QueryResult,
     TargetObservation,
 )
 from feedbackloop.core.plan import plan
-from feedbackloop.core.spec import Gate
+from feedbackloop.core.spec import Gate, parse_spec
 from feedbackloop.core.status import (
     ActiveRetrain,
     FeedbackLoopStatus,
@@ -763,3 +765,193 @@ def test_eligibility_is_what_decide_does() -> None:
     assert condition(serving, "RolledOut")[2] == f"rollback-to v1: refused, {Refusal.ALREADY_SERVING}"
     promoted = run(spec_dict(mode="Recommend"), status, healthy_dependencies(promote_request="v2"))
     assert promoted.status.rollout is not None and promoted.status.rollout.version == "v2"
+
+
+# ---------------------------------------------------------------- analysis: first data, the replaced version
+
+
+def test_a_rollout_records_the_replaced_versions_values_from_the_last_evaluation() -> None:
+    status, observed = retrained({"accuracy": 0.9})
+    observed = Observations(**{**observed.__dict__, "metrics": (accuracy(0.6),)})
+    decision = run(spec_dict(**{"validation.gates": GATES}), status, observed)
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert (rollout.previous_values, rollout.previous_evaluated_at) == ({"accuracy": 0.6}, T0)
+
+
+def test_a_rollout_without_an_evaluation_with_data_records_no_previous_values() -> None:
+    status, observed = retrained({"accuracy": 0.9})
+    observed = Observations(**{**observed.__dict__, "metrics": (accuracy(None),)})
+    decision = run(spec_dict(**{"validation.gates": GATES}), status, observed)
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert (rollout.previous_values, rollout.previous_evaluated_at) == ({}, None)
+
+
+def test_before_its_first_labels_a_new_version_is_waited_for_not_judged() -> None:
+    decision = run(
+        spec_dict(), analyzing(), healthy_dependencies(metrics=(accuracy(0.9, samples=12),)), minutes=1
+    )
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert rollout.measurements == ()
+    assert rollout.next_measurement_at == T0 + timedelta(minutes=2)
+    status, reason, message = condition(decision, "RolledOut")
+    assert (status, reason) == ("True", "Analyzing")
+    assert message == (
+        "v2: waiting for its first data until 2026-11-28T13:00:00Z (maxWait 1h): "
+        "accuracy: 12 samples < minSamples 100"
+    )
+    assert decision.actions == ()
+
+
+def test_after_max_wait_a_measurement_without_data_is_inconclusive() -> None:
+    observed = healthy_dependencies(metrics=(accuracy(0.9, samples=12),))
+    decision = run(spec_dict(), analyzing(), observed, minutes=60)
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert [m.verdict for m in rollout.measurements] == ["Inconclusive"]
+
+
+def test_a_failed_query_is_inconclusive_at_once() -> None:
+    decision = measure(analyzing(), None)  # NaN samples query: the metric's query is answered, its value NaN
+    rollout = decision.status.rollout
+    assert rollout is not None and rollout.measurements == ()  # NaN is "no feedback yet": waited for
+    failing = replace(accuracy(0.9), result=QueryResult(QueryOutcome.ERROR, message="503"))
+    decision = run(spec_dict(), analyzing(), healthy_dependencies(metrics=(failing,)), minutes=1)
+    rollout = decision.status.rollout
+    assert rollout is not None
+    assert [m.verdict for m in rollout.measurements] == ["Inconclusive"]
+
+
+def below_previous(value: float, previous: float, *verdicts: str) -> Decision:
+    status = analyzing(*verdicts)
+    assert status.rollout is not None
+    rolling = replace(status.rollout, previous_values={"accuracy": previous}, previous_evaluated_at=T0)
+    return measure(status.model_copy(update={"rollout": rolling}), value)
+
+
+def test_a_version_below_its_threshold_but_better_than_the_one_it_replaced_is_kept() -> None:
+    decision = below_previous(0.8, 0.6, "Successful", "Successful", "Successful", "Successful")
+    assert decision.status.rollout is None
+    current = decision.status.current_model
+    assert current is not None and current.version == "v2"
+    assert decision.actions == ()
+    status, reason, message = condition(decision, "RolledOut")
+    assert (status, reason) == ("True", "BelowThresholdNotWorse")
+    assert "below its threshold but not worse than v1, which it replaced (accuracy 0.8 vs 0.6)" in message
+    assert condition(decision, "Degraded")[:2] == ("False", "NotDegraded")
+    assert any(e.reason == "BelowThresholdNotWorse" and e.type == "Warning" for e in decision.events)
+    entry = decision.status.history[-1]
+    assert (entry.outcome, entry.reason) == ("RolledOut", "BelowThresholdNotWorse")
+    assert entry.analysis == "Successful"
+    assert decision.status.rejected_versions == ()
+
+
+def test_a_version_below_its_threshold_and_worse_than_the_one_it_replaced_is_rolled_back() -> None:
+    decision = below_previous(0.5, 0.6, "Successful", "Failed")
+    assert decision.actions == (ApplyModel("ml", "churn-server", "server", V1),)
+    status, reason, message = condition(decision, "Degraded")
+    assert (status, reason) == ("True", "AnalysisFailed")
+    assert message.endswith("accuracy 0.5 < min 0.85, worse than 0.6 before the rollout")
+
+
+# ---------------------------------------------------------------- the implied gate on the primary metric
+
+
+def test_the_implied_gate_is_no_worse_on_the_primary_metric_unless_a_gate_names_that_metric() -> None:
+    assert implied_gate(parse_spec(spec_dict())) == Gate(metric="accuracy", min_delta_vs_current=0.0)
+    regression = parse_spec(spec_dict(**{"retrain.trainer.task": "regression"}))
+    assert implied_gate(regression) == Gate(metric="rmse", min_delta_vs_current=0.0)
+    other = parse_spec(spec_dict(**{"validation.gates": [{"metric": "f1_macro", "min": 0.5}]}))
+    assert implied_gate(other) == Gate(metric="accuracy", min_delta_vs_current=0.0)
+    # Any gate on the metric replaces it, also one without a delta (the way to turn the comparison off).
+    named = parse_spec(spec_dict(**{"validation.gates": [{"metric": "accuracy", "min": 0.0}]}))
+    assert implied_gate(named) is None
+    observe = spec_dict(mode="Observe")
+    del observe["retrain"], observe["artifacts"]
+    assert implied_gate(parse_spec(observe)) is None
+
+
+IMPLIED_GATE = Gate(metric="accuracy", min_delta_vs_current=0.0)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current", "version", "verdict", "reason", "message"),
+    [
+        (
+            {"accuracy": 0.9},
+            {"accuracy": 0.8},
+            "v1",
+            "Passed",
+            "WithinBound",
+            "accuracy delta 0.1 >= 0 vs v1",
+        ),
+        (
+            {"accuracy": 0.8},
+            {"accuracy": 0.9},
+            "v1",
+            "Failed",
+            "DeltaTooSmall",
+            "accuracy delta \u22120.1 < 0 vs v1",
+        ),
+        (
+            {"accuracy": 0.8},
+            {},
+            None,
+            "Passed",
+            "NoCurrentModel",
+            "accuracy: no current model to compare with",
+        ),
+        (
+            {"f1_macro": 0.8},
+            {"accuracy": 0.9},
+            "v1",
+            "Passed",
+            "MetricMissing",
+            "accuracy: the candidate has no accuracy in metrics.json; implied gate skipped",
+        ),
+        (
+            {"accuracy": 0.8},
+            {},
+            "v1",
+            "Passed",
+            "CurrentModelNotScored",
+            "accuracy: current model v1 has no accuracy in metrics.json; implied gate skipped",
+        ),
+    ],
+)
+def test_implied_gate_branches(
+    candidate: dict[str, float],
+    current: dict[str, float],
+    version: str | None,
+    verdict: str,
+    reason: str,
+    message: str,
+) -> None:
+    result = evaluate_implied_gate(IMPLIED_GATE, candidate, current, version)
+    assert (result.verdict, result.reason) == (verdict, reason)
+    assert result.message.removesuffix(" (implied)") == message
+    assert result.threshold == "delta >= 0 (implied)"
+
+
+def test_without_gates_a_candidate_worse_than_the_serving_model_is_rejected_by_the_implied_gate() -> None:
+    status, observed = retrained({"accuracy": 0.78}, {"accuracy": 0.8})
+    decision = run(spec_dict(), status, observed)
+    state, reason, message = condition(decision, "Validated")
+    assert (state, reason) == ("False", "GatesFailed")
+    assert message == "v2: accuracy delta \u22120.02 < 0 vs v1 (implied)"
+    candidate = decision.status.candidate_model
+    assert candidate is not None
+    assert [(g.metric, g.threshold, g.verdict) for g in candidate.gates] == [
+        ("accuracy", "delta >= 0 (implied)", "Failed")
+    ]
+    assert decision.status.rollout is None
+
+
+def test_a_gate_on_the_primary_metric_replaces_the_implied_one() -> None:
+    status, observed = retrained({"accuracy": 0.78}, {"accuracy": 0.8})
+    decision = run(spec_dict(**{"validation.gates": [{"metric": "accuracy", "min": 0.7}]}), status, observed)
+    assert condition(decision, "Validated")[:2] == ("True", "GatesPassed")
+    candidate = decision.status.candidate_model
+    assert candidate is not None and [g.threshold for g in candidate.gates] == ["min 0.7"]

@@ -21,6 +21,7 @@ from feedbackloop.api import (
     RETRAIN_POD_FINALIZER,
     TRAINER_APP_NAME,
     TRIGGER_REASON_ANNOTATION,
+    Trigger,
 )
 from feedbackloop.core import contract
 from feedbackloop.core.loop import LoopRef
@@ -71,7 +72,10 @@ def build_retrain_job(
     current: ModelRef | None,
     settings: JobSettings,
     now: datetime,
+    reusable: tuple[contract.ReusableVersion, ...] = (),
 ) -> dict[str, Any]:
+    """The retrain Job. `reusable`: earlier versions a breach retrain scores beside its fresh candidate
+    (core.reuse.reusable_versions), passed only when the trigger is a breach and retrain.reuse is enabled."""
     retrain_spec = spec.retrain_spec()
     labels = {
         LABEL_APP_NAME: TRAINER_APP_NAME,
@@ -82,6 +86,9 @@ def build_retrain_job(
         LABEL_TRIGGER: retrain.trigger,
     }
     env = _trainer_env(loop, spec, retrain, current, settings, now)
+    if retrain.trigger is Trigger.BREACH and retrain_spec.reuse.enabled and reusable:
+        chosen = reusable[: retrain_spec.reuse.max_versions]
+        env.append(_env(contract.ENV_REUSE_VERSIONS, contract.reuse_env_value(chosen)))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -162,6 +169,10 @@ def _trainer_env(
         if data.feedback_window is not None:
             since = (now - data.feedback_window).isoformat().replace("+00:00", "Z")
             env.append(_env(contract.ENV_FEEDBACK_SINCE, since))
+        if data.since_breach and retrain.breach_since is not None:
+            breach = retrain.breach_since.isoformat().replace("+00:00", "Z")
+            env.append(_env(contract.ENV_DATA_SINCE, breach))
+            env.append(_env(contract.ENV_MIN_ROWS, str(data.min_rows)))
     if data.holdout:
         env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
     if current is not None:

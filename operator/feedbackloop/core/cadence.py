@@ -19,7 +19,9 @@ from feedbackloop.api import (
     ConditionStatus,
     ConditionType,
     LoopPhase,
+    Reason,
 )
+from feedbackloop.core.cooldown import retrain_cooldown
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.requests import is_handled
 from feedbackloop.core.status import Evaluation, FeedbackLoopStatus, MetricEvaluation
@@ -56,6 +58,8 @@ def next_reconcile(
     if status.last_evaluation is None or loop.generation != status.observed_generation:
         return now
     wake = min(wake, status.last_evaluation.time + spec.monitoring.interval)
+    if (cooldown_end := cooldown_ends(loop)) is not None and cooldown_end > now:
+        wake = min(wake, cooldown_end)
     schedule = spec.retrain.schedule if spec.retrain else None
     if schedule is not None and schedule_error(schedule) is None:
         fire: datetime = croniter(schedule, now).get_next(datetime)
@@ -77,7 +81,7 @@ def _in_flight(loop: LoopState, annotations: dict[str, str], create_backing_off:
     status = loop.status
     if status.active_retrain is not None and not create_backing_off:
         return True
-    if status.rollout is not None or status.waiting_reason:
+    if status.rollout is not None or (status.waiting_reason and not _cooling_down(status)):
         return True
     token = loop.request_token
     pending = (
@@ -89,6 +93,20 @@ def _in_flight(loop: LoopState, annotations: dict[str, str], create_backing_off:
     return any(
         request and not is_handled(request, handled, with_token) for request, handled, with_token in pending
     )
+
+
+def _cooling_down(status: FeedbackLoopStatus) -> bool:
+    """A trigger waits out its cooldown, whose end is known: nothing to follow every tick until then."""
+    retraining = status.condition(ConditionType.RETRAINING)
+    return retraining is not None and retraining.reason == Reason.COOLDOWN
+
+
+def cooldown_ends(loop: LoopState) -> datetime | None:
+    """When the cooldown (with its backoff) of a loop waiting on it ends."""
+    status, spec = loop.status, loop.spec
+    if not _cooling_down(status) or spec is None or spec.retrain is None or status.last_retrain_time is None:
+        return None
+    return status.last_retrain_time + retrain_cooldown(spec.retrain, status.history).length
 
 
 def status_write_needed(

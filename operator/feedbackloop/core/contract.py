@@ -24,6 +24,9 @@ ENV_ARTIFACT_URI = "FBL_ARTIFACT_URI"
 ENV_TRAINING_DATA_URI = "FBL_TRAINING_DATA_URI"
 ENV_FEEDBACK_DATA_URI = "FBL_FEEDBACK_DATA_URI"
 ENV_FEEDBACK_SINCE = "FBL_FEEDBACK_SINCE"
+# A since-breach retrain: train on the rows labelled since this time, or on the newest FBL_MIN_ROWS if fewer.
+ENV_DATA_SINCE = "FBL_DATA_SINCE"
+ENV_MIN_ROWS = "FBL_MIN_ROWS"
 ENV_HOLDOUT_DATA_URI = "FBL_HOLDOUT_DATA_URI"
 ENV_HOLDOUT_FRACTION = "FBL_HOLDOUT_FRACTION"
 ENV_HOLDOUT_STRATEGY = "FBL_HOLDOUT_STRATEGY"
@@ -35,6 +38,11 @@ ENV_ESTIMATOR_PARAMS = "FBL_ESTIMATOR_PARAMS"
 ENV_CURRENT_MODEL_URI = "FBL_CURRENT_MODEL_URI"
 ENV_CURRENT_MODEL_SHA256 = "FBL_CURRENT_MODEL_SHA256"
 ENV_CURRENT_MODEL_VERSION = "FBL_CURRENT_MODEL_VERSION"
+# A breach retrain under retrain.reuse: earlier versions of this loop to score beside the new model, newest
+# first, as JSON [{"version": "v3", "manifestSha256": "<64 hex>"}]. The digests come from status.history (the
+# manifests the operator verified); a version is read only from the loop's own prefix and only if its manifest
+# hashes to the digest given.
+ENV_REUSE_VERSIONS = "FBL_REUSE_VERSIONS"
 ENV_TERMINATION_MESSAGE_PATH = "FBL_TERMINATION_MESSAGE_PATH"
 # Standard AWS SDK variables, so any S3 client in a bring-your-own image works unchanged.
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"
@@ -61,6 +69,11 @@ MANIFEST_SCHEMA_VERSION = 1
 # Manifest fields besides schemaVersion, version and files that the trainer writes and the model server reads.
 MANIFEST_FEATURES = "features"
 MANIFEST_LOOP = "loop"
+# A version whose model is an earlier version's, copied because it beat the fresh candidate on the holdout:
+# metrics.json names that version, the manifest names it and the manifest digest it was verified against.
+METRICS_REUSED_VERSION = "reusedVersion"
+MANIFEST_REUSED_FROM = "reusedFrom"
+REUSE_VERSIONS_LIMIT = 20  # status.history holds at most 20 entries
 
 # ---- feedback rows the model server writes and the trainer reads: the features plus these columns
 FEEDBACK_LABEL = "fbl_label"
@@ -96,6 +109,56 @@ def version_number(version: str | None) -> int:
     """The n of `vN`, or 0 for anything else (a hand-named initial model)."""
     match = _VERSION.match(version or "")
     return int(match.group(1)) if match else 0
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class ReusableVersion:
+    """An earlier version a breach retrain may reuse, and the sha256 of the manifest the operator verified."""
+
+    version: str
+    manifest_sha256: str
+
+
+def reuse_env_value(versions: tuple[ReusableVersion, ...]) -> str:
+    return json.dumps(
+        [{"version": v.version, "manifestSha256": v.manifest_sha256} for v in versions], separators=(",", ":")
+    )
+
+
+def parse_reuse_env(text: str) -> tuple[ReusableVersion, ...]:
+    """FBL_REUSE_VERSIONS: a list of version names (vN) and manifest digests, at most REUSE_VERSIONS_LIMIT."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    if not isinstance(raw, list) or len(raw) > REUSE_VERSIONS_LIMIT:
+        raise ValueError(f"must be a JSON list of at most {REUSE_VERSIONS_LIMIT} entries")
+    found: list[ReusableVersion] = []
+    for entry in raw:
+        version = entry.get("version") if isinstance(entry, dict) else None
+        digest = entry.get("manifestSha256") if isinstance(entry, dict) else None
+        if not isinstance(version, str) or not is_version_name(version) or not is_sha256(digest):
+            raise ValueError(f"entry {entry!r} needs a version ({VERSION_NAME_RULE}) and a manifestSha256")
+        assert isinstance(digest, str)
+        if all(known.version != version for known in found):
+            found.append(ReusableVersion(version, digest))
+    return tuple(found)
+
+
+def sibling_version_uri(artifact_uri: str, own_version: str, version: str) -> str:
+    """The URI of another version of the same loop: `artifact_uri` (…/<loop>/<own_version>/) with the last
+    segment replaced. `version` must be a version name, so the URI cannot leave the loop's prefix."""
+    if not is_version_name(version):
+        raise ValueError(f"{version!r} is not a version name ({VERSION_NAME_RULE})")
+    root = version_root_uri(artifact_uri)
+    suffix = f"/{own_version}/"
+    if not is_version_name(own_version) or not root.endswith(suffix):
+        raise ValueError(f"{artifact_uri!r} does not end with the version {own_version!r}")
+    return root[: -len(suffix) + 1] + version + "/"
 
 
 def version_prefix(prefix: str, namespace: str, loop: str, version: str) -> str:

@@ -3,6 +3,10 @@
 
 Deltas are read as improvements: for error metrics (lower is better) an improvement is a decrease, so
 `minDeltaVsCurrent: 0.01` always means "at least 0.01 better than the current model".
+
+When no gate names the task's primary metric (accuracy, or rmse for regression), an implied gate
+`minDeltaVsCurrent: 0` on it applies: a candidate worse than the model serving, on the same recent holdout, is
+not rolled out (docs/policy.md). Any gate on that metric replaces it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,23 @@ from feedbackloop.api import (
 from feedbackloop.core.decision import GateChecked
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.rollout import start_rollout
-from feedbackloop.core.spec import FeedbackLoopSpec, Gate, Mode
+from feedbackloop.core.spec import FeedbackLoopSpec, Gate, Mode, Task
 from feedbackloop.core.status import GateResult, ModelRef
 
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 SIGNIFICANCE_ALPHA = 0.05
+PRIMARY_METRIC = {Task.CLASSIFICATION: "accuracy", Task.REGRESSION: "rmse"}
+IMPLIED = " (implied)"
+
+
+def implied_gate(spec: FeedbackLoopSpec) -> Gate | None:
+    """`minDeltaVsCurrent: 0` on the task's primary metric, unless a gate of the loop names that metric."""
+    if spec.retrain is None:
+        return None
+    metric = PRIMARY_METRIC[spec.retrain.trainer.task]
+    if any(gate.metric == metric for gate in spec.validation.gates):
+        return None
+    return Gate(metric=metric, min_delta_vs_current=0.0)
 
 
 @dataclass(frozen=True)
@@ -58,12 +74,33 @@ def _improvement(metric: str, candidate: float, current: float) -> float:
     return current - candidate if metric in LOWER_IS_BETTER else candidate - current
 
 
+def evaluate_implied_gate(
+    gate: Gate, candidate: Mapping[str, float], current: Mapping[str, float], current_version: str | None
+) -> GateResult:
+    """The implied gate compares when it can: a candidate or a current model without a score for the metric
+    (a bring-your-own trainer's metrics.json, a champion the trainer could not load) passes it, and says so,
+    since nobody asked for the comparison."""
+    value, champion = candidate.get(gate.metric), current.get(gate.metric)
+    if value is None or (champion is None and current_version is not None):
+        missing = "the candidate" if value is None else f"current model {current_version}"
+        return GateResult(
+            metric=gate.metric,
+            threshold=_describe(gate) + IMPLIED,
+            verdict=GateVerdict.PASSED,
+            reason=GateReason.METRIC_MISSING if value is None else GateReason.CURRENT_MODEL_NOT_SCORED,
+            message=f"{gate.metric}: {missing} has no {gate.metric} in metrics.json; implied gate skipped",
+        )
+    result = _delta_gate(gate, value, current, {}, current_version)
+    return replace(result, threshold=result.threshold + IMPLIED, message=result.message + IMPLIED)
+
+
 def evaluate_gates(
     gates: tuple[Gate, ...],
     candidate: Mapping[str, float],
     current: Mapping[str, float],
     comparison: Mapping[str, Comparison],
     current_version: str | None,
+    implied: Gate | None = None,
 ) -> tuple[GateResult, ...]:
     results: list[GateResult] = []
     for gate in gates:
@@ -85,6 +122,8 @@ def evaluate_gates(
             results.append(_bound_gate(gate.metric, value, "max", gate.max))
         if gate.min_delta_vs_current is not None or gate.require_significance:
             results.append(_delta_gate(gate, value, current, comparison, current_version))
+    if implied is not None:
+        results.append(evaluate_implied_gate(implied, candidate, current, current_version))
     return tuple(results)
 
 
@@ -232,6 +271,7 @@ def validate_candidate(draft: Draft, spec: FeedbackLoopSpec, namespace: str) -> 
         candidate.current_metrics,
         {name: Comparison.from_json(raw) for name, raw in candidate.comparison.items()},
         current.version if current else None,
+        implied_gate(spec),
     )
     verdict = GateVerdict.PASSED if gates_passed(results) else GateVerdict.FAILED
     message = gates_message(results)

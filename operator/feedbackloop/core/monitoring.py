@@ -1,6 +1,7 @@
 """Monitoring verdicts: samples, then threshold, then `for`.
 
-No data is never healthy, and never a breach unless noData is Retrain.
+No data is never healthy, and never a breach unless noData is Retrain. Under Hold and Fail it does not end a
+breach either: the breach's start is kept, so a gap in the data does not restart `for`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from feedbackloop.api import ConditionStatus, MetricVerdict, Reason
+from feedbackloop.core.durations import format_duration
 from feedbackloop.core.observations import MetricObservation
 from feedbackloop.core.spec import FeedbackLoopSpec, MetricAction, MetricSpec, NoDataPolicy
 from feedbackloop.core.status import QUERY_TEXT_LIMIT, Evaluation, MetricEvaluation, ThresholdStatus
@@ -36,7 +38,10 @@ def evaluate_metric(
     policy: NoDataPolicy,
     now: datetime,
 ) -> MetricEvaluation:
-    threshold = ThresholdStatus(min=metric.threshold.min, max=metric.threshold.max)
+    bounds = metric.threshold
+    threshold = ThresholdStatus(
+        min=bounds.min, max=bounds.max, clear_min=bounds.clear_min, clear_max=bounds.clear_max
+    )
     value = observed.result.value
     samples = observed.samples.value if observed.samples and observed.samples.has_value else None
 
@@ -49,12 +54,8 @@ def evaluate_metric(
     elif not observed.result.has_value or value is None:
         verdict, reason = MetricVerdict.NO_DATA, str(observed.result.outcome)
         message = observed.result.message or f"query outcome {observed.result.outcome}"
-    elif _outside(value, metric):
-        verdict, reason, message = (
-            MetricVerdict.BREACHING,
-            Reason.THRESHOLD_BREACHED,
-            _breach_text(metric, value),
-        )
+    elif breach := _breach_text(metric, value, recovering=bool(previous and previous.breaching_since)):
+        verdict, reason, message = MetricVerdict.BREACHING, Reason.THRESHOLD_BREACHED, breach
     else:
         verdict, reason, message = MetricVerdict.HEALTHY, Reason.WITHIN_THRESHOLDS, ""
 
@@ -66,6 +67,10 @@ def evaluate_metric(
         since = previous.breaching_since if previous and previous.breaching_since else now
         if verdict is MetricVerdict.BREACHING and now - since >= metric.for_:
             verdict = MetricVerdict.BREACHED
+    elif verdict in NO_DATA_VERDICTS and previous is not None and previous.breaching_since is not None:
+        # A gap in the data says nothing about the breach: keep its start so `for` is not restarted.
+        since = previous.breaching_since
+        message += f" (breach since {_iso(since)} kept)"
     return MetricEvaluation(
         name=metric.name,
         query=_shown(observed.query),
@@ -99,12 +104,20 @@ def evaluate(
 def sustained_breaches(
     spec: FeedbackLoopSpec, evaluation: Evaluation, now: datetime
 ) -> list[MetricEvaluation]:
-    """Retrain-action metrics whose breach (or no data, under noData=Retrain) has lasted `for`."""
+    """Retrain-action metrics whose breach (or no data, under noData=Retrain) has lasted `for`.
+
+    Under Hold and Fail a metric without data keeps its breach's start, but only a breaching value fires.
+    """
     specs = {m.name: m for m in spec.monitoring.metrics}
+    firing = OUTSIDE_VERDICTS | (
+        NO_DATA_VERDICTS if spec.monitoring.no_data is NoDataPolicy.RETRAIN else frozenset()
+    )
     sustained = []
     for result in evaluation.metrics:
         metric = specs.get(result.name)
         if metric is None or metric.action is not MetricAction.RETRAIN or result.breaching_since is None:
+            continue
+        if result.verdict not in firing:
             continue
         if now - result.breaching_since >= metric.for_:
             sustained.append(result)
@@ -140,24 +153,41 @@ def healthy_condition(spec: FeedbackLoopSpec, evaluation: Evaluation) -> tuple[C
     )
 
 
-def _outside(value: float, metric: MetricSpec) -> bool:
-    low, high = metric.threshold.min, metric.threshold.max
-    return (low is not None and value < low) or (high is not None and value > high)
+def _breach_text(metric: MetricSpec, value: float, recovering: bool) -> str:
+    """Why `value` breaches, or "" when it does not. A metric that was breaching (`recovering`) must come back
+    to its clear bounds, where set, to recover: hysteresis, so a value hovering at a bound does not flap."""
+    bounds = metric.threshold
+    if bounds.min is not None and value < bounds.min:
+        return f"{_fmt(value)} < min {_fmt(bounds.min)}"
+    if bounds.max is not None and value > bounds.max:
+        return f"{_fmt(value)} > max {_fmt(bounds.max)}"
+    if recovering and bounds.clear_min is not None and value < bounds.clear_min:
+        return f"{_fmt(value)} < clear {_fmt(bounds.clear_min)} (recovering)"
+    if recovering and bounds.clear_max is not None and value > bounds.clear_max:
+        return f"{_fmt(value)} > clear {_fmt(bounds.clear_max)} (recovering)"
+    return ""
 
 
-def _breach_text(metric: MetricSpec, value: float) -> str:
-    low, high = metric.threshold.min, metric.threshold.max
-    if low is not None and value < low:
-        return f"{_fmt(value)} < min {_fmt(low)}"
-    return f"{_fmt(value)} > max {_fmt(high)}"
+def within_plain_threshold(result: MetricEvaluation) -> bool:
+    """The value is within min and max: a breach only held by hysteresis, which judging a version ignores."""
+    value, bounds = result.value, result.threshold
+    return (
+        value is not None
+        and (bounds.min is None or value >= bounds.min)
+        and (bounds.max is None or value <= bounds.max)
+    )
 
 
 def _describe(spec: FeedbackLoopSpec, result: MetricEvaluation) -> str:
     metric = next(m for m in spec.monitoring.metrics if m.name == result.name)
     text = f"{result.name} {result.message}"
     if result.verdict is MetricVerdict.BREACHING and metric.for_ > timedelta(0):
-        text += f" (breaching, must last {metric.for_})"
+        text += f" (breaching, must last {format_duration(metric.for_)})"
     return text
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _fmt(value: float | None) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from feedbackloop.api import ConditionStatus, ConditionType, Outcome, Reason, Trigger
 from feedbackloop.core import contract
 from feedbackloop.core.builders import JobSettings, build_retrain_job, retrain_job_name
+from feedbackloop.core.cooldown import retrain_cooldown
 from feedbackloop.core.decision import CreateJob, Decision, RetrainFinished, RetrainStarted
 from feedbackloop.core.draft import Draft, WorkingStatus, edit_status
 from feedbackloop.core.loop import LoopState, OperatorPolicy
@@ -20,6 +21,7 @@ from feedbackloop.core.observations import (
     ListedJob,
     Observations,
 )
+from feedbackloop.core.reuse import reusable_versions
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
 from feedbackloop.core.status import ActiveRetrain, CandidateModel, FeedbackLoopStatus, HistoryEntry
 from feedbackloop.core.triggers import PendingTrigger, pending_triggers
@@ -76,14 +78,14 @@ def consider_retrain(
         _consume(draft, triggers)
         _wait(draft, Reason.OBSERVE_ONLY, f"mode Observe: would retrain ({wanted})")
         return
-    cooldown_until = (
-        status.last_retrain_time + spec.retrain_spec().cooldown if status.last_retrain_time else None
-    )
+    # The draft's history: a candidate rejected in this very reconcile already lengthens the cooldown.
+    cooldown = retrain_cooldown(spec.retrain_spec(), draft.status.history)
+    cooldown_until = status.last_retrain_time + cooldown.length if status.last_retrain_time else None
     if triggers[0].kind is not Trigger.MANUAL and cooldown_until is not None and draft.now < cooldown_until:
         # Like a CronJob that may not overlap, a fire that lands in the cooldown is skipped, not queued.
         _consume(draft, [t for t in triggers if t.kind is Trigger.SCHEDULE])
         when = cooldown_until.isoformat().replace("+00:00", "Z")
-        _wait(draft, Reason.COOLDOWN, f"cooldown until {when}; pending {wanted}")
+        _wait(draft, Reason.COOLDOWN, f"cooldown until {when}{cooldown.explained()}; pending {wanted}")
         return
     if not preflight_ok:
         ready = draft.status.condition(ConditionType.READY)
@@ -134,6 +136,7 @@ def _start_retrain(
     draft: Draft, loop: LoopState, triggers: list[PendingTrigger], policy: OperatorPolicy
 ) -> None:
     first = triggers[0]
+    breach = next((t for t in triggers if t.kind is Trigger.BREACH), None)
     current = draft.status.current_model
     number = max(loop.status.retrain_count, contract.version_number(current.version if current else None)) + 1
     active = ActiveRetrain(
@@ -143,6 +146,7 @@ def _start_retrain(
         trigger=first.kind,
         reason=first.reason,
         started_at=draft.now,
+        breach_since=breach.since if breach is not None else None,
     )
     _consume(draft, triggers)
     draft.status.retrain_count = number
@@ -163,7 +167,9 @@ def _create_job(draft: Draft, loop: LoopState, active: ActiveRetrain, policy: Op
         s3_region=policy.s3_region,
     )
     current = draft.status.current_model
-    manifest = build_retrain_job(loop.ref, loop.spec, active, current, settings, active.started_at)
+    reuse = loop.spec.retrain_spec().reuse
+    reusable = reusable_versions(draft.status, reuse.max_versions) if reuse.enabled else ()
+    manifest = build_retrain_job(loop.ref, loop.spec, active, current, settings, active.started_at, reusable)
     draft.actions.append(CreateJob(manifest))
     # A retry keeps the condition that says why it waits, and so posts no Event.
     if active.create_attempts == 0:
@@ -318,7 +324,18 @@ def _verifying(draft: Draft, active: ActiveRetrain, detail: str) -> None:
     draft.condition(ConditionType.RETRAINING, ConditionStatus.TRUE, Reason.VERIFYING_ARTIFACTS, message)
 
 
+def _reused_version(draft: Draft, artifacts: ArtifactObservation) -> str | None:
+    """The earlier version the trainer says this candidate's model is, believed only if the model's sha256 is
+    the one status.history recorded for that version when the operator verified it."""
+    claimed = artifacts.metrics.get(contract.METRICS_REUSED_VERSION)
+    if not isinstance(claimed, str) or not contract.is_version_name(claimed):
+        return None
+    recorded = {entry.sha256 for entry in draft.status.history if entry.version == claimed and entry.sha256}
+    return claimed if artifacts.model_sha256 in recorded else None
+
+
 def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation) -> None:
+    reused = _reused_version(draft, artifacts)
     draft.status.candidate_model = CandidateModel(
         version=active.version,
         job=active.job,
@@ -329,9 +346,22 @@ def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservati
         current_metrics=contract.numeric_metrics(artifacts.metrics.get("current")),
         comparison=contract.comparisons(artifacts.metrics.get("comparison")),
         created_at=draft.now,
+        reused_version=reused,
     )
     message = f"candidate {active.version} at {artifacts.uri}"
-    _end_retrain(draft, active, Outcome.RETRAINED, Reason.RETRAIN_SUCCEEDED, message)
+    said = ""
+    if reused is not None:
+        said = f"reused {reused}: it beat the fresh model on the holdout"
+        message = f"{message} ({said})"
+    _end_retrain(
+        draft,
+        active,
+        Outcome.RETRAINED,
+        Reason.RETRAIN_SUCCEEDED,
+        message,
+        said,
+        verified=(artifacts.model_sha256, artifacts.manifest_sha256, reused),
+    )
     awaiting = f"candidate {active.version} awaits validation"
     draft.condition(ConditionType.VALIDATED, ConditionStatus.UNKNOWN, Reason.AWAITING_VALIDATION, awaiting)
 
@@ -343,9 +373,11 @@ def _end_retrain(
     reason: Reason,
     message: str,
     history_message: str = "",
+    verified: tuple[str, str, str | None] | None = None,  # model and manifest sha256, the reused version
 ) -> None:
     draft.status.active_retrain = None
     retrained = outcome is Outcome.RETRAINED
+    sha256, manifest_sha256, reused = verified if verified is not None else (None, None, None)
     draft.add_history(
         HistoryEntry(
             version=active.version,
@@ -356,6 +388,9 @@ def _end_retrain(
             started_at=active.started_at,
             retrained_at=draft.now if retrained else None,
             finished_at=None if retrained else draft.now,
+            sha256=sha256,
+            manifest_sha256=manifest_sha256,
+            reused_version=reused,
         )
     )
     draft.condition(ConditionType.RETRAINING, ConditionStatus.FALSE, reason, message)

@@ -4,6 +4,7 @@ it, and roll back (or keep it, marked degraded) when it fails."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 from feedbackloop.api import (
     ConditionStatus,
@@ -16,7 +17,15 @@ from feedbackloop.api import (
     RolloutPhase,
     Trigger,
 )
-from feedbackloop.core.analysis import AnalysisPhase, analysis_metrics, assess, measure
+from feedbackloop.core.analysis import (
+    AnalysisPhase,
+    analysis_metrics,
+    assess,
+    awaits_first_data,
+    below_threshold,
+    measure,
+    previous_values,
+)
 from feedbackloop.core.decision import (
     ApplyModel,
     RollbackStarted,
@@ -24,6 +33,7 @@ from feedbackloop.core.decision import (
     RolloutStarted,
 )
 from feedbackloop.core.draft import Draft
+from feedbackloop.core.durations import format_duration
 from feedbackloop.core.observations import Observations, TargetObservation
 from feedbackloop.core.spec import FeedbackLoopSpec
 from feedbackloop.core.status import Evaluation, HistoryEntry, ModelRef, RolloutState
@@ -33,17 +43,23 @@ def start_rollout(
     draft: Draft, spec: FeedbackLoopSpec, namespace: str, model: ModelRef, kind: RolloutKind, trigger: Trigger
 ) -> None:
     assert model.sha256 is not None
+    previous = draft.status.current_model
+    # What the new version must not be worse than: the replaced version's last evaluation.
+    evaluation = draft.status.last_evaluation if previous is not None else None
+    values = previous_values(analysis_metrics(spec), evaluation) if kind is RolloutKind.PROMOTION else {}
     draft.status.rollout = RolloutState(
         version=model.version,
         uri=model.uri,
         sha256=model.sha256,
         kind=kind,
         phase=RolloutPhase.PROGRESSING,
-        previous=draft.status.current_model,
+        previous=previous,
         metrics=model.metrics,
         trigger=trigger,
         started_at=draft.now,
         phase_started_at=draft.now,
+        previous_values=values,
+        previous_evaluated_at=evaluation.time if values and evaluation is not None else None,
     )
     draft.actions.append(_apply(spec, namespace, model))
     draft.condition(
@@ -149,7 +165,20 @@ def _analyze(
     analysis = spec.rollout.analysis
     if evaluation is None or rollout.next_measurement_at is None or draft.now < rollout.next_measurement_at:
         return
-    measurement = measure(analysis_metrics(spec), evaluation, draft.now)
+    names = analysis_metrics(spec)
+    measurement = measure(names, evaluation, draft.now, rollout.previous_values)
+    if measurement.verdict is MeasurementVerdict.INCONCLUSIVE and awaits_first_data(
+        analysis, names, evaluation, rollout.measurements, rollout.phase_started_at, draft.now
+    ):
+        # No labelled feedback for the new version yet: wait for it, up to maxWait, without counting.
+        draft.status.rollout = replace(rollout, next_measurement_at=draft.now + analysis.interval)
+        deadline = rollout.phase_started_at + analysis.max_wait
+        message = (
+            f"{rollout.version}: waiting for its first data until {_iso(deadline)} "
+            f"(maxWait {format_duration(analysis.max_wait)}): {measurement.message}"
+        )
+        draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.TRUE, Reason.ANALYZING, message)
+        return
     rollout = replace(
         rollout,
         measurements=(*rollout.measurements, measurement),
@@ -173,15 +202,41 @@ def _succeed(draft: Draft, rollout: RolloutState, summary: str) -> None:
     draft.status.current_model = replace(rollout.model, deployed_at=draft.now)
     draft.status.rollout = None
     clear_candidate(draft, rollout.version)
-    message = f"{rollout.version} serves: {summary}"
-    draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.TRUE, Reason.ANALYSIS_SUCCESSFUL, message)
+    below = below_threshold(rollout.measurements[-1]) if rollout.measurements else ()
+    if below:
+        # Kept: rolling back would serve a version that did worse. The breach stays, and retrains again once
+        # the cooldown (and its backoff) allows.
+        replaced = rollout.previous.version if rollout.previous else "the previous model"
+        outside = "; ".join(
+            f"{m.name} {m.value:.4g} vs {m.previous_value:.4g}"
+            for m in below
+            if m.value is not None and m.previous_value is not None
+        )
+        summary = (
+            f"{summary}; below its threshold but not worse than {replaced}, which it replaced ({outside}); "
+            "a lasting breach retrains again after the cooldown"
+        )
+        message = f"{rollout.version} serves: {summary}"
+        draft.condition(
+            ConditionType.ROLLED_OUT, ConditionStatus.TRUE, Reason.BELOW_THRESHOLD_NOT_WORSE, message
+        )
+        draft.event(EventType.WARNING, Reason.BELOW_THRESHOLD_NOT_WORSE, message)
+    else:
+        message = f"{rollout.version} serves: {summary}"
+        draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.TRUE, Reason.ANALYSIS_SUCCESSFUL, message)
     passed = f"{rollout.version} passed its analysis"
     draft.condition(ConditionType.DEGRADED, ConditionStatus.FALSE, Reason.NOT_DEGRADED, passed)
     analysis = MeasurementVerdict.SUCCESSFUL if rollout.measurements else None
+    reason = Reason.BELOW_THRESHOLD_NOT_WORSE if below else ""
     draft.update_history(
         rollout.version,
         lambda e: replace(
-            e, outcome=Outcome.ROLLED_OUT, analysis=analysis, message=summary, finished_at=draft.now
+            e,
+            outcome=Outcome.ROLLED_OUT,
+            reason=reason or e.reason,
+            analysis=analysis,
+            message=summary,
+            finished_at=draft.now,
         ),
     )
     draft.record(RolloutFinished(Outcome.ROLLED_OUT))
@@ -283,6 +338,10 @@ def _finish(draft: Draft, rollout: RolloutState, outcome: Outcome) -> None:
     draft.update_history(rollout.version, lambda e: replace(e, outcome=outcome, finished_at=draft.now))
     clear_candidate(draft, rollout.version)
     draft.record(RolloutFinished(outcome))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def clear_candidate(draft: Draft, version: str) -> None:

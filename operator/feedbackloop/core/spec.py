@@ -73,6 +73,9 @@ class PrometheusSpec(ApiModel):
 class Threshold(ApiModel):
     min: float | None = None
     max: float | None = None
+    # Hysteresis: a metric already breaching must come back to these, not just to min/max, to recover.
+    clear_min: float | None = None
+    clear_max: float | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> Threshold:
@@ -80,7 +83,25 @@ class Threshold(ApiModel):
             raise ValueError("threshold needs min or max")
         if self.min is not None and self.max is not None and self.min >= self.max:
             raise ValueError(f"threshold min {self.min} must be below max {self.max}")
+        if self.clear_min is not None:
+            if self.min is None:
+                raise ValueError("threshold.clearMin needs threshold.min")
+            if self.clear_min < self.min:
+                raise ValueError(f"threshold.clearMin {self.clear_min} must be at least min {self.min}")
+            if self.max is not None and self.clear_min >= self.max:
+                raise ValueError(f"threshold.clearMin {self.clear_min} must be below max {self.max}")
+        if self.clear_max is not None:
+            if self.max is None:
+                raise ValueError("threshold.clearMax needs threshold.max")
+            if self.clear_max > self.max:
+                raise ValueError(f"threshold.clearMax {self.clear_max} must be at most max {self.max}")
+            if self.min is not None and self.clear_max <= self.min:
+                raise ValueError(f"threshold.clearMax {self.clear_max} must be above min {self.min}")
         return self
+
+
+# How long a breach must last before it retrains when `for` is unset (issue 18's benchmark: docs/policy.md).
+DEFAULT_FOR = timedelta(hours=1)
 
 
 class MetricSpec(ApiModel):
@@ -89,7 +110,8 @@ class MetricSpec(ApiModel):
     samples_query: str | None = Field(default=None, max_length=4096)
     min_samples: int = Field(default=0, ge=0)
     threshold: Threshold
-    for_: Duration = Field(default=timedelta(0), alias="for")
+    # Also the CRD's default; a loop stored with the old default keeps its explicit 0s (docs/policy.md).
+    for_: Duration = Field(default=DEFAULT_FOR, alias="for")
     action: MetricAction = MetricAction.RETRAIN
 
 
@@ -131,6 +153,10 @@ class TrainerSpec(ApiModel):
     task: Task = Task.CLASSIFICATION
 
 
+# The fewest rows a since-breach retrain trains on (issue 18's benchmark tunes it).
+DEFAULT_MIN_ROWS = 500
+
+
 class DataSpec(ApiModel):
     training: str = Field(pattern=r"^s3://")
     feedback: str | None = Field(default=None, pattern=r"^s3://")
@@ -139,6 +165,24 @@ class DataSpec(ApiModel):
     holdout_strategy: HoldoutStrategy = HoldoutStrategy.RANDOM
     feedback_window: Duration | None = None
     seed: int = 0
+    # A breach-triggered retrain learns the concept the breach saw: the rows labelled since it began, topped
+    # up with the newest earlier rows to min_rows (docs/policy.md, issue 18).
+    since_breach: bool = True
+    min_rows: int = Field(default=DEFAULT_MIN_ROWS, ge=1)
+
+
+# Whether a breach retrain scores the loop's earlier versions beside its new model, and how many at most
+# when retrain.reuse.maxVersions is unset (issue 18's benchmark chose both: docs/policy.md).
+DEFAULT_REUSE_ENABLED = False
+DEFAULT_REUSE_MAX_VERSIONS = 5
+
+
+class ReuseSpec(ApiModel):
+    """A breach retrain also scores the loop's newest non-rejected earlier versions on the same holdout and
+    proposes the best of them when it beats the fresh candidate: concepts recur (docs/policy.md)."""
+
+    enabled: bool = DEFAULT_REUSE_ENABLED
+    max_versions: int = Field(default=DEFAULT_REUSE_MAX_VERSIONS, ge=1, le=20)
 
 
 class ResourceRequirements(ApiModel):
@@ -146,9 +190,15 @@ class ResourceRequirements(ApiModel):
     limits: dict[str, str | int | float] = Field(default_factory=dict)
 
 
+# The backoff's cap when retrain.maxCooldown is unset (issue 18's backtest tunes it). Not a CRD default, so a
+# loop whose cooldown is longer than this stays valid: its cap is then its cooldown, and it never backs off.
+DEFAULT_MAX_COOLDOWN = timedelta(hours=24)
+
+
 class RetrainSpec(ApiModel):
     schedule: str | None = None
     cooldown: Duration = timedelta(hours=1)
+    max_cooldown: Duration | None = None  # the cap of the backoff after unsuccessful retrains
     backoff_limit: int = Field(default=1, ge=0, le=10)
     active_deadline_seconds: int = Field(default=3600, ge=60, le=86400)
     ttl_seconds_after_finished: int = Field(default=86400, ge=0, le=604800)
@@ -158,6 +208,24 @@ class RetrainSpec(ApiModel):
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     trainer: TrainerSpec
     data: DataSpec
+    reuse: ReuseSpec = Field(default_factory=ReuseSpec)
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> RetrainSpec:
+        if self.max_cooldown is not None and self.max_cooldown < self.cooldown:
+            raise ValueError(
+                f"retrain.maxCooldown {format_duration(self.max_cooldown)} must be at least "
+                f"retrain.cooldown {format_duration(self.cooldown)}"
+            )
+        return self
+
+    @property
+    def backoff_cap(self) -> timedelta:
+        """The longest the backoff may stretch the cooldown: maxCooldown, else the default but never below
+        the cooldown."""
+        return (
+            self.max_cooldown if self.max_cooldown is not None else max(DEFAULT_MAX_COOLDOWN, self.cooldown)
+        )
 
 
 class ArtifactsSpec(ApiModel):
@@ -179,12 +247,18 @@ class ValidationSpec(ApiModel):
     gates: tuple[Gate, ...] = ()
 
 
+# How long post-rollout analysis waits for a new version's first data (its first labelled feedback) before a
+# measurement without data counts as inconclusive (docs/policy.md, issue 18).
+DEFAULT_ANALYSIS_MAX_WAIT = timedelta(hours=1)
+
+
 class AnalysisSpec(ApiModel):
     interval: Duration = timedelta(minutes=1)
     count: int = Field(default=5, ge=1, le=100)
     failure_limit: int = Field(default=1, ge=0)
     inconclusive_limit: int = Field(default=2, ge=0)
     metrics: tuple[str, ...] | None = None
+    max_wait: Duration = DEFAULT_ANALYSIS_MAX_WAIT
 
 
 class RolloutSpec(ApiModel):

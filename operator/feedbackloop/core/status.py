@@ -44,6 +44,8 @@ class Condition:
 class ThresholdStatus:
     min: float | None = None
     max: float | None = None
+    clear_min: float | None = None  # hysteresis bounds, only in lastEvaluation
+    clear_max: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -99,6 +101,8 @@ class CandidateModel:
     validation: GateVerdict | None = None  # once the gates ran
     validated_at: datetime | None = None
     gates: tuple[GateResult, ...] = ()
+    # The earlier version whose model this candidate is (retrain.reuse): it beat the fresh one on the holdout.
+    reused_version: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -114,6 +118,9 @@ class ActiveRetrain:
     # Failed tries to create the Job, and when the next may go (a backoff); both reset once the Job exists.
     create_attempts: int = 0
     next_create_at: datetime | None = None
+    # A breach trigger's start (the earliest breachingSince of the metrics that fired): the retrain's data
+    # window begins there under retrain.data.sinceBreach.
+    breach_since: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -133,6 +140,11 @@ class HistoryEntry:
     rolled_out_at: datetime | None = None
     analysis: MeasurementVerdict | None = None
     finished_at: datetime | None = None
+    # Of a retrain whose artifacts were verified: its model's sha256 and the sha256 of the manifest the Job
+    # reported and the operator checked; a later breach retrain may reuse the version on this digest alone.
+    sha256: str | None = None
+    manifest_sha256: str | None = None
+    reused_version: str | None = None  # the earlier version whose model this one is (retrain.reuse)
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -143,6 +155,8 @@ class MeasuredMetric:
     verdict: MetricVerdict
     value: float | None = None
     threshold: ThresholdStatus
+    # The replaced version's value when the rollout started (rollout.previousValues), when it had one.
+    previous_value: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -150,7 +164,8 @@ class Measurement:
     time: datetime
     verdict: MeasurementVerdict
     message: str = ""
-    # Only the metrics that failed or had no data: which one, its value and its threshold.
+    # Only the metrics outside their threshold (failed, or not worse than the replaced version) or without
+    # data: which one, its value and its threshold.
     metrics: tuple[MeasuredMetric, ...] = ()
 
 
@@ -171,6 +186,10 @@ class RolloutState:
     phase_started_at: datetime
     next_measurement_at: datetime | None = None
     measurements: tuple[Measurement, ...] = ()
+    # The analysis metrics' values of the replaced version in status.lastEvaluation when the rollout started:
+    # a version outside its threshold but not worse than these is kept (docs/policy.md).
+    previous_values: dict[str, float] = Field(default_factory=dict)
+    previous_evaluated_at: datetime | None = None
 
     @property
     def model(self) -> ModelRef:

@@ -21,6 +21,7 @@ class PendingTrigger:
     reason: str
     request_id: str | None = None  # for Manual
     fire_time: datetime | None = None  # for Schedule
+    since: datetime | None = None  # for Breach: the earliest breachingSince of the metrics that fired
 
 
 def schedule_error(schedule: str | None) -> str | None:
@@ -67,12 +68,13 @@ def pending_triggers(
         breaches = sustained_breaches(spec, evaluation, now)
         if breaches:
             parts = []
+            starts = [result.breaching_since for result in breaches if result.breaching_since is not None]
             for result in breaches:
                 since = result.breaching_since or now
                 parts.append(
                     f"{result.name} {result.message or result.verdict} for {format_duration(now - since)}"
                 )
-            pending.append(PendingTrigger(Trigger.BREACH, "; ".join(parts)))
+            pending.append(PendingTrigger(Trigger.BREACH, "; ".join(parts), since=min(starts, default=now)))
     schedule = spec.retrain.schedule if spec.retrain else None
     fire = due_schedule_fire(schedule, schedule_anchor, now)
     if fire is not None:

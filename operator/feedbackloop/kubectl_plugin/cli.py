@@ -286,7 +286,43 @@ def build_parser() -> argparse.ArgumentParser:
     command("abort", run_abort, f"stop the rollout in flight and roll back ({ABORT_ANNOTATION})", "NAME")
     command("suspend", run_suspend, "set spec.suspend=true: the loop launches nothing new", "NAME")
     command("resume", run_resume, "set spec.suspend=false", "NAME")
+    backtest = commands.add_parser(BACKTEST, help=BACKTEST_HELP, description=BACKTEST_HELP, add_help=False)
+    backtest.add_argument("arguments", nargs=argparse.REMAINDER, help="see `feedbackloop backtest --help`")
     return parser
+
+
+# ---------------------------------------------------------------- backtest: a tool of its own
+
+BACKTEST = "backtest"
+BACKTEST_HELP = "replay a labelled history through a loop's decisions, offline (`feedbackloop backtest`)"
+BACKTEST_MODULE = "feedbackloop_backtest.cli"
+
+
+def backtest_command(arguments: Sequence[str]) -> list[str]:
+    """The `feedbackloop` console script installed beside this Python, else the module run by it. The plugin
+    hands over rather than importing the backtest: it runs the trainer and a Prometheus, none of the plugin's
+    business (see its import contract)."""
+    script = Path(sys.executable).with_name("feedbackloop")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), BACKTEST, *arguments]
+    return [sys.executable, "-m", BACKTEST_MODULE, BACKTEST, *arguments]
+
+
+def _command_index(given: Sequence[str]) -> int:
+    """Where the subcommand stands: after the connection options, each of which takes a value."""
+    index = 0
+    while index < len(given) and given[index].startswith("-") and given[index] not in ("-h", "--help"):
+        index += 1 if "=" in given[index] else 2
+    return index
+
+
+def hand_over_backtest(arguments: Sequence[str]) -> int:
+    command = backtest_command(arguments)
+    try:
+        os.execv(command[0], command)  # noqa: S606 - a fixed program beside this interpreter, no shell
+    except OSError as err:
+        print(f"error: cannot run {command[0]}: {err.strerror}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def open_session(args: argparse.Namespace) -> Session:
@@ -296,7 +332,11 @@ def open_session(args: argparse.Namespace) -> Session:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit with 2, as argparse does
+    given = list(sys.argv[1:] if argv is None else argv)
+    start = _command_index(given)
+    if given[start : start + 1] == [BACKTEST]:  # before parsing: its flags are its own parser's to check
+        return hand_over_backtest(given[start + 1 :])
+    args = build_parser().parse_args(given)  # usage errors exit with 2, as argparse does
     run: Command = args.run
     try:
         return run(open_session(args), args)

@@ -84,7 +84,13 @@ def number(value: float | None) -> str:
 
 
 def threshold_text(threshold: ThresholdStatus) -> str:
-    bounds = [f"{name} {number(bound)}" for name, bound in (("min", threshold.min), ("max", threshold.max))]
+    named = (
+        ("min", threshold.min),
+        ("clearMin", threshold.clear_min),
+        ("clearMax", threshold.clear_max),
+        ("max", threshold.max),
+    )
+    bounds = [f"{name} {number(bound)}" for name, bound in named]
     return ", ".join(bound for bound in bounds if not bound.endswith(NONE)) or NONE
 
 

@@ -99,6 +99,32 @@ def test_crd_copies_are_byte_identical_to_the_source(copy: str) -> None:
     assert (REPO / copy).read_bytes() == (REPO / "crds" / "feedbackloop.yaml").read_bytes()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; kubectl refuses them, so the CRD must not have any."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        assert key not in seen, f"key {key!r} repeated at line {key_node.start_mark.line + 1}"
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+@pytest.mark.parametrize("path", ["crds/feedbackloop.yaml", "manifests/operator.yaml"])
+def test_the_crd_and_manifests_repeat_no_key_in_a_mapping(path: str) -> None:
+    assert list(yaml.load_all((REPO / path).read_text(), Loader=_UniqueKeyLoader))
+
+
+def test_the_unique_key_check_catches_a_repeated_key() -> None:
+    with pytest.raises(AssertionError, match="maxLength"):
+        yaml.load("a: {maxLength: 1, maxLength: 2}", Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+
+
 def test_kustomization_lists_the_generated_files() -> None:
     kustomization = yaml.safe_load((REPO / "manifests" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == ["namespace.yaml", "crds/feedbackloop.yaml", "operator.yaml"]

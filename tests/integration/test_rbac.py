@@ -70,6 +70,16 @@ def assert_pod_patch_only_removes_the_finalizer(
     }
     cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pod))
     as_operator = ("--kubeconfig", str(kubeconfig), "-n", namespace)
+    # The API server loads a new policy and binding asynchronously: wait until a dry run is refused.
+    wait_until(
+        lambda: (
+            cluster.kubectl(
+                *as_operator, "label", "pod", "tenant-pod", "probe=yes", "--dry-run=server", check=False
+            ).returncode
+        ),
+        lambda returncode: returncode != 0,
+        timeout=30,
+    )
     relabel = cluster.kubectl(*as_operator, "label", "pod", "tenant-pod", "stolen=yes", check=False)
     assert relabel.returncode != 0
     assert "may only remove its finalizer" in relabel.stderr, relabel.stderr

@@ -1,4 +1,4 @@
-"""Fixtures shared by the integration and e2e suites: one real cluster per test session.
+"""Fixtures shared by the integration and e2e suites: one real cluster per test session (per xdist worker).
 
 Set FBL_CLUSTER_ENV=.cluster/env to reuse a cluster from `make cluster-up` instead of starting one.
 With CI=true a cluster that cannot start fails the tests; elsewhere, missing binaries skip them.
@@ -60,12 +60,18 @@ def endpoints(cluster: harness.Cluster) -> harness.Endpoints:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by the suite folder it lives in, so `-m "not integration"` works everywhere; tests that
     restart or stop control-plane components run last, so no other test meets the aftermath (namespaces
-    whose deletion was cut short by a restart finish late)."""
+    whose deletion was cut short by a restart finish late); e2e runs first, so with `-n` its minutes overlap
+    the other workers' tests instead of ending the run alone."""
     for item in items:
         suite = item.path.relative_to(Path(__file__).parent).parts[0]
         if suite in {"integration", "e2e"}:
             item.add_marker(getattr(pytest.mark, suite))
-    items.sort(key=lambda item: item.get_closest_marker("disrupts_control_plane") is not None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("disrupts_control_plane") is not None,
+            item.get_closest_marker("e2e") is None,
+        )
+    )
 
 
 @pytest.hookimpl(wrapper=True)

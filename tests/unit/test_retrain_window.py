@@ -52,13 +52,13 @@ def _env(breach_since: Any, **changes: Any) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
-def test_defaults_are_on_with_500_rows_and_a_wider_window_of_four_times_that() -> None:
+def test_defaults_are_on_with_500_rows_and_a_wider_window_of_eight_times_that() -> None:
     data = parse_spec(spec_dict()).retrain_spec().data
     assert (data.since_breach, data.min_rows) == (True, DEFAULT_MIN_ROWS) == (True, 500)
-    assert (data.wider_rows, data.effective_wider_rows) == (None, 2000)
+    assert (data.wider_rows, data.effective_wider_rows) == (None, 4000)
     assert (
         parse_spec(spec_dict(**{"retrain.data.minRows": 800})).retrain_spec().data.effective_wider_rows
-        == 3200
+        == 6400
     )
     with pytest.raises(SpecError, match=r"spec\.retrain\.data\.minRows"):
         parse_spec(spec_dict(**{"retrain.data.minRows": 0}))
@@ -74,7 +74,7 @@ def test_a_breach_retrain_passes_the_breach_start_and_min_rows() -> None:
     env = _env(T0 - timedelta(hours=3), **{"retrain.data.minRows": 800})
     assert env[contract.ENV_DATA_SINCE] == "2026-11-28T09:00:00Z"
     assert env[contract.ENV_MIN_ROWS] == "800"
-    assert env[contract.ENV_WIDER_ROWS] == "3200"
+    assert env[contract.ENV_WIDER_ROWS] == "6400"
     assert contract.ENV_WIDER_ROWS not in _env(T0, **{"retrain.data.widerRows": 0})
     assert _env(T0, **{"retrain.data.widerRows": 501})[contract.ENV_WIDER_ROWS] == "501"
 

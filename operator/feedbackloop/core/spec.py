@@ -156,7 +156,7 @@ class TrainerSpec(ApiModel):
 # The fewest rows a since-breach retrain trains on, and its wider window as a multiple of that when
 # retrain.data.widerRows is unset (issue 18's benchmark chose both: docs/policy.md).
 DEFAULT_MIN_ROWS = 500
-DEFAULT_WIDER_ROWS_PER_MIN_ROWS = 4
+DEFAULT_WIDER_ROWS_PER_MIN_ROWS = 8
 
 
 class DataSpec(ApiModel):

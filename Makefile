@@ -33,7 +33,7 @@ backtest-demo: $(STAMP)  ## backtest a loop on the SEA drifting stream with a sc
 	$(BIN)/python bench/backtest_demo.py --out backtest-demo-out \
 		--prometheus-bin $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/prometheus-$(PROMETHEUS_VERSION)
 
-bench-loop: $(STAMP)  ## the default policy vs never/periodic on river's drifting streams, 2 seeds (QUICK=1: 1 seed)
+bench-loop: $(STAMP)  ## the default policy vs never/periodic on river's drifting streams, 4 seeds (QUICK=1: 1 seed)
 	tests/cluster/build.sh prometheus
 	$(BIN)/python bench/loop_efficacy.py --out bench-loop-out $${QUICK:+--quick} \
 		--prometheus-bin $${FBL_CACHE_DIR:-$$HOME/.cache/feedbackloop}/bin/prometheus-$(PROMETHEUS_VERSION)

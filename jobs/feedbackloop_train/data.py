@@ -31,6 +31,8 @@ class Dataset:
     label: str
     features: list[str]
     rows: dict[str, int]
+    # A since-breach retrain's wider window (settings.wider_rows): the newest older rows its window left out.
+    wider_extra: pd.DataFrame | None = None
 
 
 def read_prefix(store: ArtifactStore, uri: str) -> pd.DataFrame:
@@ -136,6 +138,7 @@ def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
     _check_types(training, training, label, settings.task)
     parts = [training]
     rows = {"training": len(training)}
+    wider_extra: pd.DataFrame | None = None
     recent: int | None = None  # labelled feedback rows since settings.data_since, the newest of the data
     if settings.feedback_uri:
         raw = read_prefix(store, settings.feedback_uri)
@@ -156,6 +159,10 @@ def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
         # rows, from before the drift, would teach the concept the breach says is gone.
         keep = max(min(recent, len(data)), settings.min_rows)
         if keep < len(data):
+            extra = min(max(settings.wider_rows - keep, 0), len(data) - keep)
+            if extra:
+                wider_extra = data.iloc[len(data) - keep - extra : len(data) - keep].reset_index(drop=True)
+                rows["widerExtra"] = extra
             data = data.iloc[len(data) - keep :].reset_index(drop=True)
         rows["sinceBreach"] = min(recent, len(data))
     if settings.holdout_uri:
@@ -178,4 +185,6 @@ def load_dataset(store: ArtifactStore, settings: TrainSettings) -> Dataset:
     features = [c for c in expected if c != label]
     if not features:
         raise TrainerError("the data has no feature columns besides the label")
-    return Dataset(train=train, holdout=holdout, label=label, features=features, rows=rows)
+    return Dataset(
+        train=train, holdout=holdout, label=label, features=features, rows=rows, wider_extra=wider_extra
+    )

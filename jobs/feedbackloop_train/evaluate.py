@@ -97,6 +97,15 @@ def score(task: str, truth: np.ndarray[Any, Any], predicted: Predictions) -> dic
     return result
 
 
+def better(task: str, challenger: dict[str, float], incumbent: dict[str, float]) -> bool:
+    """Strictly better on the task's primary metric (accuracy up, rmse down); a tie keeps the incumbent."""
+    primary = PRIMARY[task]
+    a, b = challenger.get(primary), incumbent.get(primary)
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
+        return False
+    return a < b if task == "regression" else a > b
+
+
 def _per_row(task: str, truth: np.ndarray[Any, Any], predicted: Predictions) -> np.ndarray[Any, Any]:
     """Per-row contribution to the primary metric: correctness, or squared error."""
     if task == "regression":

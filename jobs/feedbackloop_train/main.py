@@ -21,13 +21,14 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 import sklearn
 
 from feedbackloop.adapters.artifacts import ArtifactStore, ArtifactStoreError, DigestMismatchError, s3_client
 from feedbackloop.core import contract
 from feedbackloop.core.observations import ArtifactCheck
 from feedbackloop_train import evaluate, model, reference, report, reuse
-from feedbackloop_train.data import load_dataset
+from feedbackloop_train.data import Dataset, load_dataset
 from feedbackloop_train.settings import TrainerError, TrainSettings, load_settings
 
 log = logging.getLogger("feedbackloop-train")
@@ -49,6 +50,39 @@ def load_champion(store: ArtifactStore, settings: TrainSettings, workdir: Path) 
     return joblib.load(path)
 
 
+def fit_wider_window(
+    settings: TrainSettings, dataset: Dataset, fitted: Any, predictions: evaluate.Predictions
+) -> tuple[Any, evaluate.Predictions, pd.DataFrame, dict[str, Any] | None]:
+    """A since-breach retrain's second candidate, on the newest widerRows rows: kept only when it scores
+    better than the since-breach model on the same holdout (docs/policy.md). Returns the model, its holdout
+    predictions, its training rows and what metrics.json records of the choice."""
+    if dataset.wider_extra is None:
+        return fitted, predictions, dataset.train, None
+    rows = pd.concat([dataset.wider_extra, dataset.train], ignore_index=True)
+    wider = model.build_pipeline(
+        settings.estimator_class, settings.estimator_params, settings.task, rows, dataset.features
+    )
+    model.fit(wider, rows, dataset.features, dataset.label)
+    wider_predictions = evaluate.predict(wider, model.prepare(dataset.holdout, wider, dataset.features))
+    truth = dataset.holdout[dataset.label].to_numpy()
+    primary = evaluate.PRIMARY[settings.task]
+    since_scores = evaluate.score(settings.task, truth, predictions)
+    wider_scores = evaluate.score(settings.task, truth, wider_predictions)
+    better = evaluate.better(settings.task, wider_scores, since_scores)
+    record = {
+        "chosen": contract.WINDOW_WIDER if better else contract.WINDOW_SINCE_BREACH,
+        "metric": primary,
+        "scores": {
+            contract.WINDOW_SINCE_BREACH: since_scores.get(primary),
+            contract.WINDOW_WIDER: wider_scores.get(primary),
+        },
+        "trainRows": {contract.WINDOW_SINCE_BREACH: len(dataset.train), contract.WINDOW_WIDER: len(rows)},
+    }
+    if better:
+        return wider, wider_predictions, rows, record
+    return fitted, predictions, dataset.train, record
+
+
 def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -65,6 +99,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
     step = time.monotonic()
     truth = dataset.holdout[dataset.label].to_numpy()
     candidate = evaluate.predict(pipeline, model.prepare(dataset.holdout, pipeline, dataset.features))
+    pipeline, candidate, train_rows, window = fit_wider_window(settings, dataset, pipeline, candidate)
     metrics: dict[str, Any] = {
         "schemaVersion": 1,
         "task": settings.task,
@@ -77,6 +112,8 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         "current": None,
         "comparison": {},
     }
+    if window is not None:
+        metrics[contract.METRICS_WINDOW] = window
     reused: reuse.Earlier | None = None
     if settings.reuse:
         reused, metrics["reuse"] = reuse.choose(
@@ -116,7 +153,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
         joblib.dump(pipeline, buffer)
         model_bytes = buffer.getvalue()
         reference_bytes = json.dumps(
-            reference.build_reference(dataset.train, dataset.features, settings.seed)
+            reference.build_reference(train_rows, dataset.features, settings.seed)
         ).encode()
     images = report.plots(analyses["candidate"], metrics)
     files = {
@@ -145,6 +182,7 @@ def train(settings: TrainSettings, store: ArtifactStore, workdir: Path) -> dict[
             "feedbackSince": settings.feedback_since.isoformat() if settings.feedback_since else None,
             "dataSince": settings.data_since.isoformat() if settings.data_since else None,
             "minRows": settings.min_rows if settings.data_since else None,
+            "widerRows": settings.wider_rows if settings.data_since else None,
             "holdout": settings.holdout_uri,
             "rows": dataset.rows,
         },

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 
 from feedbackloop.adapters.artifacts import ArtifactStore, ArtifactStoreError
@@ -122,15 +121,6 @@ def load_earlier(
     )
 
 
-def better(task: str, challenger: dict[str, float], incumbent: dict[str, float]) -> bool:
-    """Strictly better on the task's primary metric (accuracy up, rmse down); a tie keeps the incumbent."""
-    primary = evaluate.PRIMARY[task]
-    a, b = challenger.get(primary), incumbent.get(primary)
-    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
-        return False
-    return a < b if task == "regression" else a > b
-
-
 def choose(
     store: ArtifactStore,
     settings: TrainSettings,
@@ -156,8 +146,8 @@ def choose(
             continue
         scored[wanted.version] = earlier.scores[primary]
         # Newest first, so among equals the newest earlier version stays chosen.
-        if better(settings.task, earlier.scores, fresh) and (
-            best is None or better(settings.task, earlier.scores, best.scores)
+        if evaluate.better(settings.task, earlier.scores, fresh) and (
+            best is None or evaluate.better(settings.task, earlier.scores, best.scores)
         ):
             best = earlier
     summary: dict[str, Any] = {"metric": primary, "fresh": fresh.get(primary), "versions": scored}

@@ -28,6 +28,7 @@ class TrainSettings:
     feedback_since: datetime | None
     data_since: datetime | None  # a since-breach retrain: the rows labelled since then, at least min_rows
     min_rows: int
+    wider_rows: int  # a since-breach retrain's second candidate on the newest wider_rows rows; 0: none
     holdout_uri: str | None
     holdout_fraction: float
     holdout_strategy: str
@@ -106,6 +107,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         ) from None
     if min_rows < 0:
         raise TrainerError(f"{contract.ENV_MIN_ROWS}={min_rows} must not be negative")
+    try:
+        wider_rows = int(env.get(contract.ENV_WIDER_ROWS) or "0")
+    except ValueError:
+        raise TrainerError(
+            f"{contract.ENV_WIDER_ROWS}={env.get(contract.ENV_WIDER_ROWS)!r} is not a number"
+        ) from None
+    if wider_rows < 0:
+        raise TrainerError(f"{contract.ENV_WIDER_ROWS}={wider_rows} must not be negative")
     current_uri = _uri(env, contract.ENV_CURRENT_MODEL_URI)
     current_sha = env.get(contract.ENV_CURRENT_MODEL_SHA256) or None
     if current_uri and not current_sha:
@@ -128,6 +137,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
         feedback_since=since,
         data_since=data_since,
         min_rows=min_rows,
+        wider_rows=wider_rows,
         holdout_uri=_uri(env, contract.ENV_HOLDOUT_DATA_URI),
         holdout_fraction=fraction,
         holdout_strategy=strategy,

@@ -309,6 +309,7 @@ def backtest(args: argparse.Namespace) -> int:
         config.label_delay.total_seconds(),
         args.periodic_every,
         args.periodic_window,
+        result.initial_estimator,
     )
     summary, series = summarize(
         spec, history, config, result, baselines, args.periodic_every, args.periodic_window

@@ -90,6 +90,7 @@ class ReplayResult:
     rollouts: int = 0
     rollbacks: int = 0
     markers: list[tuple[int, str, str]] = field(default_factory=list)  # (step, kind, version)
+    initial_estimator: Any = None  # v1 as the server loaded it: the baselines start from it too
     final_status: FeedbackLoopStatus | None = None
 
 
@@ -204,6 +205,7 @@ class Replay:
         model = ModelRef(version=active.version, uri=uri, sha256=verified.model_sha256)
         self.initial = model
         self._deploy(model)
+        self.result.initial_estimator = self.served.estimator
 
     def _deploy(self, model: ModelRef | None) -> None:
         chosen = model or self.initial  # releasing our fields leaves what the Deployment's own manifest sets

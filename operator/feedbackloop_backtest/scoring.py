@@ -100,13 +100,16 @@ def run_baselines(
     delay_seconds: float,
     every: int,
     window: int,
+    initial: Any | None = None,
 ) -> tuple[BaselineResult, BaselineResult]:
-    """`never` and `periodic` over the same rows the loop replays, with the loop's estimator."""
+    """`never` and `periodic` over the same rows the loop replays, with the loop's estimator. Both start from
+    `initial`, the loop's own first version, so they differ from the loop only in when and on what they
+    retrain; without it, from a model fitted on every row before the start."""
     label = trainer.label
     start = float(times[start_index])
-    initial_rows = frame.iloc[:start_index]
-    initial_rows = initial_rows[initial_rows[label].notna()]
-    initial = _fit(trainer, initial_rows, features)
+    if initial is None:
+        initial_rows = frame.iloc[:start_index]
+        initial = _fit(trainer, initial_rows[initial_rows[label].notna()], features)
     replayed = frame.iloc[start_index:]
     replayed_times = times[start_index:]
     truth = replayed[label].to_numpy()

@@ -368,6 +368,16 @@ REJECTED = [
         id="max-cooldown-not-a-duration",
     ),
     pytest.param(
+        _set("spec.retrain.data.widerRows", 500),
+        ["spec.retrain.data.widerRows", "retrain.data.widerRows must be 0 or more than retrain.data.minRows"],
+        id="wider-rows-not-above-the-default-min-rows",
+    ),
+    pytest.param(
+        _set("spec.retrain.data.widerRows", -1),
+        ["spec.retrain.data.widerRows", "should be greater than or equal to 0"],
+        id="wider-rows-negative",
+    ),
+    pytest.param(
         _set("spec.retrain.data.holdoutFraction", 1.5),
         ["spec.retrain.data.holdoutFraction", "should be less than 1"],
         id="holdout-fraction-1.5",
@@ -447,6 +457,11 @@ ACCEPTED = [
     pytest.param(_set("spec.retrain.cooldown", "0s"), id="no-cooldown"),
     pytest.param(_set("spec.retrain.maxCooldown", "1h"), id="max-cooldown-equal-to-cooldown-no-backoff"),
     pytest.param(_set("spec.retrain.maxCooldown", "1.5h"), id="max-cooldown-fractional"),
+    pytest.param(_set("spec.retrain.data.widerRows", 0), id="wider-rows-off"),
+    pytest.param(
+        _both(_set("spec.retrain.data.minRows", 100), _set("spec.retrain.data.widerRows", 101)),
+        id="wider-rows-just-above-min-rows",
+    ),
     # No CRD default for maxCooldown, so a cooldown above 24h stays valid without one.
     pytest.param(_set("spec.retrain.cooldown", "48h"), id="cooldown-above-the-default-max-cooldown"),
     pytest.param(_set("metadata.name", "c" * 45), id="name-of-45"),
@@ -584,6 +599,7 @@ FULL_STATUS: dict[str, Any] = {
         "metrics": {"accuracy": 0.9, "log_loss": 0.3},
         "currentMetrics": {"accuracy": 0.86, "log_loss": 0.35},
         "createdAt": NOW,
+        "trainingWindow": "wider",
         "gates": [
             # pValue is not in the schema: gate entries keep extra evidence.
             {"metric": "accuracy", "value": 0.9, "threshold": ">= 0.85", "verdict": "Pass", "pValue": 0.01}

@@ -173,6 +173,8 @@ def _trainer_env(
             breach = retrain.breach_since.isoformat().replace("+00:00", "Z")
             env.append(_env(contract.ENV_DATA_SINCE, breach))
             env.append(_env(contract.ENV_MIN_ROWS, str(data.min_rows)))
+            if data.effective_wider_rows:
+                env.append(_env(contract.ENV_WIDER_ROWS, str(data.effective_wider_rows)))
     if data.holdout:
         env.append(_env(contract.ENV_HOLDOUT_DATA_URI, data.holdout))
     if current is not None:

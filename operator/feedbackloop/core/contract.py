@@ -27,6 +27,11 @@ ENV_FEEDBACK_SINCE = "FBL_FEEDBACK_SINCE"
 # A since-breach retrain: train on the rows labelled since this time, or on the newest FBL_MIN_ROWS if fewer.
 ENV_DATA_SINCE = "FBL_DATA_SINCE"
 ENV_MIN_ROWS = "FBL_MIN_ROWS"
+# ... and also fit one on the newest FBL_WIDER_ROWS rows, keeping whichever scores better on the holdout.
+ENV_WIDER_ROWS = "FBL_WIDER_ROWS"
+METRICS_WINDOW = "window"  # metrics.json: which training window the candidate was fitted on, and both scores
+WINDOW_SINCE_BREACH = "sinceBreach"
+WINDOW_WIDER = "wider"
 ENV_HOLDOUT_DATA_URI = "FBL_HOLDOUT_DATA_URI"
 ENV_HOLDOUT_FRACTION = "FBL_HOLDOUT_FRACTION"
 ENV_HOLDOUT_STRATEGY = "FBL_HOLDOUT_STRATEGY"

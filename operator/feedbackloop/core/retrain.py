@@ -334,8 +334,16 @@ def _reused_version(draft: Draft, artifacts: ArtifactObservation) -> str | None:
     return claimed if artifacts.model_sha256 in recorded else None
 
 
+def _training_window(artifacts: ArtifactObservation) -> str | None:
+    """Which rows the trainer says it fitted a since-breach candidate on; anything else is not repeated."""
+    window = artifacts.metrics.get(contract.METRICS_WINDOW)
+    chosen = window.get("chosen") if isinstance(window, dict) else None
+    return chosen if chosen in (contract.WINDOW_SINCE_BREACH, contract.WINDOW_WIDER) else None
+
+
 def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation) -> None:
     reused = _reused_version(draft, artifacts)
+    window = _training_window(artifacts)
     draft.status.candidate_model = CandidateModel(
         version=active.version,
         job=active.job,
@@ -347,11 +355,15 @@ def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservati
         comparison=contract.comparisons(artifacts.metrics.get("comparison")),
         created_at=draft.now,
         reused_version=reused,
+        training_window=window,
     )
     message = f"candidate {active.version} at {artifacts.uri}"
     said = ""
     if reused is not None:
         said = f"reused {reused}: it beat the fresh model on the holdout"
+        message = f"{message} ({said})"
+    elif window == contract.WINDOW_WIDER:
+        said = "fitted on the wider window: it beat the since-breach rows on the holdout"
         message = f"{message} ({said})"
     _end_retrain(
         draft,

@@ -153,8 +153,10 @@ class TrainerSpec(ApiModel):
     task: Task = Task.CLASSIFICATION
 
 
-# The fewest rows a since-breach retrain trains on (issue 18's benchmark tunes it).
+# The fewest rows a since-breach retrain trains on, and its wider window as a multiple of that when
+# retrain.data.widerRows is unset (issue 18's benchmark chose both: docs/policy.md).
 DEFAULT_MIN_ROWS = 500
+DEFAULT_WIDER_ROWS_PER_MIN_ROWS = 8
 
 
 class DataSpec(ApiModel):
@@ -169,6 +171,23 @@ class DataSpec(ApiModel):
     # up with the newest earlier rows to min_rows (docs/policy.md, issue 18).
     since_breach: bool = True
     min_rows: int = Field(default=DEFAULT_MIN_ROWS, ge=1)
+    # A second candidate on the newest wider_rows rows, kept when it scores better on the since-breach
+    # holdout: a small drift or noisy labels need more rows than the breach has seen. 0: since-breach only.
+    wider_rows: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _wider_than_min_rows(self) -> DataSpec:
+        if self.wider_rows and self.wider_rows <= self.min_rows:
+            raise ValueError(
+                f"retrain.data.widerRows {self.wider_rows} must be 0 or more than minRows {self.min_rows}"
+            )
+        return self
+
+    @property
+    def effective_wider_rows(self) -> int:
+        if self.wider_rows is None:
+            return DEFAULT_WIDER_ROWS_PER_MIN_ROWS * self.min_rows
+        return self.wider_rows
 
 
 # Whether a breach retrain scores the loop's earlier versions beside its new model, and how many at most

@@ -103,6 +103,8 @@ class CandidateModel:
     gates: tuple[GateResult, ...] = ()
     # The earlier version whose model this candidate is (retrain.reuse): it beat the fresh one on the holdout.
     reused_version: str | None = None
+    # A since-breach candidate's rows: sinceBreach, or wider when that one scored better (data.widerRows).
+    training_window: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)

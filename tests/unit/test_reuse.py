@@ -168,6 +168,12 @@ def test_a_reuse_is_recorded_when_the_model_is_the_one_history_knows() -> None:
     history = (_entry("v4", Outcome.ROLLED_OUT, "4"),)
     status = _accepted({"reusedVersion": "v4"}, "4" * 64, history)
     assert status.candidate_model.reused_version == "v4"
+    assert (
+        _accepted(
+            {"reusedVersion": "v4", "window": {"chosen": "wider"}}, "4" * 64, history
+        ).candidate_model.training_window
+        is None
+    )
     assert status.history[-1].reused_version == "v4"
     assert status.history[-1].message == "reused v4: it beat the fresh model on the holdout"
     # A claim whose model is not the recorded one, or names no version, is not believed.

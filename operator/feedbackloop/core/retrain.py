@@ -343,7 +343,7 @@ def _training_window(artifacts: ArtifactObservation) -> str | None:
 
 def _candidate(draft: Draft, active: ActiveRetrain, artifacts: ArtifactObservation) -> None:
     reused = _reused_version(draft, artifacts)
-    window = _training_window(artifacts)
+    window = None if reused is not None else _training_window(artifacts)  # a reused model was fitted before
     draft.status.candidate_model = CandidateModel(
         version=active.version,
         job=active.job,

@@ -137,7 +137,15 @@ def test_a_loops_series_are_found_by_the_loops_namespace_not_exported_namespace(
                 "job": "kubernetes-pods",
                 "instance": series["metric"]["instance"],
             }
-            value = query(endpoints, f'feedbackloop_metric_value{{namespace="{namespace}",loop="{LOOP}"}}')
+            # The loop may be Ready before Prometheus has scraped the exporter: its first value can be NaN.
+            value = wait_until(
+                lambda: query(
+                    endpoints, f'feedbackloop_metric_value{{namespace="{namespace}",loop="{LOOP}"}}'
+                ),
+                lambda found: [s["value"][1] for s in found] == ["0.95"],
+                timeout=WAIT,
+                interval=1,
+            )
             assert [(s["metric"]["metric"], s["value"][1]) for s in value] == [("accuracy", "0.95")]
             # Nothing the operator exposes was renamed; its operator-wide series are in its own namespace.
             assert query(endpoints, f'{{pod="{OPERATOR_POD}",exported_namespace!=""}}') == []

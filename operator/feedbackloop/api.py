@@ -54,6 +54,17 @@ RETRAIN_POD_FINALIZER = f"{GROUP}/retrain-result"
 # ---- the serving contract: what the operator sets on the target container
 ENV_MODEL_URI = "MODEL_URI"
 ENV_MODEL_SHA256 = "MODEL_SHA256"
+# A Shadow or Split stage (docs/serving.md): a candidate served beside the champion, verified like it.
+ENV_CANDIDATE_MODEL_URI = "CANDIDATE_MODEL_URI"
+ENV_CANDIDATE_MODEL_SHA256 = "CANDIDATE_MODEL_SHA256"
+ENV_CANDIDATE_MODE = "CANDIDATE_MODE"
+ENV_CANDIDATE_WEIGHT = "CANDIDATE_WEIGHT"  # split: the share of requests the candidate answers
+ENV_CANDIDATE_REQUEST_KEY = "CANDIDATE_REQUEST_KEY"  # split: the header whose value picks one model per user
+CANDIDATE_MODE_SHADOW = "shadow"
+CANDIDATE_MODE_SPLIT = "split"
+# The `role` label of the server's metrics: the model that answers, or the candidate beside it.
+ROLE_CHAMPION = "champion"
+ROLE_CANDIDATE = "candidate"
 
 
 @enum.unique

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.api import ROLE_CHAMPION
+
 PREDICTIONS = "fbl_predictions"
 FEEDBACK = "fbl_feedback"
 FEEDBACK_CORRECT = "fbl_feedback_correct"
@@ -101,6 +103,8 @@ def otlp_payload(samples: list[tuple[CounterSeries, list[tuple[float, float]]]])
         attributes = [
             {"key": "model", "value": {"stringValue": counter.model}},
             {"key": "model_version", "value": {"stringValue": counter.version}},
+            # The backtest serves one model at a time, as the reference server's champion does.
+            {"key": "role", "value": {"stringValue": ROLE_CHAMPION}},
         ]
         start = str(_nanos(counter.created))
         metrics.setdefault(counter.name, []).extend(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,10 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from threadpoolctl import threadpool_limits
 
 from feedbackloop.adapters.artifacts import ArtifactStore
+from feedbackloop.api import CANDIDATE_MODE_SPLIT, ROLE_CANDIDATE, ROLE_CHAMPION
 from feedbackloop.core import contract
 from feedbackloop_serve.auth import BearerToken
 from feedbackloop_serve.drift import DriftWindow
@@ -34,9 +39,9 @@ from feedbackloop_serve.ids import CheckedId, IdRefusal, IdSigner, random_keys
 from feedbackloop_serve.loader import ModelRefusedError, StoreUnavailableError, load_model
 from feedbackloop_serve.metrics import ServerMetrics
 from feedbackloop_serve.rows import RefusalReason, RequestModels, errors_of
-from feedbackloop_serve.scoring import Rejected, Scorer
+from feedbackloop_serve.scoring import Rejected, Scored, Scorer, predict_columns
 from feedbackloop_serve.served import LoadedModel
-from feedbackloop_serve.settings import ServeSettings
+from feedbackloop_serve.settings import CandidateSettings, ServeSettings
 from feedbackloop_serve.sink import FeedbackSchema, decode_record, label_type
 from feedbackloop_serve.store import JoinStatus, Label, PredictionStore
 from feedbackloop_serve.store import StoreUnavailableError as PredictionStoreUnavailableError
@@ -44,6 +49,8 @@ from feedbackloop_serve.writer import FeedbackWriter
 
 log = logging.getLogger("feedbackloop-serve")
 RETRY_SECONDS = (1, 2, 5, 10, 30)
+# Requests a shadow candidate may have waiting to be scored; past this it skips rows rather than fall behind.
+SHADOW_BACKLOG = 256
 JSON = "application/json"
 _REFUSED_BY_STATUS: dict[JoinStatus, RefusalReason] = {
     JoinStatus.UNKNOWN: "unknown",
@@ -79,6 +86,12 @@ class ModelServer:
         self.writer: FeedbackWriter | None = None
         self.signer = IdSigner(settings.id_keys or random_keys(), settings.prediction_ttl_seconds * 1000)
         self.on_loaded: list[Any] = []
+        self.candidate: LoadedModel | None = None
+        self.candidate_scorer: Scorer | None = None  # a split's candidate answers its share through it
+        self.candidate_not_loaded = "waiting for the champion" if settings.candidate else ""
+        self._shadow_pool: ThreadPoolExecutor | None = None
+        self._shadow_backlog = 0
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._wake_writer = asyncio.Event()
         self._workdir = tempfile.TemporaryDirectory(prefix="fbl-serve-")
         self.metrics.feedback_buffered.set_function(lambda: self.writer.waiting if self.writer else 0)
@@ -107,6 +120,76 @@ class ModelServer:
                 attempt += 1
                 continue
             self._serve(model)
+
+    async def load_candidate_until_ready(self) -> None:
+        """The candidate of a Shadow or Split stage, verified like the champion; until it loads (or if it
+        never does) the champion alone answers, as without a candidate."""
+        settings = self.settings.candidate
+        if settings is None:
+            return
+        while self.model is None:
+            await asyncio.sleep(0.2)
+        workdir = Path(self._workdir.name) / "candidate"
+        workdir.mkdir(exist_ok=True)
+        attempt, last_reason = 0, ""
+        while self.candidate is None:
+            try:
+                candidate = await asyncio.to_thread(
+                    load_model,
+                    self.artifacts,
+                    settings.uri,
+                    settings.sha256,
+                    workdir,
+                    self.settings.model_name,
+                )
+                _check_candidate(self.model, candidate)
+            except Exception as err:  # whatever it is, the champion serves on and the reason is shown
+                reason = str(err) if isinstance(err, ModelRefusedError | StoreUnavailableError) else repr(err)
+                if reason != last_reason:
+                    log.error("candidate not loaded: %s", reason)
+                    last_reason = reason
+                self.candidate_not_loaded = reason
+                await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+                attempt += 1
+                continue
+            self._serve_candidate(candidate, settings)
+
+    def _serve_candidate(self, candidate: LoadedModel, settings: CandidateSettings) -> None:
+        assert self.model is not None
+        assert self.requests is not None
+        if settings.mode == CANDIDATE_MODE_SPLIT:
+            self.candidate_scorer = Scorer(
+                candidate,
+                self.requests,
+                self.signer,
+                DriftWindow(candidate.reference or {}, self.settings.drift_window),
+                keep_records=self.predictions is not None,
+                threads=self.settings.scoring_threads,
+                request_features=self.model.features,
+                role=ROLE_CANDIDATE,
+            )
+        else:
+            # One thread, one BLAS thread: the shadow never takes the cores the champion's answers need.
+            self._shadow_pool = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="shadow",
+                initializer=threadpool_limits,
+                initargs=(1,),
+            )
+        self.metrics.candidate_info.labels(
+            candidate.name, candidate.version, settings.mode, candidate.sha256
+        ).set(1)
+        self.candidate = candidate
+        self.candidate_not_loaded = ""
+        log.info(
+            "candidate %s (sha256 %s…) from %s: %s",
+            candidate.version,
+            candidate.sha256[:12],
+            candidate.uri,
+            f"answers {settings.weight:.0%} of requests"
+            if settings.mode == CANDIDATE_MODE_SPLIT
+            else "scores every request in the shadow of the champion",
+        )
 
     def _serve(self, model: LoadedModel) -> None:
         self.requests = RequestModels(
@@ -180,9 +263,13 @@ class ModelServer:
         return self.model is not None and not self.draining
 
     # ------------------------------------------------------------ predict
-    async def predict(self, body: bytes) -> Response:
-        """The scoring threads parse, validate and score; the event loop only moves bytes and stores ids."""
-        model, scorer = self.model, self.scorer
+    async def predict(self, body: bytes, route_key: str | None = None) -> Response:
+        """The scoring threads parse, validate and score; the event loop only moves bytes and stores ids.
+        `route_key`: the value of a split's request-key header, which picks the model that answers."""
+        model, scorer, role = self.model, self.scorer, ROLE_CHAMPION
+        candidate, split = self.candidate, self.candidate_scorer
+        if candidate is not None and split is not None and self._routes_to_candidate(candidate, route_key):
+            model, scorer, role = candidate, split, ROLE_CANDIDATE
         assert model is not None
         assert scorer is not None
         started = time.perf_counter()
@@ -198,13 +285,63 @@ class ModelServer:
                 log.warning("prediction store unavailable, answering without ids: %s", err)
                 for item in answer.payload["predictions"]:
                     item["id"] = None
-                return self._answered(model, answer.rows, started, _json(answer.payload))
-        return self._answered(model, answer.rows, started, Response(answer.body, media_type=JSON))
+                return self._answered(model, role, answer.rows, started, _json(answer.payload))
+            if role == ROLE_CHAMPION and candidate is not None and self._shadow_pool is not None:
+                self._start_shadow(candidate, answer)
+        return self._answered(model, role, answer.rows, started, Response(answer.body, media_type=JSON))
 
-    def _answered(self, model: LoadedModel, rows: int, started: float, response: Response) -> Response:
-        self.metrics.predictions.labels(model.name, model.version).inc(rows)
-        self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
+    def _answered(
+        self, model: LoadedModel, role: str, rows: int, started: float, response: Response
+    ) -> Response:
+        self.metrics.predictions.labels(model.name, model.version, role).inc(rows)
+        self.metrics.latency.labels(model.name, model.version, role).observe(time.perf_counter() - started)
         return response
+
+    def _routes_to_candidate(self, candidate: LoadedModel, route_key: str | None) -> bool:
+        settings = self.settings.candidate
+        assert settings is not None
+        if route_key is None:
+            return secrets.randbelow(1_000_000) < settings.weight * 1_000_000
+        return routes_to_candidate(settings.weight, route_key, candidate.version)
+
+    # ------------------------------------------------------------ shadow
+    def _start_shadow(self, candidate: LoadedModel, answer: Scored) -> None:
+        """Score the champion's rows with the candidate after the answer: its time is never the client's."""
+        if self._shadow_backlog >= SHADOW_BACKLOG:
+            self.metrics.shadow_unscored.labels(candidate.name, "backlog").inc(answer.rows)
+            return
+        self._shadow_backlog += 1
+        task = asyncio.create_task(self._shadow(candidate, answer))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, candidate: LoadedModel, answer: Scored) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            labels = await loop.run_in_executor(
+                self._shadow_pool, predict_columns, candidate, answer.columns, answer.rows
+            )
+        except (ValueError, TypeError, KeyError) as err:
+            log.warning("the shadow candidate could not score %d rows: %s", answer.rows, err)
+            labels = None
+        finally:
+            self._shadow_backlog -= 1
+        if labels is None:
+            self.metrics.shadow_unscored.labels(candidate.name, "failed").inc(answer.rows)
+            return
+        values = [
+            (prediction_id, orjson.dumps({"version": candidate.version, "prediction": label}))
+            for (prediction_id, _), label in zip(answer.records, labels, strict=True)
+        ]
+        assert self.predictions is not None
+        try:
+            await self.predictions.save_shadow(values)
+        except PredictionStoreUnavailableError as err:
+            self.metrics.store_errors.labels("save").inc()
+            self.metrics.shadow_unscored.labels(candidate.name, "failed").inc(answer.rows)
+            log.warning("prediction store unavailable, shadow predictions dropped: %s", err)
+            return
+        self.metrics.shadow_predictions.labels(candidate.name, candidate.version).inc(answer.rows)
 
     # ------------------------------------------------------------ feedback
     async def feedback(self, body: bytes) -> Response:
@@ -236,7 +373,7 @@ class ModelServer:
         accepted = 0
         for (index, label, request), join in zip(labels, joins, strict=True):
             if join.status is JoinStatus.JOINED:
-                self._count(model, decode_record(join.record), label)
+                self._count(model, decode_record(join.record), label, join.shadow)
                 results[index] = {"id": request.prediction_id, "status": "accepted"}
                 accepted += 1
             else:
@@ -251,13 +388,39 @@ class ModelServer:
         self.metrics.feedback_refused.labels(model.name, reason).inc()
         return {"id": prediction_id, "status": "error", "reason": reason, "error": _REFUSAL_TEXT[reason]}
 
-    def _count(self, model: LoadedModel, record: dict[str, Any], label: Any) -> None:
-        prediction, labels = record["prediction"], (model.name, str(record["version"]))
+    def _count(self, model: LoadedModel, record: dict[str, Any], label: Any, shadow: bytes) -> None:
+        version, role = str(record["version"]), str(record.get("role", ROLE_CHAMPION))
+        self._count_one(model, version, role, record["prediction"], label)
+        if not shadow:
+            if self.candidate is not None and self._shadow_pool is not None and role == ROLE_CHAMPION:
+                self.metrics.shadow_unscored.labels(model.name, "late").inc()
+            return
+        # A shadow's prediction was never served: it is counted only in the fbl_shadow_* metrics, so a loop's
+        # accuracy query over fbl_feedback_* keeps meaning what users got while a stage runs.
+        paired = decode_record(shadow)
+        pair = (model.name, str(paired["version"]), version)
+        champion = _judged(model.task, record["prediction"], label)
+        candidate = _judged(model.task, paired["prediction"], label)
+        if model.task == "regression":
+            self.metrics.shadow_feedback.labels(*pair, "paired").inc()
+            self.metrics.shadow_squared_error.labels(*pair, ROLE_CHAMPION).inc(champion)
+            self.metrics.shadow_squared_error.labels(*pair, ROLE_CANDIDATE).inc(candidate)
+            difference = candidate - champion
+            self.metrics.shadow_squared_error_difference_squared.labels(*pair).inc(difference * difference)
+        else:
+            outcome = {(1.0, 1.0): "both", (1.0, 0.0): "champion_only", (0.0, 1.0): "candidate_only"}
+            self.metrics.shadow_feedback.labels(*pair, outcome.get((champion, candidate), "neither")).inc()
+
+    def _count_one(self, model: LoadedModel, version: str, role: str, prediction: Any, label: Any) -> None:
+        """One label of the model that answered, under its version and role."""
+        labels = (model.name, version, role)
         self.metrics.feedback.labels(*labels).inc()
         if model.task == "regression":
             error = float(label) - float(prediction)
+            squared = error * error
             self.metrics.feedback_abs_error.labels(*labels).inc(abs(error))
-            self.metrics.feedback_squared_error.labels(*labels).inc(error * error)
+            self.metrics.feedback_squared_error.labels(*labels).inc(squared)
+            self.metrics.feedback_fourth_power_error.labels(*labels).inc(squared * squared)
         else:
             # inc(0) still creates the series, so correct / total exists from the first label.
             self.metrics.feedback_correct.labels(*labels).inc(1 if label == prediction else 0)
@@ -295,7 +458,40 @@ class ModelServer:
             await self.predictions.close()
         if self.scorer is not None:
             self.scorer.close()
+        if self.candidate_scorer is not None:
+            self.candidate_scorer.close()
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=True, cancel_futures=True)
         self._workdir.cleanup()
+
+
+def _judged(task: str, prediction: Any, label: Any) -> float:
+    """A prediction against its label: 1.0 or 0.0, right or wrong (classification), else its squared error."""
+    if task == "regression":
+        error = float(label) - float(prediction)
+        return error * error
+    return 1.0 if label == prediction else 0.0
+
+
+def routes_to_candidate(weight: float, route_key: str, candidate_version: str) -> bool:
+    """A split by a request key: the same key always gets the same model for one candidate, and about
+    `weight` of the keys get the candidate. The version salts the hash, so each stage exposes other users."""
+    digest = hashlib.sha256(f"{candidate_version}\0{route_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < weight * 2**64
+
+
+def _check_candidate(champion: LoadedModel | None, candidate: LoadedModel) -> None:
+    """A candidate scores the champion's requests: it must do the same task on features they carry."""
+    assert champion is not None
+    if candidate.task != champion.task:
+        raise ModelRefusedError(
+            f"the candidate's task {candidate.task} is not the champion's {champion.task}"
+        )
+    missing = sorted(set(candidate.features) - set(champion.features))
+    if missing:
+        raise ModelRefusedError(
+            f"the candidate reads features the champion's requests lack: {', '.join(missing)}"
+        )
 
 
 def _json(
@@ -336,6 +532,7 @@ def create_app(server: ModelServer) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         tasks = [
             asyncio.create_task(server.load_until_ready()),
+            asyncio.create_task(server.load_candidate_until_ready()),
             asyncio.create_task(server.write_feedback_forever()),
         ]
         try:
@@ -377,7 +574,19 @@ def create_app(server: ModelServer) -> FastAPI:
             return _json({"status": "not ready", "reason": "draining before shutdown"}, 503)
         if model is None:
             return _json({"status": "not ready", "reason": server.not_ready}, 503)
-        return _json({"status": "ready", "model": model.name, "model_version": model.version})
+        ready: dict[str, Any] = {"status": "ready", "model": model.name, "model_version": model.version}
+        if server.settings.candidate is not None:
+            candidate = server.candidate
+            ready["candidate"] = (
+                {
+                    "status": "loaded",
+                    "model_version": candidate.version,
+                    "mode": server.settings.candidate.mode,
+                }
+                if candidate is not None
+                else {"status": "not loaded", "reason": server.candidate_not_loaded}
+            )
+        return _json(ready)
 
     @app.get("/metrics", responses=_METRICS_RESPONSE)
     async def metrics() -> Response:
@@ -400,9 +609,13 @@ def _register_model_routes(app: FastAPI, server: ModelServer) -> None:
             return _json({"detail": "a valid bearer token is required"}, 401, www_authenticate="Bearer")
         return await _bounded_body(request, limit)
 
+    route_header = server.settings.candidate.request_key if server.settings.candidate else None
+
     async def predict(request: Request) -> Response:
         body = await checked_body(request)
-        return body if isinstance(body, Response) else await server.predict(body)
+        if isinstance(body, Response):
+            return body
+        return await server.predict(body, request.headers.get(route_header) if route_header else None)
 
     async def feedback(request: Request) -> Response:
         body = await checked_body(request)

@@ -9,6 +9,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LABELS = ("model", "model_version")
+# role: champion (the model the Deployment serves) or candidate (a Shadow or Split stage's model).
+ROLE_LABELS = (*LABELS, "role")
+# A shadow pair: the candidate's version in model_version, the champion's beside it.
+PAIR_LABELS = (*LABELS, "champion_version")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -16,19 +20,63 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.predictions = Counter("fbl_predictions", "Rows predicted.", LABELS, registry=r)
-        self.feedback = Counter("fbl_feedback", "Labels joined to a stored prediction.", LABELS, registry=r)
+        self.predictions = Counter("fbl_predictions", "Rows predicted.", ROLE_LABELS, registry=r)
+        self.feedback = Counter(
+            "fbl_feedback", "Labels joined to a stored prediction.", ROLE_LABELS, registry=r
+        )
         self.feedback_correct = Counter(
             "fbl_feedback_correct",
             "Joined labels equal to the prediction (classification).",
-            LABELS,
+            ROLE_LABELS,
             registry=r,
         )
         self.feedback_abs_error = Counter(
-            "fbl_feedback_abs_error", "Sum of |label - prediction| (regression).", LABELS, registry=r
+            "fbl_feedback_abs_error", "Sum of |label - prediction| (regression).", ROLE_LABELS, registry=r
         )
         self.feedback_squared_error = Counter(
-            "fbl_feedback_squared_error", "Sum of (label - prediction)^2 (regression).", LABELS, registry=r
+            "fbl_feedback_squared_error",
+            "Sum of (label - prediction)^2 (regression).",
+            ROLE_LABELS,
+            registry=r,
+        )
+        self.feedback_fourth_power_error = Counter(
+            "fbl_feedback_fourth_power_error",
+            "Sum of (label - prediction)^4 (regression): with the squared errors, their variance.",
+            ROLE_LABELS,
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            "fbl_shadow_predictions",
+            "Rows a shadow candidate scored beside the champion (never answered; not in fbl_predictions).",
+            LABELS,
+            registry=r,
+        )
+        self.shadow_feedback = Counter(
+            "fbl_shadow_feedback",
+            "Labels joined to both models' predictions of a shadow stage, by outcome: both, champion_only, "
+            "candidate_only, neither (classification: which model was right), or paired (regression).",
+            (*PAIR_LABELS, "outcome"),
+            registry=r,
+        )
+        self.shadow_squared_error = Counter(
+            "fbl_shadow_squared_error",
+            "Sum over shadow pairs of each model's squared error, by role (regression): the candidate's "
+            "minus the champion's is the paired difference.",
+            (*PAIR_LABELS, "role"),
+            registry=r,
+        )
+        self.shadow_squared_error_difference_squared = Counter(
+            "fbl_shadow_squared_error_difference_squared",
+            "Sum over shadow pairs of the squared difference of the two squared errors (regression).",
+            PAIR_LABELS,
+            registry=r,
+        )
+        self.shadow_unscored = Counter(
+            "fbl_shadow_unscored",
+            "Rows the shadow candidate did not score, by reason: backlog (the shadow queue was full), "
+            "failed (the candidate could not score them), late (the label joined first).",
+            ("model", "reason"),
+            registry=r,
         )
         self.feedback_refused = Counter(
             "fbl_feedback_refused",
@@ -51,13 +99,19 @@ class ServerMetrics:
         )
         self.latency = Histogram(
             "fbl_prediction_latency_seconds",
-            "Time to score one /predict request.",
-            LABELS,
+            "Time to score one /predict request, by the model that answered it.",
+            ROLE_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.model_info = Gauge(
             "fbl_model_info", "The loaded model (1).", (*LABELS, "version", "sha256"), registry=r
+        )
+        self.candidate_info = Gauge(
+            "fbl_candidate_info",
+            "The candidate loaded beside the champion (1), and its mode: shadow or split.",
+            (*LABELS, "mode", "sha256"),
+            registry=r,
         )
         self.feedback_buffered = Gauge(
             "fbl_feedback_buffered_rows",

@@ -36,6 +36,18 @@ class Scored:
     payload: dict[str, Any]
     body: bytes  # the payload as JSON, encoded here rather than on the event loop
     records: list[tuple[str, bytes]]  # (prediction id, record) to store before answering
+    columns: dict[str, list[Any]] = field(default_factory=dict)  # the rows, for a shadow candidate
+
+
+def predict_columns(model: LoadedModel, columns: dict[str, list[Any]], count: int) -> list[Any] | None:
+    """A shadow candidate's predictions of rows already validated for the champion; None when any is not a
+    finite number (nobody is answered with it, so it is counted as unscored)."""
+    frame = frame_of({name: columns[name] for name in model.features}, model.numeric, model.categorical)
+    predicted = np.asarray(evaluate.predict(model.estimator, frame).labels)
+    if len(predicted) != count or (predicted.dtype.kind == "f" and not np.isfinite(predicted).all()):
+        return None
+    labels: list[Any] = predicted.tolist()
+    return labels
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,15 @@ class Scorer:
         drift: DriftWindow,
         keep_records: bool,
         threads: int,
+        request_features: list[str] | None = None,
+        role: str | None = None,
     ) -> None:
+        """`request_features`: the fields of `requests`, in order, when they are not the model's own (a
+        split's candidate reads the champion's requests); `role`: stored with each record (a split's
+        candidate)."""
         self._model, self._requests, self._signer = model, requests, signer
+        self._request_features = request_features or model.features
+        self._role = role
         self._drift, self._drift_lock = drift, threading.Lock()
         self._keep_records = keep_records
         self._categorical = frozenset(n for n, kind in model.feature_types.items() if kind != NUMERIC)
@@ -162,7 +181,7 @@ class Scorer:
         request.count = len(rows)
         request.columns = {
             name: [getattr(row, f"f{index}") for row in rows]
-            for index, name in enumerate(self._model.features)
+            for index, name in enumerate(self._request_features)
         }
         return True
 
@@ -196,11 +215,11 @@ class Scorer:
         if self._keep_records:
             issued = [self._signer.issue(request.now_ms) for _ in labels]
             rows = [
-                dict(zip(model.features, values, strict=True))
+                dict(zip(self._request_features, values, strict=True))
                 for values in zip(*request.columns.values(), strict=True)
             ]
             records = [
-                (prediction_id, encode_record(row, label, model.version, request.now_ms))
+                (prediction_id, encode_record(row, label, model.version, request.now_ms, self._role))
                 for prediction_id, row, label in zip(issued, rows, labels, strict=True)
             ]
             ids = list(issued)
@@ -216,4 +235,4 @@ class Scorer:
             for i, (prediction_id, label) in enumerate(zip(ids, labels, strict=True))
         ]
         payload = {"model_version": model.version, "predictions": out}
-        return Scored(request.count, payload, orjson.dumps(payload), records)
+        return Scored(request.count, payload, orjson.dumps(payload), records, request.columns)

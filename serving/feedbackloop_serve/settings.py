@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from feedbackloop.api import ENV_MODEL_SHA256, ENV_MODEL_URI
+from feedbackloop.api import (
+    CANDIDATE_MODE_SHADOW,
+    CANDIDATE_MODE_SPLIT,
+    ENV_CANDIDATE_MODE,
+    ENV_CANDIDATE_MODEL_SHA256,
+    ENV_CANDIDATE_MODEL_URI,
+    ENV_CANDIDATE_REQUEST_KEY,
+    ENV_CANDIDATE_WEIGHT,
+    ENV_MODEL_SHA256,
+    ENV_MODEL_URI,
+)
 from feedbackloop.core import contract
 from feedbackloop_serve.auth import TokenError, read_token
 from feedbackloop_serve.ids import IdKeyError, parse_keys
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_CANDIDATE_ENV = (
+    ENV_CANDIDATE_MODE,
+    ENV_CANDIDATE_MODEL_SHA256,
+    ENV_CANDIDATE_WEIGHT,
+    ENV_CANDIDATE_REQUEST_KEY,
+)
 
 
 class SettingsError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """A candidate beside the champion: scored on every request (shadow) or answering a share (split)."""
+
+    uri: str
+    sha256: str
+    mode: str
+    weight: float  # split only: the share of requests it answers
+    request_key: str | None  # split only: the header whose value decides, so one user sees one model
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,7 @@ class ServeSettings:
     s3_endpoint_url: str | None
     s3_region: str
     source: str
+    candidate: CandidateSettings | None = None
 
     def __repr__(self) -> str:
         return f"ServeSettings(model_uri={self.model_uri!r}, …)"  # never the keys or the store's password
@@ -69,6 +99,43 @@ def _token_file(env: Mapping[str, str]) -> Path | None:
     except TokenError as err:
         raise SettingsError(f"FBL_SERVE_TOKEN_FILE: {err}") from None
     return Path(raw)
+
+
+def _candidate(env: Mapping[str, str]) -> CandidateSettings | None:
+    uri = env.get(ENV_CANDIDATE_MODEL_URI, "").strip()
+    if not uri:
+        stray = [name for name in _CANDIDATE_ENV if env.get(name, "").strip()]
+        if stray:
+            raise SettingsError(f"{stray[0]} is set without {ENV_CANDIDATE_MODEL_URI}")
+        return None
+    try:
+        contract.split_s3_uri(uri)
+    except ValueError:
+        raise SettingsError(f"{ENV_CANDIDATE_MODEL_URI}={uri!r} is not an s3://bucket/prefix/ URI") from None
+    sha256 = env.get(ENV_CANDIDATE_MODEL_SHA256, "").strip().lower()
+    if not _SHA256.match(sha256):
+        raise SettingsError(f"{ENV_CANDIDATE_MODEL_SHA256} must be 64 hex characters")
+    mode = env.get(ENV_CANDIDATE_MODE, "").strip()
+    if mode not in (CANDIDATE_MODE_SHADOW, CANDIDATE_MODE_SPLIT):
+        raise SettingsError(f"{ENV_CANDIDATE_MODE}={mode!r} must be shadow or split")
+    weight_text = env.get(ENV_CANDIDATE_WEIGHT, "").strip()
+    key = env.get(ENV_CANDIDATE_REQUEST_KEY, "").strip() or None
+    if mode == CANDIDATE_MODE_SHADOW:
+        for name, value in ((ENV_CANDIDATE_WEIGHT, weight_text), (ENV_CANDIDATE_REQUEST_KEY, key)):
+            if value:
+                raise SettingsError(f"{name} applies to {ENV_CANDIDATE_MODE}=split only")
+        return CandidateSettings(uri, sha256, mode, 0.0, None)
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        weight = math.nan
+    if not 0 < weight < 1:
+        raise SettingsError(
+            f"{ENV_CANDIDATE_WEIGHT}={weight_text!r} must be a number between 0 and 1 for a split"
+        )
+    if key is not None and not _HEADER.match(key):
+        raise SettingsError(f"{ENV_CANDIDATE_REQUEST_KEY}={key!r} is not an HTTP header name")
+    return CandidateSettings(uri, sha256, mode, weight, key.lower() if key else None)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -123,4 +190,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("FBL_S3_ENDPOINT_URL") or None,
         s3_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
         source=env.get("POD_NAME") or env.get("HOSTNAME") or "server",
+        candidate=_candidate(env),
     )

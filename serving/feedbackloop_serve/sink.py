@@ -132,8 +132,14 @@ def label_type(task: str, classes: Sequence[Any] | None) -> pa.DataType:
     return pa.string()
 
 
-def encode_record(row: dict[str, object], prediction: object, version: str, predicted_at_ms: int) -> bytes:
-    return orjson.dumps({"row": row, "prediction": prediction, "version": version, "at": predicted_at_ms})
+def encode_record(
+    row: dict[str, object], prediction: object, version: str, predicted_at_ms: int, role: str | None = None
+) -> bytes:
+    """The stored prediction; `role` only for a split's candidate, so a champion's record stays as it was."""
+    record = {"row": row, "prediction": prediction, "version": version, "at": predicted_at_ms}
+    if role is not None:
+        record["role"] = role
+    return orjson.dumps(record)
 
 
 def decode_record(record: bytes) -> dict[str, object]:

@@ -4,6 +4,8 @@ joins it exactly once, and joined rows wait in a stream until some replica write
 Keys share one hash tag per model (`fbl:{<model>}:…`), so the join script also runs on a Redis Cluster.
 - `p:<id>`: the stored prediction (features, prediction, version, time), with the prediction TTL. When a
   label joins, the value becomes a tombstone with the same TTL: a second label is a duplicate, not unknown.
+- `s:<id>`: a shadow candidate's prediction of the same row (its version and prediction), stored after the
+  answer with the same TTL; the join returns it beside the record and deletes it.
 - `labels`: the stream of joined rows; consumer group `sink`, one consumer per server pod. A row leaves the
   stream only after the Parquet object holding it is in S3 (XACK, XDEL); a dead pod's rows are claimed by
   another after they sat idle. `labels-set-aside`: rows that cannot be encoded, kept for inspection.
@@ -32,27 +34,34 @@ end
 return #KEYS
 """
 # One call per request, each label atomic: the prediction must exist and be unlabelled, and the stream must
-# have room. KEYS: the stream, then the predictions' keys. ARGV: tombstone, bound, keep rows, labelled at,
-# then id and label per key. Returns, per label, its status and (when joined) the record.
+# have room. KEYS: the stream, then the predictions' keys, then their shadow keys. ARGV: tombstone, bound,
+# keep rows, labelled at, then id and label per key. Returns, per label, its status and (when joined) the
+# record and the shadow prediction ('' when there is none).
 _JOIN = """
 local tombstone, bound, keep, at = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local count = (#KEYS - 1) / 2
 local answers = {}
-for index = 2, #KEYS do
+for index = 2, count + 1 do
   local record = redis.call('GET', KEYS[index])
   local id, label = ARGV[3 + 2 * (index - 1)], ARGV[4 + 2 * (index - 1)]
+  local status, shadow = 'joined', ''
   if not record then
-    answers[#answers + 1] = 'unknown'; answers[#answers + 1] = ''
+    status, record = 'unknown', ''
   elseif record == tombstone then
-    answers[#answers + 1] = 'duplicate'; answers[#answers + 1] = ''
+    status, record = 'duplicate', ''
   elseif keep and redis.call('XLEN', KEYS[1]) >= bound then
-    answers[#answers + 1] = 'full'; answers[#answers + 1] = ''
+    status, record = 'full', ''
   else
     redis.call('SET', KEYS[index], tombstone, 'KEEPTTL')
     if keep then
       redis.call('XADD', KEYS[1], '*', 'id', id, 'record', record, 'label', label, 'at', at)
     end
-    answers[#answers + 1] = 'joined'; answers[#answers + 1] = record
+    shadow = redis.call('GET', KEYS[index + count]) or ''
+    if shadow ~= '' then
+      redis.call('DEL', KEYS[index + count])
+    end
   end
+  answers[#answers + 1] = status; answers[#answers + 1] = record; answers[#answers + 1] = shadow
 end
 return answers
 """
@@ -73,6 +82,7 @@ class JoinStatus(enum.StrEnum):
 class Join:
     status: JoinStatus
     record: bytes = b""
+    shadow: bytes = b""  # a shadow candidate's prediction of the row, when one was stored before the label
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,9 @@ class PredictionStore:
     def _key(self, prediction_id: str) -> bytes:
         return self._prefix + b"p:" + prediction_id.encode()
 
+    def _shadow_key(self, prediction_id: str) -> bytes:
+        return self._prefix + b"s:" + prediction_id.encode()
+
     async def prepare(self) -> None:
         try:
             await self._client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
@@ -130,11 +143,25 @@ class PredictionStore:
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err
 
+    async def save_shadow(self, predictions: Sequence[tuple[str, bytes]]) -> None:
+        """A shadow candidate's predictions, under the ids the champion's answer gave, with the same TTL."""
+        try:
+            for start in range(0, len(predictions), SAVE_CHUNK):
+                chunk = predictions[start : start + SAVE_CHUNK]
+                keys = [self._shadow_key(prediction_id) for prediction_id, _ in chunk]
+                await self._save(keys=keys, args=[self._ttl, *(value for _, value in chunk)])
+        except RedisError as err:
+            raise StoreUnavailableError(str(err)) from err
+
     async def join(self, labels: Sequence[Label]) -> list[Join]:
         """Every label of one request in one call; all share one labelled-at time."""
         if not labels:
             return []
-        keys = [self.stream, *(self._key(label.prediction_id) for label in labels)]
+        keys = [
+            self.stream,
+            *(self._key(label.prediction_id) for label in labels),
+            *(self._shadow_key(label.prediction_id) for label in labels),
+        ]
         args: list[bytes | int | str] = [TOMBSTONE, self._bound, self._keep_rows, labels[0].labelled_at_ms]
         for label in labels:
             args += [label.prediction_id, label.label_json]
@@ -142,7 +169,10 @@ class PredictionStore:
             answer = cast(list[bytes], await self._join(keys=keys, args=args))
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err
-        return [Join(JoinStatus(answer[i].decode()), answer[i + 1]) for i in range(0, len(answer), 2)]
+        return [
+            Join(JoinStatus(answer[i].decode()), answer[i + 1], answer[i + 2])
+            for i in range(0, len(answer), 3)
+        ]
 
     # ---------------------------------------------------------------- the stream, for the S3 writer
     async def own_pending(self, consumer: str, count: int) -> list[StreamRow]:

@@ -219,7 +219,7 @@ def test_otlp_payload_is_a_monotonic_cumulative_sum_per_counter() -> None:
     assert point["startTimeUnixNano"] == "1500000000"
     assert point["asDouble"] == 3.0
     labels = {a["key"]: a["value"]["stringValue"] for a in point["attributes"]}
-    assert labels == {"model": "m", "model_version": "v1"}
+    assert labels == {"model": "m", "model_version": "v1", "role": "champion"}
 
 
 # ---------------------------------------------------------------- the artifact store in memory

@@ -66,7 +66,10 @@ def test_every_metric_is_documented_with_its_type_and_exactly_its_labels(
 def test_the_table_reader_finds_types_and_labels() -> None:
     rows = documented(DOCS["server"])
     assert rows["fbl_feedback_refused_total"] == ("counter", frozenset({"model", "reason"}))
-    assert rows["fbl_prediction_latency_seconds"] == ("histogram", frozenset({"model", "model_version"}))
+    assert rows["fbl_prediction_latency_seconds"] == (
+        "histogram",
+        frozenset({"model", "model_version", "role"}),
+    )
     assert rows["fbl_model_ready"] == ("gauge", frozenset())
     assert documented(DOCS["operator"])["feedbackloop_loop_ready"] == (
         "gauge",

@@ -8,7 +8,10 @@ so the figures are the server's, not a client library's; it keeps --concurrency 
 --seconds at batch sizes 1 and 100. The baseline calls the same pipeline's predict_proba in-process on the
 same rows. Also printed: GET /healthz on the same client (the HTTP floor), /healthz while a 10,000-row batch
 is scored, the store's cost per request (a second server without the store, batch 1, one client), and bytes
-per stored prediction in Redis with the server's RSS before and after filling it.
+per stored prediction in Redis with the server's RSS before and after filling it. Then the cost of a stage
+(issue 19): the same server with the same version loaded again as a shadow candidate, and as a split
+candidate answering half the requests, each measured in alternating slices against a server without one
+(latency at one client and at --concurrency clients, and RSS per pod after the load).
 
 The last line is: predict_rps=<r> p99_ms=<l> baseline_ratio=<x> rows_ratio=<y>
 where predict_rps and p99_ms are for batch size 1 under --concurrency clients, baseline_ratio is the server's
@@ -264,6 +267,7 @@ def main() -> None:
             floor = asyncio.run(load(port, [(HEALTHZ, 0)], args.seconds, 1))
             during = asyncio.run(healthz_while_scoring(port, rows))
             memory = fill_store(port, pid, endpoints.redis_url, rows, args.stored)
+        stage_cost(Path(tmp), endpoints, uri, sha256, rows, args)
     one = results[1]
     store_cost = one["alone"]["p50_ms"] - without_store["p50_ms"]
     print(
@@ -336,7 +340,12 @@ def median_of(rounds: list[dict[str, dict[str, float]]], side: str) -> dict[str,
 
 @contextlib.contextmanager
 def serving(
-    tmp: Path, endpoints: harness.Endpoints, uri: str, sha256: str, shared_store: bool
+    tmp: Path,
+    endpoints: harness.Endpoints,
+    uri: str,
+    sha256: str,
+    shared_store: bool,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of a server process, stopped at the end."""
     port = harness.free_port()
@@ -357,13 +366,15 @@ def serving(
     if shared_store:
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         env |= {"FBL_REDIS_URL": endpoints.redis_url, "FBL_PREDICTION_ID_KEYS": f"bench:{key}"}
+    env |= extra or {}
     log = tmp / f"server-{port}.log"
     with log.open("wb") as handle:
         server = subprocess.Popen(
             [sys.executable, "-m", "feedbackloop_serve"], env=env, stdout=handle, stderr=subprocess.STDOUT
         )
     try:
-        if not harness.wait_until(lambda: _ready(f"http://127.0.0.1:{port}"), bool, timeout=60):
+        ready = _candidate_ready if extra and "CANDIDATE_MODE" in extra else _ready
+        if not harness.wait_until(lambda: ready(f"http://127.0.0.1:{port}"), bool, timeout=60):
             raise SystemExit(f"server not ready:\n{log.read_text()[-3000:]}")
         yield port, server.pid
     finally:
@@ -402,6 +413,57 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _candidate_ready(url: str) -> bool:
+    try:
+        answer = httpx.get(f"{url}/readyz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and answer.json().get("candidate", {}).get("status") == "loaded"
+
+
+def stage_cost(
+    tmp: Path, endpoints: harness.Endpoints, uri: str, sha256: str, rows: list[dict[str, Any]], args: Any
+) -> None:
+    """Latency and RSS with a candidate beside the champion, against a server without one, same run."""
+    requests = requests_of(rows, 1)
+    candidate = {"CANDIDATE_MODEL_URI": uri, "CANDIDATE_MODEL_SHA256": sha256}
+    stages = {
+        "shadow": {**candidate, "CANDIDATE_MODE": "shadow"},
+        "split": {**candidate, "CANDIDATE_MODE": "split", "CANDIDATE_WEIGHT": "0.5"},
+    }
+    for name, extra in stages.items():
+        with (
+            serving(tmp, endpoints, uri, sha256, True) as (plain_port, plain_pid),
+            serving(tmp, endpoints, uri, sha256, True, extra) as (stage_port, stage_pid),
+        ):
+            for port in (plain_port, stage_port):
+                asyncio.run(load(port, requests[:50], 1.0, args.concurrency))  # warm-up, discarded
+            rounds = [
+                {
+                    "plain": asyncio.run(load(plain_port, requests, args.seconds, 1)),
+                    "stage": asyncio.run(load(stage_port, requests, args.seconds, 1)),
+                    "plain_loaded": asyncio.run(load(plain_port, requests, args.seconds, args.concurrency)),
+                    "stage_loaded": asyncio.run(load(stage_port, requests, args.seconds, args.concurrency)),
+                }
+                for _ in range(args.rounds)
+            ]
+            plain_rss, stage_rss = rss_mb(plain_pid), rss_mb(stage_pid)
+        plain, stage = median_of(rounds, "plain"), median_of(rounds, "stage")
+        plain_loaded, stage_loaded = median_of(rounds, "plain_loaded"), median_of(rounds, "stage_loaded")
+        ratio = statistics.median(r["stage"]["p50_ms"] / r["plain"]["p50_ms"] for r in rounds)
+        loaded_ratio = statistics.median(
+            r["stage_loaded"]["p99_ms"] / r["plain_loaded"]["p99_ms"] for r in rounds
+        )
+        print(
+            f"{name} candidate (batch 1, median of {args.rounds} rounds): one client p50 {stage['p50_ms']:.2f} ms "
+            f"vs {plain['p50_ms']:.2f} ms without (ratio {ratio:.2f}), p99 {stage['p99_ms']:.2f} vs "
+            f"{plain['p99_ms']:.2f} ms; {args.concurrency} clients p99 {stage_loaded['p99_ms']:.2f} vs "
+            f"{plain_loaded['p99_ms']:.2f} ms (ratio {loaded_ratio:.2f}), {stage_loaded['requests_per_s']:.0f} vs "
+            f"{plain_loaded['requests_per_s']:.0f} req/s; RSS {stage_rss:.0f} MB vs {plain_rss:.0f} MB "
+            f"({stage_rss - plain_rss:+.0f} MB per pod)"
+        )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,17 @@ def _time(env: Mapping[str, str], name: str) -> datetime | None:
         raise TrainerError(f"{name}={text!r} is not an RFC 3339 time") from None
 
 
+def _row_count(env: Mapping[str, str], name: str) -> int:
+    """A count of rows from the env: 0 when unset."""
+    try:
+        count = int(env.get(name) or "0")
+    except ValueError:
+        raise TrainerError(f"{name}={env.get(name)!r} is not a number") from None
+    if count < 0:
+        raise TrainerError(f"{name}={count} must not be negative")
+    return count
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
     env = os.environ if env is None else env
     try:
@@ -99,22 +110,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainSettings:
     except ValueError:
         raise TrainerError(f"{contract.ENV_FEEDBACK_SINCE}={since_text!r} is not an RFC 3339 time") from None
     data_since = _time(env, contract.ENV_DATA_SINCE)
-    try:
-        min_rows = int(env.get(contract.ENV_MIN_ROWS) or "0")
-    except ValueError:
-        raise TrainerError(
-            f"{contract.ENV_MIN_ROWS}={env.get(contract.ENV_MIN_ROWS)!r} is not a number"
-        ) from None
-    if min_rows < 0:
-        raise TrainerError(f"{contract.ENV_MIN_ROWS}={min_rows} must not be negative")
-    try:
-        wider_rows = int(env.get(contract.ENV_WIDER_ROWS) or "0")
-    except ValueError:
-        raise TrainerError(
-            f"{contract.ENV_WIDER_ROWS}={env.get(contract.ENV_WIDER_ROWS)!r} is not a number"
-        ) from None
-    if wider_rows < 0:
-        raise TrainerError(f"{contract.ENV_WIDER_ROWS}={wider_rows} must not be negative")
+    min_rows = _row_count(env, contract.ENV_MIN_ROWS)
+    wider_rows = _row_count(env, contract.ENV_WIDER_ROWS)
     current_uri = _uri(env, contract.ENV_CURRENT_MODEL_URI)
     current_sha = env.get(contract.ENV_CURRENT_MODEL_SHA256) or None
     if current_uri and not current_sha:

@@ -14,7 +14,7 @@ Keys share one hash tag per model (`fbl:{<model>}:…`), so the join script also
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -135,20 +135,17 @@ class PredictionStore:
     async def save(self, records: Sequence[tuple[str, bytes]]) -> None:
         """Every prediction of one request; a large batch in calls of SAVE_CHUNK, so neither Redis nor the
         event loop is held for long by one call."""
-        try:
-            for start in range(0, len(records), SAVE_CHUNK):
-                chunk = records[start : start + SAVE_CHUNK]
-                keys = [self._key(prediction_id) for prediction_id, _ in chunk]
-                await self._save(keys=keys, args=[self._ttl, *(record for _, record in chunk)])
-        except RedisError as err:
-            raise StoreUnavailableError(str(err)) from err
+        await self._save_all(self._key, records)
 
     async def save_shadow(self, predictions: Sequence[tuple[str, bytes]]) -> None:
         """A shadow candidate's predictions, under the ids the champion's answer gave, with the same TTL."""
+        await self._save_all(self._shadow_key, predictions)
+
+    async def _save_all(self, key_of: Callable[[str], bytes], values: Sequence[tuple[str, bytes]]) -> None:
         try:
-            for start in range(0, len(predictions), SAVE_CHUNK):
-                chunk = predictions[start : start + SAVE_CHUNK]
-                keys = [self._shadow_key(prediction_id) for prediction_id, _ in chunk]
+            for start in range(0, len(values), SAVE_CHUNK):
+                chunk = values[start : start + SAVE_CHUNK]
+                keys = [key_of(prediction_id) for prediction_id, _ in chunk]
                 await self._save(keys=keys, args=[self._ttl, *(value for _, value in chunk)])
         except RedisError as err:
             raise StoreUnavailableError(str(err)) from err

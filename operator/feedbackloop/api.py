@@ -143,6 +143,11 @@ class Reason(enum.StrEnum):
     # RolledOut
     NOT_ROLLED_OUT = "NotRolledOut"
     ROLLOUT_PROGRESSING = "RolloutProgressing"
+    STAGE_PROGRESSING = "StageProgressing"  # the candidate env applied; waiting for the Deployment
+    STAGE_RUNNING = "StageRunning"  # a Shadow or Split stage collecting labels for both models
+    STAGE_WON = "StageWon"  # the candidate won its stage: promoted, then rolled out and analysed
+    STAGE_LOST = "StageLost"  # the champion won: the candidate is rejected and its env removed
+    STAGE_INCONCLUSIVE = "StageInconclusive"  # no significant difference by minSamples or maxDuration
     ROLLOUT_COMPLETE = "RolloutComplete"
     ANALYZING = "Analyzing"
     ANALYSIS_SUCCESSFUL = "AnalysisSuccessful"
@@ -168,6 +173,7 @@ class Reason(enum.StrEnum):
     # Events only
     RECOMMENDED = "Recommended"
     ROLLOUT_STARTED = "RolloutStarted"
+    STAGE_STARTED = "StageStarted"
     ABORT_IGNORED = "AbortIgnored"  # an abort with nothing to stop: no rollout in flight, or a rollback
 
 
@@ -185,6 +191,7 @@ class LoopPhase(enum.StrEnum):
     RETRAINING = "Retraining"
     ROLLING_OUT = "RollingOut"
     ANALYZING = "Analyzing"
+    STAGING = "Staging"  # a Shadow or Split stage before promotion
     ROLLING_BACK = "RollingBack"
     DEGRADED = "Degraded"
     SUSPENDED = "Suspended"
@@ -241,6 +248,7 @@ class RolloutKind(enum.StrEnum):
 
 @enum.unique
 class RolloutPhase(enum.StrEnum):
+    STAGING = "Staging"  # the candidate beside the champion (Shadow or Split), judged before promotion
     PROGRESSING = "Progressing"
     ANALYZING = "Analyzing"
     ROLLING_BACK = "RollingBack"
@@ -263,6 +271,7 @@ class Outcome(enum.StrEnum):
     RETRAINED = "Retrained"
     REJECTED = "Rejected"
     RECOMMENDED = "Recommended"
+    STAGING = "Staging"  # in a Shadow or Split stage beside the champion
     ROLLING_OUT = "RollingOut"
     ROLLED_OUT = "RolledOut"
     ROLLED_BACK = "RolledBack"

@@ -72,6 +72,11 @@ ROLLBACKS = Counter(
     "Rollbacks started on a failure or an abort, by reason.",
     ["namespace", "loop", "reason"],
 )
+STAGES_FINISHED = Counter(
+    "feedbackloop_stages_finished_total",
+    "Shadow and Split stages that ended, by strategy and verdict (Win, Lose, Inconclusive, Aborted).",
+    ["namespace", "loop", "strategy", "verdict"],
+)
 EVENTS_LOST = Counter(
     "feedbackloop_events_lost_total", "Kubernetes Events the operator could not post (best effort)."
 )
@@ -92,6 +97,7 @@ _PER_LOOP: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
     (ROLLOUTS_STARTED, ("namespace", "loop", "kind")),
     (ROLLOUTS_FINISHED, ("namespace", "loop", "outcome")),
     (ROLLBACKS, ("namespace", "loop", "reason")),
+    (STAGES_FINISHED, ("namespace", "loop", "strategy", "verdict")),
 )
 
 _ready_reasons: dict[tuple[str, str], str] = {}

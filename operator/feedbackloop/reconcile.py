@@ -46,6 +46,8 @@ from feedbackloop.core.decision import (
     RollbackStarted,
     RolloutFinished,
     RolloutStarted,
+    StagedCandidate,
+    StageFinished,
     Transition,
 )
 from feedbackloop.core.loop import LoopRef, LoopState, OperatorPolicy
@@ -101,7 +103,12 @@ class Cluster(Protocol):
     def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation: ...
     def create_job(self, manifest: dict[str, Any]) -> JobCreation: ...
     def apply_model(
-        self, namespace: str, deployment: str, container: str, model: ModelRef | None
+        self,
+        namespace: str,
+        deployment: str,
+        container: str,
+        model: ModelRef | None,
+        candidate: StagedCandidate | None = None,
     ) -> None: ...
     def count_active_retrains(
         self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]
@@ -384,8 +391,8 @@ class Reconciler:
         )
         if spec is None:
             return observed
-        metric_observations, prometheus_probe = self._query_prometheus(spec, how, deadline)
-        observed = replace(observed, metrics=metric_observations)
+        metric_observations, prometheus_probe, stage = self._query_prometheus(spec, how, deadline)
+        observed = replace(observed, metrics=metric_observations, stage=stage)
         if how.probe_dependencies:
             observed = replace(
                 observed,
@@ -408,13 +415,17 @@ class Reconciler:
 
     def _query_prometheus(
         self, spec: FeedbackLoopSpec, how: ObservationPlan, deadline: float
-    ) -> tuple[tuple[MetricObservation, ...] | None, Probe | None]:
-        """The metrics (None when no evaluation is due) and the probe, from one concurrent batch."""
+    ) -> tuple[
+        tuple[MetricObservation, ...] | None, Probe | None, tuple[tuple[str, QueryResult], ...] | None
+    ]:
+        """The metrics (None when no evaluation is due), the probe and a stage's counts, from one concurrent
+        batch."""
         batch = [q for rendered in how.queries or () for q in (rendered.query, rendered.samples_query) if q]
         if how.probe_dependencies:
             batch.append(PROBE_QUERY)
+        batch.extend(staged.query for staged in how.stage_queries or ())
         if not batch:
-            return None, None
+            return None, None, None
         timeout = spec.prometheus.timeout.total_seconds()
         answers = iter(self.prometheus.query_all(how.prometheus_url, batch, timeout, deadline))
         metrics_observed = None
@@ -429,7 +440,11 @@ class Reconciler:
                 )
                 for rendered in how.queries
             )
-        return metrics_observed, Probe.of_query(next(answers)) if how.probe_dependencies else None
+        probe = Probe.of_query(next(answers)) if how.probe_dependencies else None
+        stage = None
+        if how.stage_queries is not None:
+            stage = tuple((staged.name, next(answers)) for staged in how.stage_queries)
+        return metrics_observed, probe, stage
 
     def _act(
         self, loop: LoopState, writing: _Writing, decision: Decision, now: datetime
@@ -444,7 +459,7 @@ class Reconciler:
             match action:
                 case ApplyModel():
                     self.cluster.apply_model(
-                        action.namespace, action.deployment, action.container, action.model
+                        action.namespace, action.deployment, action.container, action.model, action.candidate
                     )
                     rollback = any(isinstance(t, RollbackStarted) for t in decision.transitions)
                     self._crash_at(Failpoint.DURING_ROLLBACK if rollback else Failpoint.AFTER_MODEL_APPLY)
@@ -564,6 +579,8 @@ def _count(ref: LoopRef, transitions: tuple[Transition, ...]) -> None:
                 metrics.ROLLBACKS.labels(namespace, loop, reason).inc()
             case RolloutFinished(outcome=outcome):
                 metrics.ROLLOUTS_FINISHED.labels(namespace, loop, outcome).inc()
+            case StageFinished(strategy=strategy, verdict=stage_verdict):
+                metrics.STAGES_FINISHED.labels(namespace, loop, strategy, stage_verdict).inc()
 
 
 def loop_state_from_body(

@@ -15,6 +15,7 @@ from core_inputs import POLICY
 from feedbackloop.adapters.kube import ApiFailureError, LoopGoneError, StaleWriteError
 from feedbackloop.api import API_VERSION, KIND, LABEL_LOOP, RETRAIN_POD_FINALIZER
 from feedbackloop.core import contract
+from feedbackloop.core.decision import StagedCandidate
 from feedbackloop.core.loop import OperatorPolicy
 from feedbackloop.core.observations import (
     PROBE_QUERY,
@@ -88,6 +89,7 @@ class FakeCluster:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     job_states: dict[str, JobState] = field(default_factory=dict)
     deployed_uri: str | None = None
+    deployed_candidate_uri: str | None = None
     rollout_completes: bool = True
     failing: set[str] = field(default_factory=set)  # method names that raise FakeApiError
     # HTTP statuses the next Job creates fail with, in order (0: no answer), as the adapter's ApiFailureError.
@@ -146,7 +148,11 @@ class FakeCluster:
             available=2 if self.rollout_completes else 1,
             total=2 if self.rollout_completes else 3,
         )
-        deployed = DeployedModel(self.deployed_uri, None, None) if self.deployed_uri else None
+        deployed = (
+            DeployedModel(self.deployed_uri, None, None, self.deployed_candidate_uri)
+            if self.deployed_uri
+            else None
+        )
         return TargetObservation(True, True, (container,), deployed, progress)
 
     def observe_job(self, namespace: str, name: str, owner_uid: str) -> JobObservation:
@@ -180,9 +186,17 @@ class FakeCluster:
             self.held_pods[pod.name] = pod
         return JobCreation.CREATED
 
-    def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
+    def apply_model(
+        self,
+        namespace: str,
+        deployment: str,
+        container: str,
+        model: ModelRef | None,
+        candidate: StagedCandidate | None = None,
+    ) -> None:
         self._call("apply_model", deployment, model.version if model else None)
         self.deployed_uri = model.uri if model else None
+        self.deployed_candidate_uri = candidate.model.uri if candidate else None
 
     def count_active_retrains(
         self, namespaces: tuple[str, ...], active_jobs: dict[tuple[str, str], str]

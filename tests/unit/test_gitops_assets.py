@@ -36,6 +36,7 @@ from feedbackloop.api import (
     ConditionType,
     Reason,
     RolloutKind,
+    RolloutPhase,
 )
 from feedbackloop.core.decide import decide
 from feedbackloop.core.observations import (
@@ -331,7 +332,7 @@ def test_the_lua_names_only_reasons_and_types_the_operator_has() -> None:
         {reason.value for reason in Reason}
         | {c.value for c in ConditionType}
         | ARGO_HEALTH
-        | {"True", "False", RolloutKind.ROLLBACK.value}
+        | {"True", "False", RolloutKind.ROLLBACK.value, RolloutPhase.STAGING.value}
     )
     literals = set(re.findall(r'"([A-Z][A-Za-z]+)"', HEALTH_LUA.read_text()))
     literals |= set(re.findall(r"^\s+([A-Z][A-Za-z]+) = true,$", HEALTH_LUA.read_text(), re.MULTILINE))

@@ -13,7 +13,7 @@
 --   2. Ready=False (InvalidSpec, Forbidden, PrometheusUnreachable...) -> Degraded
 --   3. spec.suspend                                                   -> Suspended
 --   4. Degraded=True (failed analysis, rollback, progress deadline)   -> Degraded
---   5. a rollout in flight (status.rollout)                           -> Progressing
+--   5. a stage, rollout or rollback in flight (status.rollout)        -> Progressing
 --   6. a retrain in flight (status.activeRetrain or Retraining=True)  -> Progressing
 --   7. Ready not True yet (Initializing)                              -> Progressing
 --   8. otherwise                                                      -> Healthy, naming the served version
@@ -131,6 +131,8 @@ if type(rollout) == "table" then
   local message = "rolling out " .. version
   if rollout.kind == "Rollback" then
     message = "rolling back to " .. version
+  elseif rollout.phase == "Staging" then
+    message = "judging " .. version .. " beside the champion on live labels"
   end
   if text(rollout.phase) ~= nil then
     message = message .. " (" .. rollout.phase .. ")"
@@ -195,6 +197,9 @@ end
 local validated = findCondition(conditions, "Validated")
 if validated ~= nil and validated.status == "False" and validated.reason == "GatesFailed" then
   table.insert(notes, "candidate rejected: " .. explain(validated))
+end
+if rolledOut ~= nil and (rolledOut.reason == "StageLost" or rolledOut.reason == "StageInconclusive") then
+  table.insert(notes, "candidate rejected by its stage: " .. explain(rolledOut))
 end
 if rolledOut ~= nil and (rolledOut.reason == "PromotionRefused" or rolledOut.reason == "RollbackRefused"
     or rolledOut.reason == "ConflictingRequests") then

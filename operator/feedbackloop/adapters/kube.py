@@ -23,6 +23,11 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 from feedbackloop.api import (
     API_VERSION,
     COMPONENT_RETRAIN,
+    ENV_CANDIDATE_MODE,
+    ENV_CANDIDATE_MODEL_SHA256,
+    ENV_CANDIDATE_MODEL_URI,
+    ENV_CANDIDATE_REQUEST_KEY,
+    ENV_CANDIDATE_WEIGHT,
     ENV_MODEL_SHA256,
     ENV_MODEL_URI,
     FIELD_MANAGER,
@@ -37,6 +42,7 @@ from feedbackloop.api import (
     VERSION,
 )
 from feedbackloop.core import contract
+from feedbackloop.core.decision import StagedCandidate
 from feedbackloop.core.lease import LeaseRecord
 from feedbackloop.core.observations import (
     DeployedModel,
@@ -239,11 +245,21 @@ class KubeAdapter:
             uri=env.get(ENV_MODEL_URI),
             sha256=env.get(ENV_MODEL_SHA256),
             version=annotations.get(MODEL_VERSION_ANNOTATION),
+            candidate_uri=env.get(ENV_CANDIDATE_MODEL_URI),
         )
         return TargetObservation(True, True, containers, deployed, _progress(found))
 
-    def apply_model(self, namespace: str, deployment: str, container: str, model: ModelRef | None) -> None:
-        """Server-side apply owning only MODEL_URI, MODEL_SHA256 and the version annotation.
+    def apply_model(
+        self,
+        namespace: str,
+        deployment: str,
+        container: str,
+        model: ModelRef | None,
+        candidate: StagedCandidate | None = None,
+    ) -> None:
+        """Server-side apply owning only MODEL_URI, MODEL_SHA256, a stage's CANDIDATE_* env and the version
+        annotation. Each apply names all the fields we want: what an earlier apply set and this one omits
+        (a finished stage's candidate) is removed.
 
         With `model` None the apply is empty: our fields are released and the Deployment's own env returns.
         """
@@ -256,6 +272,8 @@ class KubeAdapter:
             env = [{"name": ENV_MODEL_URI, "value": model.uri}]
             if model.sha256:
                 env.append({"name": ENV_MODEL_SHA256, "value": model.sha256})
+            if candidate is not None:
+                env.extend({"name": name, "value": value} for name, value in _candidate_env(candidate))
             body["spec"] = {
                 "template": {
                     "metadata": {"annotations": {MODEL_VERSION_ANNOTATION: model.version}},
@@ -616,3 +634,18 @@ def _finished(job: client.V1Job) -> bool:
     if job.metadata.deletion_timestamp is not None:
         return True  # on its way out: it no longer holds a slot
     return job_finished((c.type, c.status) for c in job.status.conditions or [])
+
+
+def _candidate_env(candidate: StagedCandidate) -> list[tuple[str, str]]:
+    """The serving contract's CANDIDATE_* env of a stage (docs/serving.md)."""
+    assert candidate.model.sha256 is not None
+    env = [
+        (ENV_CANDIDATE_MODEL_URI, candidate.model.uri),
+        (ENV_CANDIDATE_MODEL_SHA256, candidate.model.sha256),
+        (ENV_CANDIDATE_MODE, candidate.mode),
+    ]
+    if candidate.weight is not None:
+        env.append((ENV_CANDIDATE_WEIGHT, repr(candidate.weight)))
+    if candidate.request_key is not None:
+        env.append((ENV_CANDIDATE_REQUEST_KEY, candidate.request_key))
+    return env

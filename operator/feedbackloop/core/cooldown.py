@@ -28,7 +28,7 @@ UNSUCCESSFUL_OUTCOMES = frozenset(
     }
 )
 # Still on its way (a candidate awaiting its gates, a rollout): neither counts nor resets.
-IN_FLIGHT_OUTCOMES = frozenset({Outcome.RETRAINED, Outcome.ROLLING_OUT})
+IN_FLIGHT_OUTCOMES = frozenset({Outcome.RETRAINED, Outcome.STAGING, Outcome.ROLLING_OUT})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from feedbackloop.core.retrain import consider_retrain, follow_retrain
 from feedbackloop.core.rollout import follow_rollout
 from feedbackloop.core.served import follow_served_model
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
+from feedbackloop.core.stage import follow_stage
 from feedbackloop.core.status import Evaluation, FeedbackLoopStatus
 
 
@@ -57,7 +58,9 @@ def decide(loop: LoopState, observed: Observations, policy: OperatorPolicy, now:
     # Before the rollout moves on: the brake wins over a measurement taken in the same reconcile.
     aborted = handle_abort(draft, spec, namespace, observed)
     if loop.status.rollout is not None:
-        if not aborted:
+        if not aborted and loop.status.rollout.phase is RolloutPhase.STAGING:
+            follow_stage(draft, spec, namespace, observed.target, observed.stage)
+        elif not aborted:
             follow_rollout(draft, spec, namespace, observed, evaluation)
             if draft.status.rollout is None:
                 follow_served_model(draft, spec, loop.ref, observed, rollout_ended=True)
@@ -91,6 +94,8 @@ def loop_phase(status: FeedbackLoopStatus, spec: FeedbackLoopSpec) -> LoopPhase:
         return LoopPhase.SUSPENDED
     if status.rollout is not None:
         match status.rollout.phase:
+            case RolloutPhase.STAGING:
+                return LoopPhase.STAGING
             case RolloutPhase.PROGRESSING:
                 return LoopPhase.ROLLING_OUT
             case RolloutPhase.ANALYZING:

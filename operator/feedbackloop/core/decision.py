@@ -24,13 +24,25 @@ class CreateJob:
 
 
 @dataclass(frozen=True)
+class StagedCandidate:
+    """A Shadow or Split stage's candidate, served beside the champion (CANDIDATE_* env, docs/serving.md)."""
+
+    model: ModelRef
+    mode: str  # shadow or split
+    weight: float | None = None  # split only
+    request_key: str | None = None  # split only
+
+
+@dataclass(frozen=True)
 class ApplyModel:
-    """Server-side apply of the model env and version annotation; model None releases our fields."""
+    """Server-side apply of the model env and version annotation; model None releases our fields. Every apply
+    names all our fields, so one without a candidate removes the CANDIDATE_* env a stage had added."""
 
     namespace: str
     deployment: str
     container: str
     model: ModelRef | None
+    candidate: StagedCandidate | None = None
 
 
 Action = CreateJob | ApplyModel
@@ -87,6 +99,14 @@ class RolloutFinished:
     outcome: Outcome
 
 
+@dataclass(frozen=True)
+class StageFinished:
+    """A Shadow or Split stage ended: Win, Lose, Inconclusive, or Aborted (by hand or a failure)."""
+
+    strategy: str
+    verdict: str
+
+
 Transition = (
     MetricEvaluated
     | RetrainStarted
@@ -95,6 +115,7 @@ Transition = (
     | RolloutStarted
     | RollbackStarted
     | RolloutFinished
+    | StageFinished
 )
 
 

@@ -22,12 +22,11 @@ from feedbackloop.api import (
     GateVerdict,
     Outcome,
     Reason,
-    RolloutKind,
 )
 from feedbackloop.core.decision import GateChecked
 from feedbackloop.core.draft import Draft
-from feedbackloop.core.rollout import start_rollout
 from feedbackloop.core.spec import FeedbackLoopSpec, Gate, Mode, Task
+from feedbackloop.core.stage import begin_promotion
 from feedbackloop.core.status import GateResult, ModelRef
 
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
@@ -296,7 +295,7 @@ def validate_candidate(draft: Draft, spec: FeedbackLoopSpec, namespace: str) -> 
         model = ModelRef(
             version=candidate.version, uri=candidate.uri, sha256=candidate.sha256, metrics=candidate.metrics
         )
-        start_rollout(draft, spec, namespace, model, RolloutKind.PROMOTION, candidate.trigger)
+        begin_promotion(draft, spec, namespace, model, candidate.trigger)
         return
     draft.status.recommended_version = candidate.version
     draft.update_history(candidate.version, lambda e: replace(e, outcome=Outcome.RECOMMENDED))

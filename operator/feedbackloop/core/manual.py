@@ -30,6 +30,7 @@ from feedbackloop.core.observations import ArtifactCheck, Observations
 from feedbackloop.core.requests import Pending, is_handled, pending_request, quoted, request_id
 from feedbackloop.core.rollout import start_rollout, stop_rollout
 from feedbackloop.core.spec import FeedbackLoopSpec, Mode
+from feedbackloop.core.stage import begin_promotion
 from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, RolloutState
 
 
@@ -235,7 +236,7 @@ def _promote(draft: Draft, spec: FeedbackLoopSpec, namespace: str, version: str)
         _refuse(draft, Reason.PROMOTION_REFUSED, f"promote {version}: refused, {refusal}")
         return
     model = ModelRef(version=version, uri=candidate.uri, sha256=candidate.sha256, metrics=candidate.metrics)
-    start_rollout(draft, spec, namespace, model, RolloutKind.PROMOTION, Trigger.MANUAL_PROMOTE)
+    begin_promotion(draft, spec, namespace, model, Trigger.MANUAL_PROMOTE)
 
 
 def _rollback_to(

@@ -75,6 +75,7 @@ class DeployedModel:
     uri: str | None
     sha256: str | None
     version: str | None
+    candidate_uri: str | None = None  # CANDIDATE_MODEL_URI: a Shadow or Split stage's candidate
 
 
 @dataclass(frozen=True)
@@ -200,3 +201,5 @@ class Observations:
     abort_request: str | None = None  # feedbackloop.dev/abort
     request_token: str | None = None  # feedbackloop.dev/requested-at: makes the same value a new request
     rollback_artifacts: ArtifactObservation | None = None  # the verified manifest of the rollback-to version
+    # A Shadow or Split stage's counts by name (core.stage); None: no read was due.
+    stage: tuple[tuple[str, QueryResult], ...] | None = None

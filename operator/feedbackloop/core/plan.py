@@ -10,10 +10,11 @@ from feedbackloop.core.allowlist import choose_prometheus
 from feedbackloop.core.cadence import probe_due
 from feedbackloop.core.loop import LoopState, OperatorPolicy
 from feedbackloop.core.monitoring import evaluation_due
-from feedbackloop.core.promql import RenderedQuery, render_queries
+from feedbackloop.core.promql import RenderedQuery, UnsafeQueryError, render_queries
 from feedbackloop.core.readiness import not_allowed, runtime_spec_errors
 from feedbackloop.core.requests import Pending, pending_request
 from feedbackloop.core.spec import Mode
+from feedbackloop.core.stage import StageQuery, read_due, stage_queries
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ObservationPlan:
     rollback_uri: str | None = None  # a rollback-to request: verify that version's artifacts
     rollback_version: str | None = None
     prometheus_url: str = ""  # the allowed URL the queries and the probe go to
+    stage_queries: tuple[StageQuery, ...] | None = None  # a Shadow or Split stage's counts are due
 
 
 def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationPlan:
@@ -83,4 +85,12 @@ def plan(loop: LoopState, policy: OperatorPolicy, now: datetime) -> ObservationP
         rollback_uri=rollback_uri,
         rollback_version=rollback_version if rollback_uri else None,
         prometheus_url=choose_prometheus(spec.prometheus.url, policy.prometheus_urls).url or "",
+        stage_queries=_stage_queries(loop, now) if read_due(rollout, now) else None,
     )
+
+
+def _stage_queries(loop: LoopState, now: datetime) -> tuple[StageQuery, ...]:
+    try:
+        return stage_queries(loop, now)
+    except UnsafeQueryError:
+        return ()  # a version no query may carry (a status edited by hand): no counts, so no win

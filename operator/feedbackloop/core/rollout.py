@@ -31,11 +31,13 @@ from feedbackloop.core.decision import (
     RollbackStarted,
     RolloutFinished,
     RolloutStarted,
+    StageFinished,
 )
 from feedbackloop.core.draft import Draft
 from feedbackloop.core.durations import format_duration
 from feedbackloop.core.observations import Observations, TargetObservation
 from feedbackloop.core.spec import FeedbackLoopSpec
+from feedbackloop.core.stage_verdict import StageVerdict
 from feedbackloop.core.status import Evaluation, HistoryEntry, ModelRef, RolloutState
 
 
@@ -102,12 +104,13 @@ def follow_rollout(
         return
     if not target.deployment_found or not target.container_found:
         # Applying now would create a stub Deployment or container; stop and say why instead.
-        _abort_rollout(draft, rollout, f"Deployment {spec.target.deployment}/{spec.target.container} is gone")
+        abort_rollout(draft, rollout, f"Deployment {spec.target.deployment}/{spec.target.container} is gone")
         return
     wanted = rollout.previous if rollout.phase is RolloutPhase.ROLLING_BACK else rollout.model
     deployed_uri = target.deployed.uri if target.deployed else None
+    staged = target.deployed.candidate_uri if target.deployed else None
     progress = target.progress
-    if deployed_uri != (wanted.uri if wanted else None):
+    if deployed_uri != (wanted.uri if wanted else None) or staged is not None:
         draft.actions.append(_apply(spec, namespace, wanted))  # not applied yet, or changed by someone
     elif progress is not None and progress.complete:
         _available(draft, spec, rollout)
@@ -292,11 +295,20 @@ def stop_rollout(
     draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.ROLLING_BACK, rolling_back)
     draft.update_history(rollout.version, lambda e: replace(e, reason=Reason.ABORTED, message=why))
     draft.record(RollbackStarted(Reason.ABORTED))
+    if rollout.phase is RolloutPhase.STAGING and rollout.stage is not None:
+        draft.record(StageFinished(rollout.stage.strategy, Reason.ABORTED))
 
 
 def _rolled_back(draft: Draft, rollout: RolloutState) -> None:
     target = rollout.previous.version if rollout.previous else "the Deployment's own env"
     draft.status.rollout = None
+    stage = rollout.stage
+    if stage is not None and stage.verdict != StageVerdict.WIN and rollout.reason != Reason.ABORTED:
+        # A stage's loser never served a request alone: the champion did, and still does.
+        message = f"{rollout.version} removed from beside {target}, which serves on ({rollout.reason})"
+        draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason(rollout.reason), message)
+        _finish(draft, rollout, Outcome.REJECTED)
+        return
     message = f"{rollout.version} rolled back to {target}"
     draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.ROLLED_BACK, message)
     draft.event(EventType.WARNING, Reason.ROLLED_BACK, f"{message} ({rollout.reason})")
@@ -316,7 +328,7 @@ def _rollback_failed(draft: Draft, rollout: RolloutState, why: str) -> None:
     _finish(draft, rollout, Outcome.ROLLBACK_FAILED)
 
 
-def _abort_rollout(draft: Draft, rollout: RolloutState, why: str) -> None:
+def abort_rollout(draft: Draft, rollout: RolloutState, why: str) -> None:
     draft.status.rollout = None
     draft.condition(
         ConditionType.ROLLED_OUT, ConditionStatus.FALSE, Reason.TARGET_NOT_FOUND, f"{rollout.version}: {why}"

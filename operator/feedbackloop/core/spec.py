@@ -280,10 +280,42 @@ class AnalysisSpec(ApiModel):
     max_wait: Duration = DEFAULT_ANALYSIS_MAX_WAIT
 
 
+class RolloutStrategy(enum.StrEnum):
+    REPLACE = "Replace"  # the candidate replaces the champion, then post-rollout analysis
+    SHADOW = "Shadow"  # first scored beside the champion on every request, answering none
+    SPLIT = "Split"  # first answering a stable share of requests (A/B)
+
+
+# An HTTP header name of letters, digits and dashes, as the reference server's CANDIDATE_REQUEST_KEY takes it.
+REQUEST_KEY_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
+
+
+class StageSpec(ApiModel):
+    """A Shadow or Split stage: judged once, at minSamples labels per model or at maxDuration."""
+
+    min_samples: int = Field(default=500, ge=10, le=10_000_000)
+    max_duration: Duration = timedelta(hours=2)
+    # How often the stage's counts are read (status shows them live); the verdict is taken once.
+    interval: Duration = timedelta(minutes=1)
+    significance: float = Field(default=0.05, gt=0, lt=0.5)
+    weight: float = Field(default=0.1, gt=0, lt=1)  # Split: the candidate's share of requests
+    request_key: str | None = Field(default=None, pattern=REQUEST_KEY_PATTERN)  # Split: a header name
+    # The labels that select the server's contract series; unset: spec.monitoring.labels.
+    labels: dict[str, str] | None = None
+
+
 class RolloutSpec(ApiModel):
+    strategy: RolloutStrategy = RolloutStrategy.REPLACE
+    stage: StageSpec = Field(default_factory=StageSpec)
     progress_deadline: Duration = timedelta(minutes=10)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     rollback_on_failure: bool = True
+
+    @model_validator(mode="after")
+    def _split_only(self) -> RolloutSpec:
+        if self.stage.request_key is not None and self.strategy is not RolloutStrategy.SPLIT:
+            raise ValueError("rollout.stage.requestKey applies to strategy Split only")
+        return self
 
 
 class FeedbackLoopSpec(ApiModel):

@@ -147,6 +147,7 @@ class HistoryEntry:
     sha256: str | None = None
     manifest_sha256: str | None = None
     reused_version: str | None = None  # the earlier version whose model this one is (retrain.reuse)
+    stage: str | None = None  # a Shadow or Split stage's verdict in one line, when it had one
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
@@ -172,6 +173,28 @@ class Measurement:
 
 
 @dataclass(frozen=True, kw_only=True, config=API_CONFIG)
+class StageState:
+    """A Shadow or Split stage: the candidate beside the champion, on the same traffic and ground truth."""
+
+    strategy: str  # Shadow or Split
+    champion: str  # the champion's version
+    weight: float | None = None  # Split: the candidate's share of requests
+    live_since: datetime | None = None  # the Deployment became available with both models
+    deadline: datetime | None = None  # live_since + maxDuration: the verdict comes then at the latest
+    read_at: datetime | None = None  # when the counts below were read
+    champion_labels: int = 0
+    candidate_labels: int = 0
+    champion_answers: int | None = None  # Split: requests each model answered
+    candidate_answers: int | None = None
+    champion_value: float | None = None  # the primary metric: accuracy, or rmse
+    candidate_value: float | None = None
+    test: str | None = None  # McNemar, TwoProportionZ, PairedT, WelchT
+    p_value: float | None = None
+    verdict: str | None = None  # Win, Lose or Inconclusive, once judged
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, config=API_CONFIG)
 class RolloutState:
     """A model version being rolled out to the Deployment, watched, or rolled back."""
 
@@ -192,6 +215,9 @@ class RolloutState:
     # a version outside its threshold but not worse than these is kept (docs/policy.md).
     previous_values: dict[str, float] = Field(default_factory=dict)
     previous_evaluated_at: datetime | None = None
+    stage: StageState | None = (
+        None  # the Shadow or Split stage before this promotion, if the strategy has one
+    )
 
     @property
     def model(self) -> ModelRef:

@@ -13,6 +13,7 @@ from feedbackloop.core.status import (
     FeedbackLoopStatus,
     HistoryEntry,
     ModelRef,
+    StageState,
     ThresholdStatus,
     parse_status,
 )
@@ -274,8 +275,42 @@ def _in_flight(status: FeedbackLoopStatus, now: datetime) -> list[str]:
             f"{len(rollout.measurements)} analysis measurements, "
             f"started {human_age(rollout.started_at, now)} ago"
         )
+        if rollout.stage is not None:
+            lines.extend(_stage(rollout.stage, rollout.version, now))
     if status.waiting_reason:
         lines.append(f"Waiting:  {one_line(status.waiting_reason)}")
+    return lines
+
+
+def _stage(stage: StageState, candidate: str, now: datetime) -> list[str]:
+    """A Shadow or Split stage as it runs: labels so far, the current estimate, the time left."""
+
+    def value(number: float | None) -> str:
+        return NONE if number is None else f"{number:.4g}"
+
+    if stage.live_since is None:
+        clock = "waiting for the Deployment to serve both models"
+    elif stage.verdict is not None:
+        clock = f"verdict {stage.verdict}"
+    elif stage.deadline is not None and stage.deadline > now:
+        clock = f"{human_age(now, stage.deadline)} left at most"
+    else:
+        clock = "verdict due"
+    lines = [
+        f"  Stage:  {stage.strategy}, {candidate} beside {stage.champion}, {clock}",
+        f"    Labels:  candidate {stage.candidate_labels}, champion {stage.champion_labels}",
+        f"    Estimate:  candidate {value(stage.candidate_value)}, champion {value(stage.champion_value)} "
+        f"({stage.test or NONE}, p={value(stage.p_value)})",
+    ]
+    if stage.candidate_answers is not None and stage.champion_answers is not None:
+        answered = stage.candidate_answers + stage.champion_answers
+        share = f"{stage.candidate_answers / answered:.3f}" if answered else NONE
+        lines.append(
+            f"    Answers:  candidate {stage.candidate_answers}, champion {stage.champion_answers} "
+            f"(candidate share {share}, weight {value(stage.weight)})"
+        )
+    if stage.message:
+        lines.append(f"    Message:  {one_line(stage.message)}")
     return lines
 
 

@@ -179,6 +179,7 @@ class ModelServer:
                 initializer=threadpool_limits,
                 initargs=(1,),
             )
+        self._start_stage_series(candidate, settings.mode)
         self.metrics.candidate_info.labels(
             candidate.name, candidate.version, settings.mode, candidate.sha256
         ).set(1)
@@ -193,6 +194,33 @@ class ModelServer:
             if settings.mode == CANDIDATE_MODE_SPLIT
             else "scores every request in the shadow of the champion",
         )
+
+    def _start_stage_series(self, candidate: LoadedModel, mode: str) -> None:
+        """Every series a stage's verdict reads exists at 0 from the candidate's load: Prometheus's increase()
+        cannot count what a series gained before its first scrape."""
+        champion = self.model
+        assert champion is not None
+        regression = champion.task == "regression"
+        if mode != CANDIDATE_MODE_SPLIT:
+            pair = (champion.name, candidate.version, champion.version)
+            if regression:
+                self.metrics.shadow_feedback.labels(*pair, "paired")
+                self.metrics.shadow_squared_error.labels(*pair, ROLE_CHAMPION)
+                self.metrics.shadow_squared_error.labels(*pair, ROLE_CANDIDATE)
+                self.metrics.shadow_squared_error_difference_squared.labels(*pair)
+            else:
+                for outcome in ("both", "champion_only", "candidate_only", "neither"):
+                    self.metrics.shadow_feedback.labels(*pair, outcome)
+            return
+        for version, role in ((champion.version, ROLE_CHAMPION), (candidate.version, ROLE_CANDIDATE)):
+            labels = (champion.name, version, role)
+            self.metrics.predictions.labels(*labels)
+            self.metrics.feedback.labels(*labels)
+            if regression:
+                self.metrics.feedback_squared_error.labels(*labels)
+                self.metrics.feedback_fourth_power_error.labels(*labels)
+            else:
+                self.metrics.feedback_correct.labels(*labels)
 
     def _serve(self, model: LoadedModel) -> None:
         self.requests = RequestModels(

@@ -397,12 +397,16 @@ def _estimate(spec: FeedbackLoopSpec, stage: StageState) -> str:
 
 def _summary(spec: FeedbackLoopSpec, stage: StageState, result: StageResult) -> str:
     metric = _metric_name(spec)
-    return (
+    summary = (
         f"{stage.strategy} {result.verdict}: {metric} {_value(stage.candidate_value)} (candidate, "
         f"{result.candidate_labels} labels) vs {_value(stage.champion_value)} ({stage.champion}, "
         f"{result.champion_labels} labels), {result.test} p={_value(stage.p_value)} at significance "
         f"{spec.rollout.stage.significance:g}"
     )
+    if stage.candidate_answers is not None and stage.champion_answers is not None:
+        answered = stage.candidate_answers + stage.champion_answers
+        summary += f"; the candidate answered {stage.candidate_answers} of {answered} requests"
+    return summary
 
 
 def _running(draft: Draft, spec: FeedbackLoopSpec, version: str, stage: StageState, detail: str) -> None:

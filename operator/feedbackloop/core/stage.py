@@ -116,9 +116,8 @@ def begin_promotion(
     message = f"{described} of {model.version} beside {champion.version}: waiting for the Deployment"
     draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.UNKNOWN, Reason.STAGE_PROGRESSING, message)
     draft.event(EventType.NORMAL, Reason.STAGE_STARTED, f"{described} of {model.version} started")
-    draft.update_history(
-        model.version, lambda e: replace(e, outcome=Outcome.STAGING, rollout_started_at=draft.now)
-    )
+    # No rolloutStartedAt yet: in its stage the candidate answers nobody (Shadow) or a few (Split).
+    draft.update_history(model.version, lambda e: replace(e, outcome=Outcome.STAGING))
     draft.record(RolloutStarted(RolloutKind.PROMOTION))
 
 

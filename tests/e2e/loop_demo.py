@@ -117,7 +117,7 @@ class World:
             noise = self.rng.random(n) < 0.03
             labels = (churn ^ noise).astype(int)
             if self.poisoned and drifted is None:
-                labels = self.rng.integers(0, 2, n)
+                labels = 1 - labels  # a buggy labeller: every label inverted
         frame = pd.DataFrame({"tenure": tenure, "monthly": monthly, "plan": plan, "region": region})
         return frame, labels
 
@@ -376,6 +376,9 @@ def loop_spec(endpoints: harness.Endpoints) -> dict[str, Any]:
                 ]
             },
             "rollout": {
+                # Judged beside the champion on live labels before any user is served by it.
+                "strategy": "Shadow",
+                "stage": {"minSamples": 150, "maxDuration": "3m", "interval": "10s", "significance": 0.01},
                 "progressDeadline": "2m",
                 "analysis": {
                     "interval": "10s",
@@ -456,6 +459,7 @@ class Watcher(threading.Thread):
         self._last_metrics = 0.0
         self._conditions: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, str] = {}
+        self._stages: dict[str, str] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -480,6 +484,7 @@ class Watcher(threading.Thread):
                     f"{condition['type']}={condition['status']} {condition.get('reason', '')}: "
                     f"{condition.get('message', '')[:140]}"
                 )
+        self._follow_stage(status)
         for job in self.batch.list_namespaced_job(NAMESPACE).items:
             state = "Complete" if job.status.succeeded else "Failed" if job.status.failed else "Running"
             if self._jobs.get(job.metadata.name) != state:
@@ -489,6 +494,29 @@ class Watcher(threading.Thread):
         if now - self._last_metrics >= 5:
             self._last_metrics = now
             self._sample(status)
+
+    def _follow_stage(self, status: dict[str, Any]) -> None:
+        """The stage's counts as the operator reads them, and its start and verdict as timeline marks."""
+        rollout = status.get("rollout") or {}
+        stage, version = rollout.get("stage") or {}, rollout.get("version", "?")
+        if not stage:
+            return
+        key = f"{version}:{stage.get('strategy')}"
+        if key not in self._stages:
+            self._stages[key] = ""
+            self.timeline.mark(f"{version}: {stage.get('strategy')} stage beside {stage.get('champion')}")
+        if stage.get("verdict") and self._stages[key] != "judged":
+            self._stages[key] = "judged"
+            self.timeline.mark(f"{version} stage: {stage['verdict']}")
+            self.timeline.line(f"{version} stage verdict: {stage.get('message', '')}")
+        elif stage.get("readAt") and self._stages[key] != stage["readAt"] and not stage.get("verdict"):
+            self._stages[key] = stage["readAt"]
+            self.timeline.line(
+                f"{version} stage so far: {stage.get('candidateLabels', 0)} labels each; accuracy "
+                f"{stage.get('candidateValue', float('nan')):.3f} ({version}) vs "
+                f"{stage.get('championValue', float('nan')):.3f} ({stage.get('champion')}), "
+                f"{stage.get('test')} p={stage.get('pValue', float('nan')):.3g} (not yet a verdict)"
+            )
 
     def _sample(self, status: dict[str, Any]) -> None:
         query = (
@@ -725,15 +753,23 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                 )
                 time.sleep(plan.after_rollout_s)
 
-                # Act 2: poisoned feedback and a manual retrain.
+                # Act 2: a buggy labeller inverts every label; a retrain is asked for; the labeller is fixed.
                 world.poisoned = True
-                timeline.mark("feedback poisoned (labels are coin flips)")
+                timeline.mark("labeller broken: every label inverted")
                 time.sleep(plan.poison_s)
                 client.CustomObjectsApi(api).patch_namespaced_custom_object(
                     GROUP, VERSION, NAMESPACE, PLURAL, LOOP,
                     {"metadata": {"annotations": {RETRAIN_REQUEST_ANNOTATION: "poisoned-1"}}},
                 )  # fmt: skip
                 timeline.mark("manual retrain requested")
+                wait_for(
+                    "the retrain Job v3",
+                    lambda: status().get("retrainCount", 0) >= 2,
+                    plan.act_timeout_s,
+                    timeline,
+                )
+                world.poisoned = False
+                timeline.mark("labeller fixed")
                 verdict = wait_for(
                     "the poisoned candidate's verdict",
                     lambda: next(
@@ -741,7 +777,7 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
                             h
                             for h in status().get("history", [])
                             if h["version"] == "v3"
-                            and h.get("outcome") not in (None, "Retrained", "RollingOut")
+                            and h.get("outcome") not in (None, "Retrained", "Staging", "RollingOut")
                         ),
                         None,
                     ),
@@ -805,6 +841,9 @@ def run(plan: Plan, out: Path, say: Callable[[str], None] = print) -> Result:
         "breach_to_job_s": seconds_between(breach, v2.get("startedAt")),
         "job_to_rollout_s": seconds_between(v2.get("startedAt"), v2.get("rolloutStartedAt")),
         "rollout_to_analysis_passed_s": seconds_between(v2.get("rolloutStartedAt"), v2.get("finishedAt")),
+        "v2_stage": v2.get("stage"),
+        "v3_rejected_by": v3.get("reason"),
+        "v3_stage": v3.get("stage"),
         "traffic_errors": traffic.errors,
         "replicas": plan.replicas,
         "server_pods_used": len(traffic.pods_seen),
@@ -831,6 +870,9 @@ def print_summary(result: Result, out: Path) -> None:
             f"{entry['version']:<8} {entry.get('outcome', ''):<12} {entry.get('trigger', ''):<9} "
             f"{entry.get('gates', '')!s:<7} {entry.get('analysis', '')!s:<9} {entry.get('message', '')[:90]}"
         )
+    for entry in status.get("history", []):
+        if entry.get("stage"):
+            print(f"\n{entry['version']} stage: {entry['stage']}")
     candidate = status.get("candidateModel", {})
     if candidate.get("version") == "v3":
         print("\nwhy v3 was rejected (status.candidateModel.gates):")

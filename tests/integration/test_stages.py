@@ -126,7 +126,7 @@ def loop_spec(namespace: str, v2_uri: str, store: ArtifactStore, rollout: dict[s
     return {
         "mode": "Auto",
         "target": {"deployment": SERVER, "container": "server"},
-        "prometheus": {"url": "", "timeout": "5s"},
+        "prometheus": {"timeout": "5s"},  # the first allowed URL: the harness's Prometheus
         "monitoring": {
             "interval": "10s",
             "labels": {"model": SERVER},
@@ -142,8 +142,10 @@ def loop_spec(namespace: str, v2_uri: str, store: ArtifactStore, rollout: dict[s
         "validation": {"gates": [{"metric": "accuracy", "min": 0.5}]},
         "rollout": {
             "progressDeadline": "120s",
-            "analysis": {"interval": "10s", "count": 1, "maxWait": "0s", "inconclusiveLimit": 1},
+            "analysis": {"interval": "10s", "count": 1, "maxWait": "1m", "inconclusiveLimit": 1},
             **rollout,
+            # The test's own pods: an earlier test's series (same model and versions) may still be in range.
+            "stage": {**rollout["stage"], "labels": {"model": SERVER, "namespace": namespace}},
         },
     }
 
@@ -224,7 +226,10 @@ def stage(
             "metadata": {"name": LOOP, "annotations": {RETRAIN_REQUEST_ANNOTATION: "stage"}},
             "spec": loop_spec(namespace, v2_uri, store, rollout),
         }
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(loop))
+        applied = cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input_text=json.dumps(loop), check=False
+        )
+        assert applied.returncode == 0, applied.stderr
         return Stage(cluster, namespace, traffic, operator)
 
     yield start
@@ -253,7 +258,17 @@ def assert_champion_answered_throughout(stage: Stage, staged_from: float) -> Non
     )
 
 
-SHADOW = {"minSamples": 150, "maxDuration": "4m", "interval": "10s", "significance": 0.05}
+def judged(summary: str) -> tuple[tuple[float, int], tuple[float, int]]:
+    """(accuracy, labels) of the candidate and of the champion, from a stage's verdict line."""
+    found = re.search(
+        r"accuracy ([0-9.]+) \(candidate, (\d+) labels\) vs ([0-9.]+) \(v1, (\d+) labels\)", summary
+    )
+    assert found is not None, summary
+    return (float(found[1]), int(found[2])), (float(found[3]), int(found[4]))
+
+
+MIN_SAMPLES = 150
+SHADOW = {"minSamples": MIN_SAMPLES, "maxDuration": "4m", "interval": "10s", "significance": 0.05}
 
 
 def test_a_truly_better_candidate_wins_its_shadow_stage_and_is_promoted(stage: Callable[..., Stage]) -> None:
@@ -266,6 +281,9 @@ def test_a_truly_better_candidate_wins_its_shadow_stage_and_is_promoted(stage: C
     staged_from = time.time()
     entry = wait_history(running, lambda e: e.get("outcome") == "RolledOut")
     assert entry["stage"].startswith("Shadow Win: accuracy"), entry
+    candidate, champion = judged(entry["stage"])
+    assert candidate[1] >= MIN_SAMPLES and champion[1] == candidate[1]  # paired: the same labels
+    assert candidate[0] > 0.8 > 0.3 > champion[0], entry["stage"]
     status = running.loop()["status"]
     assert status["currentModel"]["version"] == "v2"
     assert ENV_CANDIDATE_MODEL_URI not in running.env()
@@ -283,6 +301,9 @@ def test_a_truly_worse_candidate_loses_and_never_answers_a_request(stage: Callab
     staged_from = time.time()
     entry = wait_history(running, lambda e: e.get("outcome") == "Rejected")
     assert (entry["reason"], entry["stage"].split(":")[0]) == ("StageLost", "Shadow Lose"), entry
+    candidate, champion = judged(entry["stage"])
+    assert candidate[1] >= MIN_SAMPLES
+    assert champion[0] > 0.8 > 0.3 > candidate[0], entry["stage"]
     status = running.loop()["status"]
     assert status["currentModel"]["version"] == "v1"
     assert "v2" in status["rejectedVersions"]

@@ -9,11 +9,14 @@ operator, the model server (feedbackloop-serve) and the trainer (feedbackloop-tr
 Act 1. Model v1 is trained on the initial concept and served. Traffic and delayed ground truth flow. At a
 known time the world drifts (seeded): monthly prices rise from N(60, 15) to N(85, 8), and price-sensitive
 customers (monthly > 80 and tenure < 48) now churn. v1's accuracy falls below the threshold; after `for` the
-operator launches a retrain Job (the real trainer on training data plus recent feedback), the gates pass, v2
-rolls out, analysis passes, and accuracy recovers.
+operator launches a retrain Job (the real trainer on training data plus recent feedback), the gates pass, and
+v2 goes through a Shadow stage: served beside v1, scoring every request without answering, judged on the same
+live labels (McNemar). It wins, rolls out, analysis passes, and accuracy recovers.
 
-Act 2. The feedback is poisoned on purpose (labels become coin flips). A manual retrain produces a candidate
-that fails its gates; it is never rolled out and the Deployment keeps v2.
+Act 2. A buggy labeller inverts every label for longer than the feedback window; a retrain is requested by
+hand, then the labeller is fixed. The candidate v3 learned the inverted labels and passes its offline gates
+(its holdout comes from the same feedback: the gates' blind spot). Its Shadow stage, on fresh labels, refuses
+it before any user is served by it; the Deployment keeps v2.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class Plan:
     label_delay_s: float = 2.0
     before_drift_s: float = 75.0
     after_rollout_s: float = 30.0
-    # Longer than feedbackWindow: the poisoned candidate trains and is judged on poisoned feedback only.
+    # Longer than feedbackWindow: the poisoned candidate trains and is gated on inverted feedback only.
     poison_s: float = 55.0
     act_timeout_s: float = 360.0
     training_rows: int = 1500

@@ -1,5 +1,6 @@
-"""The whole loop, shortened: drift → breach → one retrain Job → gates → rollout → analysis; then a poisoned
-candidate refused by its gates. The same scenario as `make demo` (tests/e2e/loop_demo.py)."""
+"""The whole loop, shortened: drift → breach → one retrain Job → gates → Shadow stage → rollout → analysis;
+then a candidate trained on inverted labels passes its gates and is refused by its Shadow stage. The same
+scenario as `make demo` (tests/e2e/loop_demo.py)."""
 
 from __future__ import annotations
 
@@ -49,13 +50,25 @@ def test_the_loop_closes_and_a_poisoned_candidate_is_refused(tmp_path: Path) -> 
     assert status["currentModel"]["version"] == "v2"
     assert status["rejectedVersions"] == ["v3"]
 
-    # The poisoned candidate failed the absolute accuracy gate; it never reached the Deployment.
-    gates = {(g["metric"], g.get("verdict")) for g in status["candidateModel"]["gates"]}
-    assert ("accuracy", "Failed") in gates, status["candidateModel"]
+    # v2 won its Shadow stage on live labels before it replaced v1.
+    assert v2["stage"].startswith("Shadow Win: accuracy"), v2
+    # The candidate trained on inverted labels passed its offline gates (its holdout came from the same
+    # feedback), and lost its Shadow stage on fresh labels: no user was ever served by it.
+    assert (v3["gates"], v3["reason"]) == ("Passed", "StageLost"), v3
+    assert v3["stage"].startswith("Shadow Lose: accuracy"), v3
+    assert "rolloutStartedAt" not in v3
     assert result.deployment_version == "v2"
 
     reasons = {event["reason"] for event in result.events}
-    assert {"RetrainStarted", "GatesPassed", "AnalysisSuccessful", "GatesFailed"} <= reasons, reasons
+    expected = {
+        "RetrainStarted",
+        "GatesPassed",
+        "StageStarted",
+        "StageWon",
+        "AnalysisSuccessful",
+        "StageLost",
+    }
+    assert expected <= reasons, reasons
 
     # Two replicas behind round-robin, each label sent to a random one: every label joined, no request lost,
     # through a rollout of both pods.

@@ -32,7 +32,8 @@ from feedbackloop.core.observations import (
 )
 from feedbackloop.core.plan import plan
 from feedbackloop.core.spec import SpecError, parse_spec
-from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, StageState
+from feedbackloop.core.status import FeedbackLoopStatus, ModelRef, StageState, to_status_dict
+from feedbackloop.kubectl_plugin.render import describe_text
 
 V2 = ModelRef(version="v2", uri=V2_URI, sha256="2" * 64, metrics={"accuracy": 0.9})
 STAGE = {"minSamples": 200, "maxDuration": "1h", "interval": "1m", "significance": 0.05}
@@ -334,3 +335,29 @@ def test_a_request_key_outside_split_is_a_spec_error_naming_the_field() -> None:
         parse_spec(shadow_spec(**{"rollout.stage.requestKey": "X-User"}))
     with pytest.raises(SpecError, match=r"spec\.rollout\.stage\.requestKey"):
         parse_spec(split_spec(**{"rollout.stage.requestKey": "X User"}))
+
+
+def test_describe_shows_the_stage_live_labels_estimate_and_time_left() -> None:
+    status = staging(
+        strategy="Split",
+        weight=0.2,
+        read_at=T0 + timedelta(minutes=10),
+        champion_labels=400,
+        candidate_labels=96,
+        champion_answers=4000,
+        candidate_answers=1000,
+        champion_value=0.7,
+        candidate_value=0.9,
+        test="TwoProportionZ",
+        p_value=0.0004,
+    )
+    body = {
+        "metadata": {"name": "churn", "namespace": "ml"},
+        "spec": split_spec(),
+        "status": to_status_dict(status),
+    }
+    text = describe_text(body, T0 + timedelta(minutes=12))
+    assert "  Stage:  Split, v2 beside v1, 48m left at most" in text
+    assert "    Labels:  candidate 96, champion 400" in text
+    assert "    Estimate:  candidate 0.9, champion 0.7 (TwoProportionZ, p=0.0004)" in text
+    assert "    Answers:  candidate 1000, champion 4000 (candidate share 0.200, weight 0.2)" in text

@@ -411,7 +411,8 @@ def _summary(spec: FeedbackLoopSpec, stage: StageState, result: StageResult) -> 
 def _running(draft: Draft, spec: FeedbackLoopSpec, version: str, stage: StageState, detail: str) -> None:
     left = ""
     if stage.deadline is not None:
-        left = f"; verdict by {stage.deadline.isoformat().replace('+00:00', 'Z')} at the latest"
+        deadline = stage.deadline.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        left = f"; verdict by {deadline} at the latest"
     message = f"{_describe_strategy(spec)} of {version}: {detail}{left}"
     draft.condition(ConditionType.ROLLED_OUT, ConditionStatus.UNKNOWN, Reason.STAGE_RUNNING, message)
 

@@ -181,6 +181,14 @@ def test_minimal_observe_loop_gets_nested_defaults(cluster: harness.Cluster, nam
     assert spec["monitoring"]["labels"] == {}
     assert spec["validation"] == {"customMetrics": [], "gates": []}
     assert spec["rollout"] == {
+        "strategy": "Replace",
+        "stage": {
+            "minSamples": 500,
+            "maxDuration": "2h",
+            "interval": "1m",
+            "significance": 0.05,
+            "weight": 0.1,
+        },
         "progressDeadline": "10m",
         "rollbackOnFailure": True,
         "analysis": {
@@ -417,6 +425,46 @@ REJECTED = [
         ["spec.monitoring.metrics", "should have at least 1"],
         id="no-metrics",
     ),
+    pytest.param(
+        _set("spec.rollout.strategy", "Canary"),
+        ["spec.rollout.strategy", "Unsupported value"],
+        id="unknown-strategy",
+    ),
+    pytest.param(
+        _both(_set("spec.rollout.strategy", "Shadow"), _set("spec.rollout.stage", {"requestKey": "X-User"})),
+        ["spec.rollout.stage.requestKey", "rollout.stage.requestKey applies to strategy Split only"],
+        id="request-key-outside-split",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"requestKey": "X User"}),
+        ["spec.rollout.stage.requestKey", "should match"],
+        id="request-key-not-a-header",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"weight": 1}),
+        ["spec.rollout.stage.weight", "should be less than 1"],
+        id="weight-1",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"significance": 0.5}),
+        ["spec.rollout.stage.significance", "should be less than 0.5"],
+        id="significance-0.5",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"maxDuration": "30s"}),
+        ["spec.rollout.stage.maxDuration", "rollout.stage.maxDuration must be at least 1m"],
+        id="max-duration-30s",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"minSamples": 5}),
+        ["spec.rollout.stage.minSamples", "should be greater than or equal to 10"],
+        id="min-samples-5",
+    ),
+    pytest.param(
+        _set("spec.rollout.stage", {"labels": {"model": 'churn"} or vector(1)'}}),
+        ["spec.rollout.stage.labels", "rollout.stage.labels values may hold only"],
+        id="stage-label-injection",
+    ),
 ]
 
 
@@ -470,6 +518,19 @@ ACCEPTED = [
         id="label-values-allowed",
     ),
     pytest.param(_delete("spec.rollout.analysis.metrics"), id="analysis-all-metrics"),
+    pytest.param(
+        _both(_set("spec.rollout.strategy", "Shadow"), _set("spec.rollout.stage", {"minSamples": 200})),
+        id="shadow",
+    ),
+    pytest.param(
+        _both(
+            _set("spec.rollout.strategy", "Split"),
+            _set(
+                "spec.rollout.stage", {"weight": 0.2, "requestKey": "X-User-Id", "labels": {"app": "churn"}}
+            ),
+        ),
+        id="split-with-request-key",
+    ),
     pytest.param(
         _set("spec.monitoring.metrics.0.threshold", {"min": 0.85, "clearMin": 0.85}), id="clear-min-at-min"
     ),
@@ -619,6 +680,29 @@ FULL_STATUS: dict[str, Any] = {
     "waitingReason": "cooldown until 2026-01-02T04:04:05Z",
     "handledRetrainRequest": "2026-01-02T03:00:00Z",
     "rejectedVersions": ["v2"],
+    "rollout": {
+        "version": "v4",
+        "kind": "Promotion",
+        "phase": "Staging",
+        "startedAt": NOW,
+        "stage": {
+            "strategy": "Split",
+            "champion": "v3",
+            "weight": 0.2,
+            "liveSince": NOW,
+            "deadline": NOW,
+            "readAt": NOW,
+            "championLabels": 400,
+            "candidateLabels": 96,
+            "championAnswers": 4000,
+            "candidateAnswers": 1000,
+            "championValue": 0.7,
+            "candidateValue": 0.9,
+            "test": "TwoProportionZ",
+            "pValue": 0.0004,
+            "message": "",
+        },
+    },
     "history": [
         {
             "version": "v2",
@@ -626,6 +710,7 @@ FULL_STATUS: dict[str, Any] = {
             "outcome": "Rejected",
             "startedAt": NOW,
             "gateFailures": ["x"],
+            "stage": "Shadow Lose: accuracy 0.03 (candidate, 394 labels) vs 0.97 (v1, 394 labels)",
         }
     ],
 }

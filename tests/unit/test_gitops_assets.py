@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from test_stage import serving as stage_serving
+from test_stage import shadow_reads, shadow_spec, staging
 
 from argocd_health import ARGO_HEALTH, HEALTH_LUA, LUA_MODULES, argo_health
 from core_inputs import (
@@ -436,3 +438,20 @@ def test_flux_installs_the_kustomize_base_and_the_chart_from_git() -> None:
     chart_values = yaml.safe_load((REPO / chart["chart"] / "values.yaml").read_text())
     assert release["spec"]["values"]["crds"].keys() <= chart_values["crds"].keys()
     assert release["spec"]["values"]["crds"]["keep"] is True
+
+
+def test_a_stage_is_progressing_and_its_rejection_a_note_on_a_healthy_loop(lua_module: Any) -> None:
+    spec = shadow_spec()
+    live = decided(staging(live=False), stage_serving(V2_URI), spec=spec, minutes=2)
+    assert condition(live, ConditionType.ROLLED_OUT) == ("Unknown", Reason.STAGE_RUNNING)
+    health, message = argo_health(lua_module, feedback_loop(live, spec=spec))
+    assert health == "Progressing"
+    assert message.startswith(
+        f"judging v2 beside the champion on live labels (Staging): {Reason.STAGE_RUNNING}"
+    )
+    lost = decided(live, shadow_reads(150, 40, 5, 5), spec=spec, minutes=20)
+    removed = decided(lost, stage_serving(None), spec=spec, minutes=21)
+    assert removed.rollout is None
+    health, message = argo_health(lua_module, feedback_loop(removed, spec=spec))
+    assert health == "Healthy"
+    assert f"candidate rejected by its stage: {Reason.STAGE_LOST}: v2 removed from beside v1" in message

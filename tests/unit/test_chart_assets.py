@@ -120,6 +120,25 @@ def test_the_crd_and_manifests_repeat_no_key_in_a_mapping(path: str) -> None:
     assert list(yaml.load_all((REPO / path).read_text(), Loader=_UniqueKeyLoader))
 
 
+def _nulls(node: object, path: str = "") -> list[str]:
+    """Where a value is null: in a flow mapping, an unquoted description with a comma makes one."""
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in _nulls(value, f"{path}/{key}")] + [
+            f"{path}/{key}" for key, value in node.items() if value is None
+        ]
+    if isinstance(node, list):
+        return [p for index, value in enumerate(node) for p in _nulls(value, f"{path}[{index}]")]
+    return []
+
+
+def test_the_crd_has_no_null_value() -> None:
+    assert _nulls(yaml.safe_load((REPO / "crds" / "feedbackloop.yaml").read_text())) == []
+
+
+def test_the_null_check_catches_a_comma_in_an_unquoted_flow_description() -> None:
+    assert _nulls(yaml.safe_load("m: {type: string, description: one line, or two.}")) == ["/m/or two."]
+
+
 def test_the_unique_key_check_catches_a_repeated_key() -> None:
     with pytest.raises(AssertionError, match="maxLength"):
         yaml.load("a: {maxLength: 1, maxLength: 2}", Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader

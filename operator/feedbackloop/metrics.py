@@ -64,7 +64,7 @@ ROLLOUTS_STARTED = Counter(
 )
 ROLLOUTS_FINISHED = Counter(
     "feedbackloop_rollouts_finished_total",
-    "Rollouts that ended, by outcome (RolledOut, RolledBack, RollbackFailed, Degraded, Aborted).",
+    "Rollouts that ended, by outcome (RolledOut, RolledBack, RollbackFailed, Degraded, Aborted, Rejected).",
     ["namespace", "loop", "outcome"],
 )
 ROLLBACKS = Counter(

@@ -21,7 +21,7 @@ from core_inputs import (
 )
 from feedbackloop.api import Outcome, RolloutPhase
 from feedbackloop.core.decide import decide
-from feedbackloop.core.decision import ApplyModel, Decision, StagedCandidate, StageFinished
+from feedbackloop.core.decision import ApplyModel, Decision, RolloutStarted, StagedCandidate, StageFinished
 from feedbackloop.core.observations import (
     DeployedModel,
     DeploymentProgress,
@@ -229,6 +229,9 @@ def test_a_better_candidate_wins_and_rolls_out_with_its_verdict_in_status() -> N
     assert rollout is not None and rollout.stage is not None
     assert (rollout.phase, rollout.previous, rollout.stage.verdict) == ("Progressing", V1, "Win")
     assert StageFinished("Shadow", "Win") in decision.transitions
+    assert not any(
+        isinstance(t, RolloutStarted) for t in decision.transitions
+    )  # counted at the stage's start
     [won] = [e for e in decision.events if e.reason == "StageWon"]
     assert won.message.startswith("v2: Shadow Win: accuracy 0.95 (candidate, 200 labels) vs 0.775 (v1")
     assert decision.status.history[-1].stage == rollout.stage.message

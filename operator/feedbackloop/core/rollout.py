@@ -42,7 +42,13 @@ from feedbackloop.core.status import Evaluation, HistoryEntry, ModelRef, Rollout
 
 
 def start_rollout(
-    draft: Draft, spec: FeedbackLoopSpec, namespace: str, model: ModelRef, kind: RolloutKind, trigger: Trigger
+    draft: Draft,
+    spec: FeedbackLoopSpec,
+    namespace: str,
+    model: ModelRef,
+    kind: RolloutKind,
+    trigger: Trigger,
+    counted: bool = True,  # False after a won stage: its promotion was counted when the stage began
 ) -> None:
     assert model.sha256 is not None
     previous = draft.status.current_model
@@ -80,7 +86,8 @@ def start_rollout(
     draft.update_history(
         model.version, lambda e: replace(e, outcome=Outcome.ROLLING_OUT, rollout_started_at=draft.now)
     )
-    draft.record(RolloutStarted(kind))
+    if counted:
+        draft.record(RolloutStarted(kind))
 
 
 def _apply(spec: FeedbackLoopSpec, namespace: str, model: ModelRef | None) -> ApplyModel:

@@ -423,7 +423,9 @@ def _promote(draft: Draft, spec: FeedbackLoopSpec, namespace: str, stage: StageS
     draft.event(EventType.NORMAL, Reason.STAGE_WON, f"{rollout.version}: {stage.message}")
     draft.update_history(rollout.version, lambda e: replace(e, stage=stage.message))
     draft.record(StageFinished(stage.strategy, StageVerdict.WIN))
-    start_rollout(draft, spec, namespace, rollout.model, RolloutKind.PROMOTION, rollout.trigger)
+    start_rollout(
+        draft, spec, namespace, rollout.model, RolloutKind.PROMOTION, rollout.trigger, counted=False
+    )
     started = draft.status.rollout
     assert started is not None
     draft.status.rollout = replace(started, stage=stage)  # the verdict stays in view through the rollout

@@ -165,8 +165,6 @@ def stage_queries(loop: LoopState, now: datetime) -> tuple[StageQuery, ...]:
     labels = spec.rollout.stage.labels if spec.rollout.stage.labels is not None else spec.monitoring.labels
     selector = [f"{name}={quote_label_value(value)}" for name, value in sorted(labels.items())]
     champion, candidate = rollout.stage.champion, rollout.version
-    for version in (champion, candidate):
-        quote_label_value(version)  # raises on an unsafe version, which a status writer might have put there
     seconds = max(int((now - rollout.stage.live_since).total_seconds()), MIN_WINDOW_SECONDS)
     window = f"[{seconds}s]"
 
